@@ -1,0 +1,118 @@
+"""Every MPI call mpiswarm makes lives here (as mpi4py's ``futures/_core.py`` does).
+
+The rest of the package is MPI-free and testable without ``mpiexec``. Functions take a
+communicator argument that defaults to ``COMM_WORLD`` when ``None``; nothing is fixed at
+import time. Arrays travel with the buffer interface (``Scatterv``/``Gatherv``); only small
+control values (counts, status, statistics) are pickled.
+"""
+from __future__ import annotations
+
+import socket
+import sys
+import traceback
+
+import numpy as np
+from mpi4py import MPI
+
+ROOT = 0
+
+
+def world(comm=None):
+    """The communicator to use: ``comm`` or ``COMM_WORLD``."""
+    return MPI.COMM_WORLD if comm is None else comm
+
+
+def wtime() -> float:
+    return MPI.Wtime()
+
+
+def hostname() -> str:
+    try:
+        return MPI.Get_processor_name()
+    except MPI.Exception:  # pragma: no cover - defensive
+        return socket.gethostname()
+
+
+def local_rank(comm=None) -> int:
+    """Rank within the node, from a ``COMM_TYPE_SHARED`` split."""
+    node = world(comm).Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        return node.Get_rank()
+    finally:
+        node.Free()
+
+
+def bcast(obj, comm=None):
+    return world(comm).bcast(obj, root=ROOT)
+
+
+def allgather(obj, comm=None) -> list:
+    return world(comm).allgather(obj)
+
+
+def scatter(values: list | None, comm=None):
+    """Element r of ``values`` (given on the root) to rank r; small values only (pickled)."""
+    return world(comm).scatter(values, root=ROOT)
+
+
+def gather(obj, comm=None) -> list | None:
+    return world(comm).gather(obj, root=ROOT)
+
+
+def barrier(comm=None) -> None:
+    world(comm).Barrier()
+
+
+def _displacements(counts: np.ndarray) -> np.ndarray:
+    displ = np.zeros(len(counts), dtype=np.int64)
+    np.cumsum(counts[:-1], out=displ[1:])
+    return displ
+
+
+def scatterv(sendbuf: np.ndarray | None, counts: np.ndarray | None, dtype, comm=None) -> np.ndarray:
+    """Scatter consecutive pieces of ``sendbuf`` (root only), ``counts[r]`` elements to rank r."""
+    comm = world(comm)
+    mine = comm.scatter(None if counts is None else [int(c) for c in counts], root=ROOT)
+    recv = np.empty(mine, dtype=dtype)
+    if comm.Get_rank() == ROOT:
+        counts = np.asarray(counts, dtype=np.int64)
+        send = [np.ascontiguousarray(sendbuf, dtype=dtype), (counts, _displacements(counts))]
+    else:
+        send = None
+    comm.Scatterv(send, recv, root=ROOT)
+    return recv
+
+
+def gatherv(array: np.ndarray, comm=None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Gather every rank's 1-D ``array`` on the root, concatenated in rank order.
+
+    Returns ``(values, counts)`` on the root and ``(None, None)`` elsewhere.
+    """
+    comm = world(comm)
+    array = np.ascontiguousarray(array)
+    counts = comm.gather(len(array), root=ROOT)
+    if comm.Get_rank() != ROOT:
+        comm.Gatherv(array, None, root=ROOT)
+        return None, None
+    counts = np.asarray(counts, dtype=np.int64)
+    out = np.empty(int(counts.sum()), dtype=array.dtype)
+    comm.Gatherv(array, [out, (counts, _displacements(counts))], root=ROOT)
+    return out, counts
+
+
+def abort(message: str, code: int = 1, comm=None) -> None:
+    """Print ``message`` prefixed with this rank and host, then abort the whole job."""
+    comm = world(comm)
+    print(f"mpiswarm: rank {comm.Get_rank()} on {hostname()}: {message}", file=sys.stderr, flush=True)
+    comm.Abort(code)
+
+
+def abort_on_exception(exc: BaseException, comm=None) -> None:
+    """The abort guard's action: traceback, then one line naming rank, host and cause."""
+    traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    abort(f"aborting the job: {type(exc).__name__}: {exc}", code=1, comm=comm)
+
+
+def rank_and_size(comm=None) -> tuple[int, int]:
+    comm = world(comm)
+    return comm.Get_rank(), comm.Get_size()

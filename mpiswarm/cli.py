@@ -1,0 +1,163 @@
+"""``mpiswarm`` command line: ``run`` (under mpiexec) and ``demo``.
+
+``main()`` is the abort guard: usage and input errors exit 2 with one line and no traceback;
+any other exception on any rank aborts the whole MPI job with a message naming the rank and
+host, so a PBS job never hangs in a collective.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from . import __version__
+from .inputs import InputError, validate_sampling
+
+EXIT_USAGE = 2
+API_KEY_VARIABLES = ("MPISWARM_API_KEY", "OPENAI_API_KEY")
+# Launchers' rank variables, read before MPI starts so only one rank prints usage errors.
+_RANK_VARIABLES = ("PMI_RANK", "PMIX_RANK", "PALS_RANKID", "OMPI_COMM_WORLD_RANK", "MPI_LOCALRANKID")
+
+
+def launcher_rank() -> int:
+    """This process's rank: from MPI once it runs, else from the launcher's environment."""
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
+        return mpi.COMM_WORLD.Get_rank()
+    for name in _RANK_VARIABLES:
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, printed by one rank only, exit 2
+        if launcher_rank() == 0:
+            print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _add_run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", help="prompts: .jsonl (plain or OpenAI Batch rows) or .txt (one a line)")
+    p.add_argument("-o", "--output", required=True, help="the HDF5 result file to write")
+    p.add_argument("--model", required=True, help="model name sent with every request")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--endpoint", default=None,
+        help="this rank's endpoint URL; placeholders {rank} {local_rank} {host} {port} "
+        "({port} = --base-port + local rank). Default http://127.0.0.1:8000/v1",
+    )
+    where.add_argument("--hostfile", help="Aurora-Swarm hostfile: rank r uses entry r mod the count")
+    p.add_argument("--base-port", type=int, default=8000, help="first port for {port} (default 8000)")
+    p.add_argument("--health-timeout", type=_positive_float, default=120.0,
+                   help="seconds to wait for the endpoint's /health (default 120)")
+    s = p.add_argument_group("sampling (a JSONL row may override any of these for itself)")
+    s.add_argument("--max-tokens", type=_positive_int, default=256, help="default 256")
+    s.add_argument("--temperature", type=float, default=None)
+    s.add_argument("--top-p", type=float, default=None)
+    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+    s.add_argument("--n", type=_positive_int, default=1, help="completions per prompt (default 1)")
+    t = p.add_argument_group("throughput")
+    t.add_argument("--api", choices=("completions", "chat"), default="completions",
+                   help="completions: batched /v1/completions lists (default); chat: one "
+                   "/v1/chat/completions call per prompt")
+    t.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="prompts per HTTP call (default: the rank's whole slice in one call)")
+    t.add_argument("--concurrency", type=_positive_int, default=None,
+                   help="calls in flight per rank (default 4 for lists, 128 for chat)")
+    t.add_argument("--request-timeout", type=_positive_float, default=600.0,
+                   help="seconds a call may take, plus 0.5 s per prompt in it (default 600)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print no summary")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="mpiswarm", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"mpiswarm {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = sub.add_parser("run", help="run a prompt set (launch with mpiexec -n N)",
+                         description="Run a prompt set through one endpoint per MPI rank.")
+    _add_run_arguments(run)
+    demo = sub.add_parser("demo", help="start simulated endpoints on loopback and run an example job")
+    demo.add_argument("-n", "--ranks", type=_positive_int, default=4, help="MPI ranks (default 4)")
+    demo.add_argument("-o", "--output", default="mpiswarm-demo.h5", help="default mpiswarm-demo.h5")
+    demo.add_argument("--prompts", default=None, help="prompt file (default: the shipped example set)")
+    demo.add_argument("--time-scale", type=float, default=0.05,
+                      help="simulated engine time scale (default 0.05)")
+    return parser
+
+
+def config_from_args(args):
+    """A :class:`~mpiswarm.runner.RunConfig` from parsed ``run`` arguments."""
+    from .client import ClientOptions
+    from .runner import DEFAULT_ENDPOINT, RunConfig
+
+    try:
+        sampling = validate_sampling(
+            {"max_tokens": args.max_tokens, "temperature": args.temperature, "top_p": args.top_p,
+             "seed": args.seed, "stop": args.stop, "n": args.n}
+        )
+    except ValueError as exc:
+        raise InputError(f"command line: {exc}") from None
+    api_key = next((os.environ[v] for v in API_KEY_VARIABLES if os.environ.get(v)), "EMPTY")
+    client = ClientOptions(
+        model=args.model, api=args.api, api_key=api_key, batch_size=args.batch_size,
+        concurrency=args.concurrency, request_timeout=args.request_timeout,
+    )
+    return RunConfig(
+        input=args.input, output=args.output, client=client, sampling=sampling,
+        endpoint=args.endpoint or DEFAULT_ENDPOINT, hostfile=args.hostfile, base_port=args.base_port,
+        health_timeout=args.health_timeout, quiet=args.quiet,
+    )
+
+
+def _run_command(args) -> int:
+    config = config_from_args(args)  # raises InputError before MPI starts
+    from . import runner
+
+    return runner.run(config)
+
+
+def _guarded(command, args) -> int:
+    """Run ``command``; input errors → exit 2, anything else → abort the whole MPI job."""
+    try:
+        return command(args)
+    except InputError as exc:
+        if launcher_rank() == 0:
+            print(f"mpiswarm: error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except BaseException as exc:
+        if "mpi4py.MPI" not in sys.modules:
+            raise
+        from . import _mpi
+
+        _mpi.abort_on_exception(exc)
+        raise  # pragma: no cover - Abort does not return
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "run":
+        return _guarded(_run_command, args)
+    if args.command == "demo":
+        from .demo import run_demo
+
+        return run_demo(args)
+    raise AssertionError(args.command)  # pragma: no cover - argparse enforces the choices

@@ -1,0 +1,270 @@
+"""The HTTP side of one rank: its endpoint's health, and batched calls (no MPI here).
+
+Calls go through ``openai.AsyncOpenAI`` (its auth, base URL and error types) but use the
+client's generic ``post(..., cast_to=httpx.Response)`` and parse the JSON ourselves: the
+typed ``completions.create`` costs ~20x more CPU per prompt on large lists. The client's
+own silent retries are off; answers are placed by ``choice.index``, never by position.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+
+import openai
+
+try:  # openai >= 3 ships on httpx2; older releases on httpx
+    import httpx2 as httpx
+except ImportError:  # pragma: no cover - depends on the installed openai
+    import httpx
+
+from .partition import CallPlan
+from .records import RankStats, ResultColumns
+
+HEALTH_POLL_S = 0.5
+
+
+class EndpointUnavailable(RuntimeError):
+    """The endpoint did not become healthy before the deadline."""
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """How a rank talks to its endpoint."""
+
+    model: str
+    api: str = "completions"  # or "chat"
+    api_key: str = "EMPTY"
+    batch_size: int | None = None  # prompts per call; None: all rows sharing their overrides
+    concurrency: int | None = None  # calls in flight; None: 4 for lists, 128 for chat
+    request_timeout: float = 600.0  # seconds a call may take, plus per_prompt_timeout per prompt
+    per_prompt_timeout: float = 0.5
+
+    def calls_in_flight(self) -> int:
+        if self.concurrency:
+            return self.concurrency
+        return 128 if self.api == "chat" else 4
+
+    def timeout_for(self, n_sequences: int) -> float:
+        """A list of 2,000 prompts needs longer than one of 20."""
+        return self.request_timeout + self.per_prompt_timeout * n_sequences
+
+
+def server_root(base_url: str) -> str:
+    """``http://h:p/v1`` → ``http://h:p`` (where vLLM serves ``/health`` and ``/metrics``)."""
+    url = base_url.rstrip("/")
+    return url[: -len("/v1")] if url.endswith("/v1") else url
+
+
+def describe_error(exc: BaseException, timeout: float | None = None) -> str:
+    """One line saying why a call failed, as stored in the ``error`` column."""
+    if isinstance(exc, openai.APITimeoutError):
+        return f"timeout after {timeout:.0f} s" if timeout else "timeout"
+    if isinstance(exc, openai.APIStatusError):
+        message = exc.message
+        body = exc.body
+        if isinstance(body, dict):
+            message = body.get("message") or (body.get("error") or {}).get("message") or message
+        return f"HTTP {exc.status_code}: {message}"
+    if isinstance(exc, openai.APIConnectionError):
+        cause = exc.__cause__
+        return f"connection error: {type(cause).__name__ if cause else ''} {cause or exc}".strip()
+    return f"{type(exc).__name__}: {exc}"
+
+
+def place_completions(data: dict, rows, n: int, results: ResultColumns, latency_s: float) -> int:
+    """Put a ``/v1/completions`` response's choices into ``results`` by ``choice.index``.
+
+    ``rows[i]`` is the local row of the call's prompt *i*; choice ``index = i * n + j``.
+    Rows with a missing choice fail. Returns the number of rows answered.
+    """
+    k = len(rows)
+    n_out = results.n
+    completion, finish = results.completion, results.finish_reason
+    seen = bytearray(k * n)
+    for choice in data["choices"]:
+        idx = choice["index"]
+        i, j = divmod(idx, n)
+        if not 0 <= i < k or seen[idx]:
+            raise ValueError(f"choice index {idx} out of range or repeated for {k} prompts x n={n}")
+        seen[idx] = 1
+        flat = rows[i] * n_out + j
+        completion[flat] = choice["text"]
+        finish[flat] = choice.get("finish_reason") or ""
+    answered = 0
+    missing = []
+    for i in range(k):
+        row = rows[i]
+        if all(seen[i * n : i * n + n]):
+            results.ok[row] = True
+            results.error[row] = ""
+            answered += 1
+        else:
+            missing.append(row)
+    results.latency_s[rows if isinstance(rows, list) else slice(rows.start, rows.stop)] = latency_s
+    if missing:
+        results.fail(missing, "response carried no choice for this prompt", latency_s)
+    if k == 1:
+        _set_row_usage(data, rows[0], results)
+    return answered
+
+
+def place_chat(data: dict, row: int, n: int, results: ResultColumns, latency_s: float) -> int:
+    """Put a ``/v1/chat/completions`` response's choices into ``results`` (one row)."""
+    got = 0
+    for choice in data["choices"]:
+        j = choice.get("index", got)
+        if not 0 <= j < n:
+            raise ValueError(f"choice index {j} out of range for n={n}")
+        message = choice.get("message") or {}
+        results.completion[row * results.n + j] = message.get("content") or ""
+        results.finish_reason[row * results.n + j] = choice.get("finish_reason") or ""
+        got += 1
+    results.latency_s[row] = latency_s
+    if got < n:
+        results.fail([row], f"response carried {got} of {n} choices", latency_s)
+        return 0
+    results.ok[row] = True
+    results.error[row] = ""
+    _set_row_usage(data, row, results)
+    return 1
+
+
+def _set_row_usage(data: dict, row: int, results: ResultColumns) -> None:
+    usage = data.get("usage") or {}
+    results.prompt_tokens[row] = usage.get("prompt_tokens", -1) if usage.get("prompt_tokens") is not None else -1
+    results.completion_tokens[row] = (
+        usage.get("completion_tokens", -1) if usage.get("completion_tokens") is not None else -1
+    )
+
+
+class EndpointClient:
+    """One rank's connection to its endpoint. Use as ``async with EndpointClient(...) as c``."""
+
+    def __init__(self, base_url: str, options: ClientOptions):
+        self.base_url = base_url.rstrip("/")
+        self.options = options
+        self._http: httpx.AsyncClient | None = None
+        self._openai: openai.AsyncOpenAI | None = None
+        self._decoded_overrides: dict[str, dict] = {"": {}}
+
+    async def __aenter__(self) -> "EndpointClient":
+        slots = self.options.calls_in_flight() + 4
+        self._http = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=slots, max_keepalive_connections=slots),
+            timeout=httpx.Timeout(self.options.request_timeout, connect=30.0),
+        )
+        self._openai = openai.AsyncOpenAI(
+            base_url=self.base_url,
+            api_key=self.options.api_key,
+            max_retries=0,
+            http_client=self._http,
+            timeout=self.options.request_timeout,
+        )
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self._openai.close()
+
+    # -- health -------------------------------------------------------------------------
+    async def _probe(self) -> str | None:
+        """None when healthy, else why not."""
+        try:
+            resp = await self._http.get(server_root(self.base_url) + "/health", timeout=10.0)
+            if resp.status_code == 200:
+                return None
+            if resp.status_code in (404, 405):  # no /health: fall back to /v1/models
+                resp = await self._http.get(self.base_url + "/models", timeout=10.0)
+                if resp.status_code == 200:
+                    return None
+            return f"HTTP {resp.status_code}"
+        except httpx.HTTPError as exc:
+            return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+    async def wait_healthy(self, timeout_s: float) -> None:
+        """Poll ``/health`` (else ``/v1/models``) until 200; raise :class:`EndpointUnavailable`
+        with the last reason once ``timeout_s`` has passed."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            why = await self._probe()
+            if why is None:
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise EndpointUnavailable(f"not healthy after {timeout_s:g} s (last: {why})")
+            await asyncio.sleep(min(HEALTH_POLL_S, remaining))
+
+    async def max_model_len(self) -> int:
+        """``max_model_len`` from ``/v1/models`` for our model (-1 when not advertised)."""
+        try:
+            resp = await self._http.get(self.base_url + "/models", timeout=10.0)
+            cards = resp.json().get("data", []) if resp.status_code == 200 else []
+        except (httpx.HTTPError, ValueError):
+            return -1
+        for card in cards:
+            if card.get("id") == self.options.model or len(cards) == 1:
+                value = card.get("max_model_len")
+                return int(value) if isinstance(value, int) else -1
+        return -1
+
+    # -- calls --------------------------------------------------------------------------
+    def _params(self, base: dict, overrides: str) -> dict:
+        decoded = self._decoded_overrides.get(overrides)
+        if decoded is None:
+            decoded = self._decoded_overrides[overrides] = json.loads(overrides)
+        return {**base, **decoded} if decoded else base
+
+    async def _post(self, path: str, body: dict, n_sequences: int) -> tuple[dict, float]:
+        timeout = self.options.timeout_for(n_sequences)
+        t0 = time.perf_counter()
+        resp = await self._openai.post(path, body=body, cast_to=httpx.Response, options={"timeout": timeout})
+        data = json.loads(resp.content)
+        return data, time.perf_counter() - t0
+
+    async def _call(self, path, body, n_sequences, place, stats: RankStats, results, rows) -> None:
+        t0 = time.perf_counter()
+        stats.n_calls += 1
+        try:
+            data, latency = await self._post(path, body, n_sequences)
+            place(data, latency)
+        except (openai.APIError, ValueError, KeyError, TypeError) as exc:
+            stats.n_failed_calls += 1
+            reason = describe_error(exc, self.options.timeout_for(n_sequences))
+            results.fail(rows, reason, time.perf_counter() - t0)
+            return
+        usage = data.get("usage") or {}
+        stats.prompt_tokens += usage.get("prompt_tokens") or 0
+        stats.completion_tokens += usage.get("completion_tokens") or 0
+
+    def _completion_calls(self, prompts, plans, base, stats, results):
+        model = self.options.model
+        for plan in plans:
+            params = self._params(base, plan.overrides)
+            n = params.get("n", 1)
+            rows = plan.rows
+            body = {"model": model, "prompt": [prompts[r] for r in rows], **params}
+            place = lambda data, latency, rows=rows, n=n: place_completions(data, rows, n, results, latency)
+            yield self._call("/completions", body, len(rows) * n, place, stats, results, rows)
+
+    def _chat_calls(self, prompts, plans, base, stats, results):
+        model = self.options.model
+        for plan in plans:
+            params = self._params(base, plan.overrides)
+            n = params.get("n", 1)
+            for row in plan.rows:
+                body = {"model": model, "messages": [{"role": "user", "content": prompts[row]}], **params}
+                place = lambda data, latency, row=row, n=n: place_chat(data, row, n, results, latency)
+                yield self._call("/chat/completions", body, n, place, stats, results, [row])
+
+    async def run(self, prompts: list[str], plans: list[CallPlan], base_params: dict, results: ResultColumns,
+                  stats: RankStats) -> None:
+        """Send every planned call, ``calls_in_flight()`` at a time, filling ``results``."""
+        make = self._chat_calls if self.options.api == "chat" else self._completion_calls
+        calls = make(prompts, plans, base_params, stats, results)
+
+        async def worker():
+            for call in calls:  # one shared generator: each call is taken by exactly one worker
+                await call
+
+        await asyncio.gather(*(worker() for _ in range(self.options.calls_in_flight())))

@@ -1,0 +1,26 @@
+"""Every rank's results back to rank 0, in input order (``Gatherv`` of buffers plus lengths)."""
+from __future__ import annotations
+
+from . import _mpi
+from .records import NUMERIC_COLUMNS, STRING_COLUMNS, RankStats, ResultColumns
+from .wire import pack_strings, unpack_strings
+
+
+def gather_results(local: ResultColumns, comm=None) -> ResultColumns | None:
+    """Gather ``local`` from every rank; the root gets all rows sorted by ``index``."""
+    numeric = {name: _mpi.gatherv(getattr(local, name), comm)[0] for name in NUMERIC_COLUMNS}
+    strings = {}
+    for name in STRING_COLUMNS:
+        buffer, lengths = pack_strings(getattr(local, name))
+        all_bytes, _ = _mpi.gatherv(buffer, comm)
+        all_lengths, _ = _mpi.gatherv(lengths, comm)
+        strings[name] = None if all_bytes is None else unpack_strings(all_bytes, all_lengths)
+    if numeric["index"] is None:
+        return None
+    return ResultColumns(n=local.n, **numeric, **strings).in_index_order()
+
+
+def gather_stats(stats: RankStats, comm=None) -> list[RankStats] | None:
+    """Per-rank statistics on the root, in rank order (small: pickled)."""
+    gathered = _mpi.gather(stats.as_dict(), comm)
+    return None if gathered is None else [RankStats(**d) for d in gathered]

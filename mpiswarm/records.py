@@ -1,0 +1,102 @@
+"""Result records: one row per prompt, held column by column (vLLM ``run_batch`` style:
+a failed prompt is a row with ``ok = False`` and its ``error``, never an exception)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+#: columns holding strings: ``completion`` and ``finish_reason`` have ``n`` entries a row
+STRING_COLUMNS = ("completion", "finish_reason", "error")
+#: columns holding numbers, one entry a row
+NUMERIC_COLUMNS = ("index", "ok", "rank", "prompt_tokens", "completion_tokens", "latency_s")
+
+
+@dataclass
+class ResultColumns:
+    """Results for a set of rows. ``completion``/``finish_reason`` are flattened row-major:
+    entry ``i * n + j`` is choice *j* of row *i*."""
+
+    index: np.ndarray  # int64: global row number (input order)
+    n: int
+    completion: list[str]
+    finish_reason: list[str]
+    error: list[str]
+    ok: np.ndarray  # bool
+    rank: np.ndarray  # int32: the rank that served the row
+    prompt_tokens: np.ndarray  # int64, -1 where unknown
+    completion_tokens: np.ndarray  # int64, -1 where unknown
+    latency_s: np.ndarray  # float64: duration of the HTTP call that carried the row
+
+    @classmethod
+    def pending(cls, index: np.ndarray, n: int, rank: int) -> "ResultColumns":
+        """Rows not answered yet: ``ok = False`` with the error 'not attempted'."""
+        rows = len(index)
+        return cls(
+            index=np.asarray(index, dtype=np.int64),
+            n=n,
+            completion=[""] * (rows * n),
+            finish_reason=[""] * (rows * n),
+            error=["not attempted"] * rows,
+            ok=np.zeros(rows, dtype=bool),
+            rank=np.full(rows, rank, dtype=np.int32),
+            prompt_tokens=np.full(rows, -1, dtype=np.int64),
+            completion_tokens=np.full(rows, -1, dtype=np.int64),
+            latency_s=np.full(rows, np.nan, dtype=np.float64),
+        )
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def fail(self, rows, message: str, latency_s: float = np.nan) -> None:
+        """Mark local ``rows`` failed with ``message`` (and no answer text)."""
+        n = self.n
+        for row in rows:
+            self.ok[row] = False
+            self.error[row] = message
+            for flat in range(row * n, row * n + n):
+                self.completion[flat] = ""
+                self.finish_reason[flat] = ""
+        self.latency_s[list(rows)] = latency_s
+
+    def in_index_order(self) -> "ResultColumns":
+        """The same rows sorted by ``index`` (a no-op when they already are)."""
+        if len(self.index) < 2 or bool(np.all(self.index[1:] > self.index[:-1])):
+            return self
+        order = np.argsort(self.index, kind="stable")
+        n = self.n
+        flat = (order[:, None] * n + np.arange(n)).ravel().tolist()
+        order_list = order.tolist()
+        return ResultColumns(
+            index=self.index[order],
+            n=n,
+            completion=[self.completion[k] for k in flat],
+            finish_reason=[self.finish_reason[k] for k in flat],
+            error=[self.error[k] for k in order_list],
+            **{c: getattr(self, c)[order] for c in NUMERIC_COLUMNS if c != "index"},
+        )
+
+
+@dataclass
+class RankStats:
+    """What one rank did, stored per rank in the output file (group ``ranks``)."""
+
+    rank: int
+    host: str
+    endpoint: str
+    n_prompts: int = 0
+    n_ok: int = 0
+    n_calls: int = 0
+    n_failed_calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    max_model_len: int = -1
+    t_health: float = 0.0
+    t_scatter: float = 0.0
+    t_requests: float = 0.0
+    t_gather: float = 0.0
+    cpu_s: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)

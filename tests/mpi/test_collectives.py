@@ -1,0 +1,94 @@
+"""Scatter and gather of string columns across ranks (tier 2: pytest-mpi).
+
+Run with ``mpiexec -n 2 python -m pytest --with-mpi tests/mpi`` (and ``-n 4``);
+``tests/e2e/test_mpi_tier.py`` does that from the plain test run.
+"""
+import numpy as np
+import pytest
+
+from mpiswarm import _mpi
+from mpiswarm.gather import gather_results, gather_stats
+from mpiswarm.inputs import PromptSet
+from mpiswarm.partition import contiguous_bounds
+from mpiswarm.records import RankStats, ResultColumns
+from mpiswarm.scatter import scatter_rows
+
+pytestmark = pytest.mark.mpi(min_size=2)
+ALPHABET = ["", "a", "ünï", "☃🚀", "line\nbreak", "tab\tx", "\x00nul", "long " * 50]
+
+
+def prompt_set(n_rows, with_overrides=False):
+    prompts = [f"{ALPHABET[i % len(ALPHABET)]}#{i}" if i % 5 else "" for i in range(n_rows)]
+    overrides = [('{"max_tokens":%d}' % (i % 3 + 1) if with_overrides and i % 2 else "") for i in range(n_rows)]
+    return PromptSet("mem", prompts, [str(i) for i in range(n_rows)], overrides)
+
+
+def comm_info():
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    return comm, comm.Get_rank(), comm.Get_size()
+
+
+@pytest.mark.parametrize("n_rows", [0, 1, 3, 4, 10, 101])
+@pytest.mark.parametrize("with_overrides", [False, True])
+def test_scatter_gives_each_rank_its_contiguous_slice(n_rows, with_overrides):
+    comm, rank, size = comm_info()
+    full = prompt_set(n_rows, with_overrides)
+    piece = scatter_rows(full if rank == 0 else None, comm)
+    bounds = contiguous_bounds(n_rows, size)
+    a, b = int(bounds[rank]), int(bounds[rank + 1])
+    assert piece.start == a
+    assert piece.prompts == full.prompts[a:b]  # ranks with zero rows get an empty slice
+    assert piece.overrides == full.overrides[a:b]
+    assert piece.index.tolist() == list(range(a, b))
+
+
+@pytest.mark.parametrize("n_rows", [0, 2, 9, 64])
+@pytest.mark.parametrize("n", [1, 3])
+def test_gather_returns_every_row_in_input_order(n_rows, n):
+    comm, rank, size = comm_info()
+    full = prompt_set(n_rows)
+    piece = scatter_rows(full if rank == 0 else None, comm)
+    res = ResultColumns.pending(piece.index, n, rank)
+    for i, prompt in enumerate(piece.prompts):
+        for j in range(n):
+            res.completion[i * n + j] = f"{prompt[::-1]}|{j}|ü"
+            res.finish_reason[i * n + j] = "length" if j else "stop"
+        res.ok[i] = (piece.start + i) % 4 != 1
+        res.error[i] = "" if res.ok[i] else f"err {piece.start + i} ☃"
+        res.prompt_tokens[i] = piece.start + i
+    everything = gather_results(res, comm)
+    if rank != 0:
+        assert everything is None
+        return
+    assert everything.index.tolist() == list(range(n_rows))
+    expected = [f"{p[::-1]}|{j}|ü" for p in full.prompts for j in range(n)]
+    assert everything.completion == expected
+    assert everything.ok.tolist() == [i % 4 != 1 for i in range(n_rows)]
+    assert everything.error == ["" if i % 4 != 1 else f"err {i} ☃" for i in range(n_rows)]
+    assert everything.prompt_tokens.tolist() == list(range(n_rows))
+    bounds = contiguous_bounds(n_rows, size)
+    assert everything.rank.tolist() == np.repeat(np.arange(size), np.diff(bounds)).tolist()
+
+
+def test_gather_sorts_rows_served_out_of_order():
+    """Rows need not be contiguous per rank (dynamic scheduling): the root sorts by index."""
+    comm, rank, size = comm_info()
+    mine = np.arange(rank, 40, size)[::-1].copy()
+    res = ResultColumns.pending(mine, 2, rank)
+    res.completion[:] = [f"{i}.{j}" for i in mine.tolist() for j in range(2)]
+    everything = gather_results(res, comm)
+    if rank == 0:
+        assert everything.index.tolist() == list(range(40))
+        assert everything.completion == [f"{i}.{j}" for i in range(40) for j in range(2)]
+        assert everything.rank.tolist() == [i % size for i in range(40)]
+
+
+def test_stats_and_local_rank():
+    comm, rank, size = comm_info()
+    stats = gather_stats(RankStats(rank=rank, host=_mpi.hostname(), endpoint=f"e{rank}", n_calls=rank), comm)
+    if rank == 0:
+        assert [s.endpoint for s in stats] == [f"e{r}" for r in range(size)]
+        assert [s.n_calls for s in stats] == list(range(size))
+    assert _mpi.local_rank(comm) == rank  # every rank is on this one node

@@ -1,0 +1,101 @@
+"""Input parsing and validation (tier 1: no MPI)."""
+import json
+
+import pytest
+
+from mpiswarm.inputs import InputError, read_prompts, validate_sampling
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_bytes(text.encode("utf-8") if isinstance(text, str) else text)
+    return path
+
+
+def jsonl(rows):
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+def test_plain_rows_ids_and_overrides(tmp_path):
+    path = write(tmp_path, "in.jsonl", jsonl([
+        {"prompt": "a"},
+        {"prompt": "b", "custom_id": "x", "max_tokens": 5, "stop": "\n"},
+        {"prompt": "ü ☃", "gene": "BRCA1"},
+    ]))
+    ps = read_prompts(path)
+    assert ps.prompts == ["a", "b", "ü ☃"]
+    assert ps.custom_ids == ["0", "x", "2"]
+    assert ps.overrides[0] == ""
+    assert json.loads(ps.overrides[1]) == {"max_tokens": 5, "stop": ["\n"]}
+    assert ps.fields == [{}, {"max_tokens": 5, "stop": "\n"}, {"gene": "BRCA1"}]
+
+
+def test_openai_batch_rows(tmp_path):
+    path = write(tmp_path, "in.jsonl", jsonl([
+        {"custom_id": "r1", "method": "POST", "url": "/v1/completions",
+         "body": {"model": "m", "prompt": "hello", "max_tokens": 7, "temperature": 0}},
+        {"custom_id": "r2", "method": "POST", "url": "/v1/completions", "body": {"prompt": "bye"}},
+    ]))
+    ps = read_prompts(path)
+    assert ps.prompts == ["hello", "bye"]
+    assert ps.custom_ids == ["r1", "r2"]
+    assert json.loads(ps.overrides[0]) == {"max_tokens": 7, "temperature": 0}
+    assert ps.overrides[1] == ""
+
+
+def test_txt_one_prompt_a_line_blank_lines_skipped(tmp_path):
+    ps = read_prompts(write(tmp_path, "in.txt", "one\n\ntwo\r\nthree"))
+    assert ps.prompts == ["one", "two", "three"]
+    assert ps.custom_ids == ["0", "1", "2"]
+
+
+def test_blank_jsonl_lines_are_skipped(tmp_path):
+    ps = read_prompts(write(tmp_path, "in.jsonl", '{"prompt": "a"}\n\n   \n{"prompt": "b"}\n'))
+    assert ps.prompts == ["a", "b"]
+
+
+@pytest.mark.parametrize("text, line, words", [
+    ('{"prompt": "a"}\n{not json\n', 2, "not valid JSON"),
+    ('{"prompt": "a"}\n{"text": "b"}\n', 2, "no 'prompt'"),
+    ('{"prompt": 3}\n', 1, "must be a string"),
+    ('{"prompt": "a", "custom_id": "k"}\n{"prompt": "b", "custom_id": "k"}\n', 2, "duplicate custom_id 'k' (first on line 1)"),
+    ('["a"]\n', 1, "expected a JSON object"),
+    ('{"prompt": "a", "max_tokens": 0}\n', 1, "'max_tokens' must be an integer >= 1"),
+    ('{"prompt": "a", "temperature": "hot"}\n', 1, "'temperature' must be a number"),
+    ('{"custom_id": "x", "method": "POST", "url": "/v1/embeddings", "body": {"prompt": "a"}}\n', 1, "'url' must be"),
+    ('{"custom_id": "x", "body": {"input": "a"}}\n', 1, "has no 'prompt'"),
+    ('{"prompt": "\\ud800"}\n', None, "lone surrogate"),
+])
+def test_bad_jsonl_names_file_and_line(tmp_path, text, line, words):
+    path = write(tmp_path, "in.jsonl", text)
+    with pytest.raises(InputError) as info:
+        read_prompts(path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(str(path) + (f":{line}:" if line else ":"))
+    assert words in message
+
+
+def test_invalid_utf8(tmp_path):
+    with pytest.raises(InputError, match=r"in.txt:2: not valid UTF-8"):
+        read_prompts(write(tmp_path, "in.txt", b"ok\n\xff\xfe\n"))
+    with pytest.raises(InputError, match=r"in.jsonl:1: not valid"):
+        read_prompts(write(tmp_path, "in.jsonl", b'{"prompt": "\xff"}\n'))
+
+
+def test_missing_file_and_format(tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        read_prompts(tmp_path / "missing.jsonl")
+    with pytest.raises(InputError, match="unsupported input format '.csv'"):
+        read_prompts(write(tmp_path, "in.csv", "a"))
+
+
+def test_empty_file_is_an_empty_prompt_set(tmp_path):
+    assert len(read_prompts(write(tmp_path, "in.jsonl", ""))) == 0
+
+
+def test_validate_sampling():
+    assert validate_sampling({"stop": "x", "seed": None, "n": 2}) == {"stop": ["x"], "n": 2}
+    for bad in ({"n": 0}, {"top_p": 1.5}, {"stop": [""]}, {"max_tokens": True}, {"bogus": 1}):
+        with pytest.raises(ValueError):
+            validate_sampling(bad)
