@@ -97,8 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("-n", "--ranks", type=_positive_int, default=4, help="MPI ranks (default 4)")
     demo.add_argument("-o", "--output", default="mpiswarm-demo.h5", help="default mpiswarm-demo.h5")
     demo.add_argument("--prompts", default=None, help="prompt file (default: the shipped example set)")
-    demo.add_argument("--time-scale", type=float, default=0.05,
-                      help="simulated engine time scale (default 0.05)")
+    demo.add_argument("--time-scale", type=float, default=1.0,
+                      help="simulated engine time scale (default 1: vLLM-like timing; 0: instant)")
     return parser
 
 

@@ -82,6 +82,8 @@ def place_completions(data: dict, rows, n: int, results: ResultColumns, latency_
     k = len(rows)
     n_out = results.n
     completion, finish = results.completion, results.finish_reason
+    if n == 1 == n_out and isinstance(rows, range):
+        return _place_contiguous(data, rows, results, latency_s)
     seen = bytearray(k * n)
     for choice in data["choices"]:
         idx = choice["index"]
@@ -107,6 +109,39 @@ def place_completions(data: dict, rows, n: int, results: ResultColumns, latency_
         results.fail(missing, "response carried no choice for this prompt", latency_s)
     if k == 1:
         _set_row_usage(data, rows[0], results)
+    return answered
+
+
+def _place_contiguous(data: dict, rows: range, results: ResultColumns, latency_s: float) -> int:
+    """:func:`place_completions` for the common case: n = 1 and contiguous rows."""
+    k = len(rows)
+    base = rows.start
+    completion, finish = results.completion, results.finish_reason
+    seen = bytearray(k)
+    try:
+        for choice in data["choices"]:
+            i = choice["index"]
+            if i < 0 or seen[i]:
+                raise IndexError
+            seen[i] = 1
+            completion[base + i] = choice["text"]
+            finish[base + i] = choice["finish_reason"] or ""
+    except IndexError:
+        raise ValueError(f"choice index {i} out of range or repeated for {k} prompts") from None
+    results.latency_s[base : base + k] = latency_s
+    answered = seen.count(1)
+    if answered == k:
+        results.ok[base : base + k] = True
+        results.error[base : base + k] = [""] * k
+    else:
+        for i in range(k):
+            if seen[i]:
+                results.ok[base + i] = True
+                results.error[base + i] = ""
+        results.fail([base + i for i in range(k) if not seen[i]], "response carried no choice for this prompt",
+                     latency_s)
+    if k == 1:
+        _set_row_usage(data, base, results)
     return answered
 
 

@@ -9,13 +9,17 @@ from .wire import pack_strings, unpack_strings
 def gather_results(local: ResultColumns, comm=None) -> ResultColumns | None:
     """Gather ``local`` from every rank; the root gets all rows sorted by ``index``."""
     numeric = {name: _mpi.gatherv(getattr(local, name), comm)[0] for name in NUMERIC_COLUMNS}
+    root = numeric["index"] is not None
     strings = {}
     for name in STRING_COLUMNS:
-        buffer, lengths = pack_strings(getattr(local, name))
+        # The root's own strings stay where they are: it sends an empty piece.
+        mine = [] if root else getattr(local, name)
+        buffer, lengths = pack_strings(mine)
         all_bytes, _ = _mpi.gatherv(buffer, comm)
         all_lengths, _ = _mpi.gatherv(lengths, comm)
-        strings[name] = None if all_bytes is None else unpack_strings(all_bytes, all_lengths)
-    if numeric["index"] is None:
+        if root:
+            strings[name] = getattr(local, name) + unpack_strings(all_bytes, all_lengths)
+    if not root:
         return None
     return ResultColumns(n=local.n, **numeric, **strings).in_index_order()
 

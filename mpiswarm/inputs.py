@@ -81,11 +81,23 @@ def validate_sampling(params: dict) -> dict:
     return out
 
 
+_SAMPLING_SET = frozenset(SAMPLING_KEYS)
+_RESERVED = frozenset(("prompt", "custom_id"))
+
+
 def _row_overrides(source: dict) -> str:
-    found = {k: source[k] for k in SAMPLING_KEYS if k in source}
+    found = {k: source[k] for k in source.keys() & _SAMPLING_SET}
     if not found:
         return ""
     return json.dumps(validate_sampling(found), sort_keys=True, separators=(",", ":"))
+
+
+def _decode(path: str, raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        lineno = raw.count(b"\n", 0, exc.start) + 1
+        raise InputError(f"{path}:{lineno}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
 
 
 def _parse_batch_row(obj: dict) -> tuple[object, dict]:
@@ -105,67 +117,83 @@ def _parse_batch_row(obj: dict) -> tuple[object, dict]:
 
 
 def _parse_jsonl(path: str, raw: bytes) -> PromptSet:
-    prompts, ids, overrides = [], [], []
+    prompts: list[str] = []
+    overrides: list[str] = []
+    explicit_ids: dict[str, int] = {}  # custom_id -> line
+    id_rows: list[tuple[int, str]] = []  # (row, custom_id) of rows that set one
     fields: list[dict] | None = None
-    seen: dict[str, int] = {}
-    for lineno, line in enumerate(raw.split(b"\n"), 1):
-        if not line.strip():
+    loads = json.loads
+    for lineno, line in enumerate(_decode(path, raw).split("\n"), 1):
+        if not line or line.isspace():
             continue
         try:
-            obj = json.loads(line)
-        except ValueError as exc:  # includes UnicodeDecodeError
-            reason = "not valid UTF-8" if isinstance(exc, UnicodeDecodeError) else "not valid JSON"
-            raise InputError(f"{path}:{lineno}: {reason} ({exc})") from None
-        if not isinstance(obj, dict):
-            raise InputError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-        try:
-            if "body" in obj:
-                prompt, source = _parse_batch_row(obj)
-            elif "prompt" in obj:
-                prompt, source = obj["prompt"], obj
-            else:
-                raise ValueError("no 'prompt' field")
-            if not isinstance(prompt, str):
-                raise ValueError(f"'prompt' must be a string, got {type(prompt).__name__}")
-            over = _row_overrides(source)
+            obj = loads(line)
         except ValueError as exc:
-            raise InputError(f"{path}:{lineno}: {exc}") from None
+            raise InputError(f"{path}:{lineno}: not valid JSON ({exc})") from None
+        if type(obj) is not dict:
+            raise InputError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
         row = len(prompts)
+        prompt = obj.get("prompt")
+        over = ""
+        n_keys = len(obj)
         cid = obj.get("custom_id")
-        if cid is None:
-            cid = str(row)
-        elif isinstance(cid, (str, int)) and not isinstance(cid, bool):
-            cid = str(cid)
-        else:
-            raise InputError(f"{path}:{lineno}: 'custom_id' must be a string")
-        if cid in seen:
-            raise InputError(f"{path}:{lineno}: duplicate custom_id {cid!r} (first on line {seen[cid]})")
-        seen[cid] = lineno
-        prompts.append(prompt)
-        ids.append(cid)
-        overrides.append(over)
-        extra = None
-        if source is obj and len(obj) > 1 + ("custom_id" in obj):
-            extra = {k: v for k, v in obj.items() if k not in ("prompt", "custom_id")}
-        if extra:
-            if fields is None:
-                fields = [{} for _ in range(row)]
-            fields.append(extra)
+        plain = prompt is not None and (n_keys == 1 or (n_keys == 2 and cid is not None))
+        if not plain:  # batch rows, sampling overrides, extra fields, or an error
+            try:
+                if "body" in obj:
+                    prompt, source = _parse_batch_row(obj)
+                elif prompt is None:
+                    raise ValueError("no 'prompt' field" if "prompt" not in obj else "'prompt' must be a string, got null")
+                else:
+                    source = obj
+                over = _row_overrides(source)
+            except ValueError as exc:
+                raise InputError(f"{path}:{lineno}: {exc}") from None
+            if source is obj and n_keys > 1 + (cid is not None):
+                if fields is None:
+                    fields = [{} for _ in range(row)]
+                fields.append({k: v for k, v in obj.items() if k not in _RESERVED})
+            elif fields is not None:
+                fields.append({})
         elif fields is not None:
             fields.append({})
-    return PromptSet(path, prompts, ids, overrides, fields)
+        if type(prompt) is not str:
+            raise InputError(f"{path}:{lineno}: 'prompt' must be a string, got {type(prompt).__name__}")
+        if cid is not None:
+            if type(cid) is int:
+                cid = str(cid)
+            elif type(cid) is not str:
+                raise InputError(f"{path}:{lineno}: 'custom_id' must be a string")
+            first = explicit_ids.setdefault(cid, lineno)
+            if first != lineno:
+                raise InputError(f"{path}:{lineno}: duplicate custom_id {cid!r} (first on line {first})")
+            id_rows.append((row, cid))
+        prompts.append(prompt)
+        overrides.append(over)
+    return PromptSet(path, prompts, _custom_ids(path, len(prompts), id_rows, explicit_ids), overrides, fields)
+
+
+def _custom_ids(path: str, n_rows: int, id_rows: list[tuple[int, str]], explicit: dict[str, int]) -> list[str]:
+    """Explicit ids where rows set one, else the row number — which must not repeat an explicit id."""
+    if len(id_rows) == n_rows:
+        return [cid for _, cid in id_rows]
+    ids = [str(row) for row in range(n_rows)]
+    for row, cid in id_rows:
+        ids[row] = cid
+    if id_rows:
+        given = {row for row, _ in id_rows}
+        for row in range(n_rows):
+            if row not in given and ids[row] in explicit:
+                raise InputError(
+                    f"{path}: prompt {row} has no custom_id and its default id {ids[row]!r} repeats the "
+                    f"custom_id on line {explicit[ids[row]]}"
+                )
+    return ids
 
 
 def _parse_txt(path: str, raw: bytes) -> PromptSet:
-    prompts = []
-    for lineno, line in enumerate(raw.split(b"\n"), 1):
-        line = line.rstrip(b"\r")
-        if not line.strip():
-            continue
-        try:
-            prompts.append(line.decode("utf-8"))
-        except UnicodeDecodeError as exc:
-            raise InputError(f"{path}:{lineno}: not valid UTF-8 ({exc})") from None
+    lines = _decode(path, raw).split("\n")
+    prompts = [line.rstrip("\r") for line in lines if line and not line.isspace()]
     ids = [str(i) for i in range(len(prompts))]
     return PromptSet(path, prompts, ids, [""] * len(prompts))
 

@@ -76,6 +76,14 @@ def test_bad_jsonl_names_file_and_line(tmp_path, text, line, words):
     assert words in message
 
 
+def test_default_id_must_not_repeat_an_explicit_one(tmp_path):
+    path = write(tmp_path, "in.jsonl", '{"prompt": "a", "custom_id": "1"}\n{"prompt": "b"}\n')
+    with pytest.raises(InputError, match="prompt 1 has no custom_id and its default id '1' repeats"):
+        read_prompts(path)
+    ps = read_prompts(write(tmp_path, "ok.jsonl", '{"prompt": "a", "custom_id": 7}\n{"prompt": "b"}\n'))
+    assert ps.custom_ids == ["7", "1"]
+
+
 def test_invalid_utf8(tmp_path):
     with pytest.raises(InputError, match=r"in.txt:2: not valid UTF-8"):
         read_prompts(write(tmp_path, "in.txt", b"ok\n\xff\xfe\n"))

@@ -1,0 +1,70 @@
+"""Shared helpers for the end-to-end tiers: simulated endpoints and mpiexec runs."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from mpiswarm.launch import mpiswarm_command
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def subprocess_env() -> dict:
+    """The environment for child processes: this checkout importable, no proxies for loopback."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    return env
+
+
+def run_mpiswarm(n_ranks: int, args: list, timeout: float = 120.0, cwd=None) -> subprocess.CompletedProcess:
+    """``mpiexec -n N python -m mpiswarm ARGS`` with a hard deadline: a hang fails the test and
+    the whole process group we started is killed."""
+    cmd = mpiswarm_command(n_ranks, [str(a) for a in args])
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
+                            env=subprocess_env(), start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"mpiswarm did not finish within {timeout} s\nstdout:\n{out}\nstderr:\n{err}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+@pytest.fixture
+def sim_factory():
+    """Start ``python -m mpiswarm.sim ARGS`` processes; every one is stopped (by PID) afterwards."""
+    from mpiswarm.sim import start_process
+
+    started = []
+
+    def start(*args):
+        proc = start_process([str(a) for a in args])
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def sim_counter(url: str, name: str = "mpiswarm_sim:http_requests_total") -> float:
+    """A counter from a simulated endpoint's /metrics (summed over labels)."""
+    root = url.rstrip("/").removesuffix("/v1")
+    with urllib.request.urlopen(root + "/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    return sum(float(m.group(1)) for m in re.finditer(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M))

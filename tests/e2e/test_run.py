@@ -1,0 +1,218 @@
+"""End to end: ``mpiexec -n N mpiswarm run`` against simulated endpoints on loopback,
+checking every row of the HDF5 file and the exit code (tier 3)."""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from mpiswarm.partition import contiguous_bounds
+from mpiswarm.sim import chat_prompt, expected_completion
+from mpiswarm.store import read_results
+
+from ..conftest import run_mpiswarm, sim_counter, write_jsonl
+
+MODEL = "sim-model"
+WORDS = ["gene", "протеин", "細胞", "🧬", "cell", "α-helix", "line"]
+
+
+def make_rows(n_rows: int) -> list[dict]:
+    return [{"custom_id": f"id-{i:04d}", "prompt": f"Q{i}: {WORDS[i % 7]} {' '.join(WORDS[: i % 5])}?"}
+            for i in range(n_rows)]
+
+
+def endpoint_args(sim):
+    return ["--model", MODEL, "--endpoint", "http://127.0.0.1:{port}/v1", "--base-port", sim.ports[0]]
+
+
+def assert_rows(data, rows, *, n=1, max_tokens=256, seed=None, stop=None):
+    """Every row in input order with the simulator's answer for its prompt."""
+    assert data["prompt"].tolist() == [r["prompt"] for r in rows]
+    assert data["custom_id"].tolist() == [r.get("custom_id", str(i)) for i, r in enumerate(rows)]
+    assert data["ok"].all(), data["error"][~data["ok"]][:3]
+    assert (data["error"] == "").all()
+    completion = data["completion"].reshape(len(rows), n)
+    finish = data["finish_reason"].reshape(len(rows), n)
+    for i, row in enumerate(rows):
+        for j in range(n):
+            text, reason, _ = expected_completion(
+                row["prompt"], seed=row.get("seed", seed), j=j, max_tokens=row.get("max_tokens", max_tokens),
+                stop=row.get("stop", stop))
+            assert (completion[i, j], finish[i, j]) == (text, reason), f"row {i} choice {j}"
+
+
+@pytest.mark.parametrize("batch_size, calls_per_rank", [(None, 1), (25, 4)])
+def test_four_ranks_every_row_in_order(tmp_path, sim_factory, batch_size, calls_per_rank):
+    """Choices shuffled by the endpoint and calls answered out of order: rows still land in order."""
+    rows = make_rows(400)
+    sim = sim_factory("--count", 4, "--time-scale", 0.02, "--shuffle-choices", "--jitter", 0.05)
+    extra = ["--batch-size", batch_size, "--concurrency", 4] if batch_size else []
+    out = tmp_path / "out.h5"
+    res = run_mpiswarm(4, ["run", write_jsonl(tmp_path / "in.jsonl", rows), "-o", out, *endpoint_args(sim),
+                           "--seed", 7, *extra])
+    assert res.returncode == 0, res.stderr
+    data = read_results(out)
+    assert_rows(data, rows, seed=7)
+    bounds = contiguous_bounds(400, 4)
+    assert data["rank"].tolist() == np.repeat(np.arange(4), np.diff(bounds)).tolist()
+    assert (data["latency_s"] > 0).all()
+    assert data["prompt_tokens"].tolist() == [-1] * 400  # a list's usage is a sum over its prompts
+    attrs = data["attrs"]
+    assert attrs["complete"] and attrs["n_ok"] == 400 and attrs["n_ranks"] == 4 and attrs["model"] == MODEL
+    assert attrs["params"]["sampling"]["seed"] == 7
+    assert all(attrs[f"time_{p}_s"] >= 0 for p in ("read", "health", "scatter", "requests", "gather", "write"))
+    assert data["ranks"]["n_calls"].tolist() == [calls_per_rank] * 4
+    assert data["ranks"]["endpoint"].tolist() == [f"http://127.0.0.1:{p}/v1" for p in sim.ports]
+    assert data["ranks"]["completion_tokens"].sum() > 0
+    for url in sim.urls:  # each endpoint reached, in a handful of calls
+        assert sim_counter(url) == calls_per_rank
+    assert "400 prompts on 4 ranks: 400 ok, 0 failed" in res.stdout
+    assert str(out) in res.stdout
+    assert [p.name for p in tmp_path.iterdir()] == ["in.jsonl", "out.h5"] or sorted(
+        p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.h5"]
+
+
+def test_n2_and_per_row_overrides(tmp_path, sim_factory):
+    rows = make_rows(60)
+    for i, row in enumerate(rows):
+        if i % 3 == 1:
+            row["max_tokens"] = 3
+        if i % 4 == 2:
+            row["seed"] = 1000 + i
+        if i % 10 == 5:
+            row["stop"] = [" "]
+    sim = sim_factory("--count", 2, "--time-scale", 0, "--shuffle-choices")
+    out = tmp_path / "out.h5"
+    res = run_mpiswarm(2, ["run", write_jsonl(tmp_path / "in.jsonl", rows), "-o", out, *endpoint_args(sim),
+                           "--n", 2, "--max-tokens", 12, "--seed", 3])
+    assert res.returncode == 0, res.stderr
+    data = read_results(out)
+    assert data["completion"].shape == (60, 2)
+    assert_rows(data, rows, n=2, max_tokens=12, seed=3)
+    assert set(data["finish_reason"].ravel()) <= {"stop", "length"}
+    assert "length" in set(data["finish_reason"].ravel())
+
+
+def test_chat_api_one_call_per_prompt(tmp_path, sim_factory):
+    rows = make_rows(30)
+    sim = sim_factory("--count", 2, "--time-scale", 0.01, "--jitter", 0.02)
+    out = tmp_path / "out.h5"
+    res = run_mpiswarm(2, ["run", write_jsonl(tmp_path / "in.jsonl", rows), "-o", out, *endpoint_args(sim),
+                           "--api", "chat", "--max-tokens", 9, "--concurrency", 8])
+    assert res.returncode == 0, res.stderr
+    data = read_results(out)
+    for i, row in enumerate(rows):
+        text, reason, n_tokens = expected_completion(chat_prompt([{"role": "user", "content": row["prompt"]}]),
+                                                     max_tokens=9)
+        assert data["completion"][i] == text and data["finish_reason"][i] == reason
+        assert data["completion_tokens"][i] == n_tokens  # one prompt a call: usage is per prompt
+    assert [sim_counter(u) for u in sim.urls] == [15, 15]
+    assert data["ranks"]["n_calls"].tolist() == [15, 15]
+
+
+def test_txt_input_more_ranks_than_prompts(tmp_path, sim_factory):
+    prompts = ["first prompt", "второй ☃"]
+    path = tmp_path / "in.txt"
+    path.write_text("\n".join(prompts) + "\n", encoding="utf-8")
+    sim = sim_factory("--count", 3, "--time-scale", 0)
+    out = tmp_path / "out.h5"
+    res = run_mpiswarm(3, ["run", path, "-o", out, *endpoint_args(sim), "--max-tokens", 5])
+    assert res.returncode == 0, res.stderr
+    data = read_results(out)
+    assert_rows(data, [{"prompt": p} for p in prompts], max_tokens=5)
+    assert data["rank"].tolist() == [0, 1]
+    assert data["ranks"]["n_prompts"].tolist() == [1, 1, 0]
+    assert data["ranks"]["n_calls"].tolist() == [1, 1, 0]
+
+
+def test_openai_batch_rows_and_hostfile(tmp_path, sim_factory):
+    rows = make_rows(12)
+    batch = [{"custom_id": r["custom_id"], "method": "POST", "url": "/v1/completions",
+              "body": {"model": MODEL, "prompt": r["prompt"], "max_tokens": 4 + i % 2}} for i, r in enumerate(rows)]
+    sim = sim_factory("--count", 2, "--time-scale", 0)
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text(f"# two agents\n127.0.0.1\t{sim.ports[1]}\trole=a\n127.0.0.1:{sim.ports[0]}\n")
+    out = tmp_path / "out.h5"
+    res = run_mpiswarm(2, ["run", write_jsonl(tmp_path / "in.jsonl", batch), "-o", out, "--model", MODEL,
+                           "--hostfile", hostfile])
+    assert res.returncode == 0, res.stderr
+    data = read_results(out)
+    assert_rows(data, [dict(r, max_tokens=4 + i % 2) for i, r in enumerate(rows)])
+    assert data["ranks"]["endpoint"].tolist() == [sim.urls[1], sim.urls[0]]
+    assert data["ranks"]["n_calls"].tolist() == [2, 2]  # two override groups per rank
+
+
+BAD_INPUTS = {
+    "not_json": ('{"prompt": "a"}\n{"prompt": "b",\n', "in.jsonl:2: not valid JSON"),
+    "missing_prompt": ('{"prompt": "a"}\n{"question": "b"}\n', "in.jsonl:2: no 'prompt' field"),
+    "non_string_prompt": ('{"prompt": ["a", "b"]}\n', "in.jsonl:1: 'prompt' must be a string, got list"),
+    "duplicate_custom_id": ('{"prompt": "a", "custom_id": "x"}\n{"prompt": "b", "custom_id": "x"}\n',
+                            "in.jsonl:2: duplicate custom_id 'x' (first on line 1)"),
+    "missing_file": (None, "in.jsonl: no such file"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_exits_2_with_one_line_and_sends_nothing(tmp_path, sim_factory, case):
+    text, message = BAD_INPUTS[case]
+    path = tmp_path / "in.jsonl"
+    if text is not None:
+        path.write_text(text)
+    sim = sim_factory("--count", 2, "--time-scale", 0)
+    out = tmp_path / "out.h5"
+    res = run_mpiswarm(2, ["run", path, "-o", out, *endpoint_args(sim)])
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and lines[0].startswith("mpiswarm: error: "), res.stderr
+    assert "Traceback" not in res.stderr + res.stdout
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == (["in.jsonl"] if text else [])
+    assert [sim_counter(u) for u in sim.urls] == [0, 0]
+
+
+def test_usage_errors_exit_2(tmp_path):
+    res = run_mpiswarm(2, ["run", tmp_path / "in.jsonl", "-o", tmp_path / "o.h5", "--model", MODEL,
+                           "--endpoint", "http://127.0.0.1:{prt}/v1"])
+    assert res.returncode == 2 and "unknown placeholder {prt}" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    res = run_mpiswarm(2, ["run", "x.jsonl", "-o", tmp_path / "o.h5"])
+    assert res.returncode == 2 and "--model" in res.stderr
+    assert len(res.stderr.strip().splitlines()) <= 2  # argparse's usage line and its error, once
+
+
+def test_endpoint_that_never_becomes_healthy(tmp_path, sim_factory):
+    rows = make_rows(8)
+    sim = sim_factory("--count", 2, "--time-scale", 0, "--slow-start", 600, "--fault-endpoints", 1)
+    out = tmp_path / "out.h5"
+    t0 = time.monotonic()
+    res = run_mpiswarm(2, ["run", write_jsonl(tmp_path / "in.jsonl", rows), "-o", out, *endpoint_args(sim),
+                           "--health-timeout", 2])
+    assert time.monotonic() - t0 < 60
+    assert res.returncode == 4, res.stdout + res.stderr
+    assert f"rank 1 on " in res.stdout and f"endpoint {sim.urls[1]} unavailable: not healthy after 2 s" in res.stdout
+    assert "rank 0" not in res.stdout
+    assert not out.exists()
+    assert [sim_counter(u) for u in sim.urls] == [0, 0]
+
+
+def test_failed_call_fails_its_rows_exit_3(tmp_path, sim_factory):
+    """Before fault isolation lands, a list that fails with HTTP 400 fails its own rows only."""
+    rows = make_rows(40)
+    rows[13]["prompt"] = "long " * 400  # ~500 tokens > max_model_len 256
+    sim = sim_factory("--count", 2, "--time-scale", 0, "--max-model-len", 256)
+    out = tmp_path / "out.h5"
+    res = run_mpiswarm(2, ["run", write_jsonl(tmp_path / "in.jsonl", rows), "-o", out, *endpoint_args(sim),
+                           "--batch-size", 5, "--max-tokens", 8])
+    assert res.returncode == 3, res.stderr
+    data = read_results(out)
+    failed = np.flatnonzero(~data["ok"]).tolist()
+    assert failed == [10, 11, 12, 13, 14]  # the call that carried row 13
+    for i in failed:
+        assert data["error"][i].startswith("HTTP 400: This model's maximum context length is 256 tokens")
+        assert data["completion"][i] == ""
+    good = [r for i, r in enumerate(rows) if i not in failed]
+    assert [data["completion"][i] for i in range(40) if i not in failed] == [
+        expected_completion(r["prompt"], max_tokens=8)[0] for r in good]
+    assert data["attrs"]["n_ok"] == 35 and data["attrs"]["complete"]
+    assert "35 ok, 5 failed" in res.stdout and "5 x HTTP 400" in res.stdout
