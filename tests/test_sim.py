@@ -565,3 +565,18 @@ def test_process_on_any_free_port_exits_cleanly_on_sigint(http):
         assert proc.proc.wait(10) == 0
     finally:
         proc.stop()
+
+
+def test_openai_sdk_talks_to_the_simulator(sim):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=sim.urls[0], api_key="EMPTY", max_retries=0, timeout=10)
+    r = client.completions.create(model="tiny", prompt=PROMPTS[:3], max_tokens=5, n=2)
+    assert sorted((c.index, c.text) for c in r.choices) == [
+        (i * 2 + j, expected_completion(PROMPTS[i], j=j, max_tokens=5)[0])
+        for i in range(3) for j in range(2)]
+    messages = [{"role": "user", "content": "hi"}]
+    r = client.chat.completions.create(model="tiny", messages=messages, max_tokens=5)
+    assert r.choices[0].message.content == expected_completion(chat_prompt(messages), max_tokens=5)[0]
+    with pytest.raises(openai.BadRequestError, match="maximum context length"):
+        client.completions.create(model="tiny", prompt=["x" * 4000], max_tokens=5)
+    assert [m.id for m in client.models.list()] == ["tiny"]

@@ -18,7 +18,6 @@ Time model (continuous batching)
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -68,23 +67,23 @@ class SimConfig:
     and ``fault_endpoints`` (indices the fault options apply to; ``None`` = all).
     """
 
-    model: str = "sim-model"
-    max_model_len: int = 4096
-    max_num_seqs: int = 256
-    prefill_tps: float = 20000.0
-    decode_step_s: float = 0.01
-    decode_step_growth: float = 0.002
-    time_scale: float = 1.0
-    speed: float = 1.0
-    speeds: tuple[float, ...] | None = None
-    shuffle_choices: bool = False
-    error_rate: float = 0.0
-    error_kinds: tuple[str, ...] = FAULT_KINDS
-    fault_seed: int = 0
-    crash_after: int | None = None
-    slow_start: float = 0.0
-    jitter: float = 0.0
-    fault_endpoints: tuple[int, ...] | None = None
+    model: str = "sim-model"  # listed by /v1/models; requests may name any model
+    max_model_len: int = 4096  # prompt tokens + max_tokens must fit, else HTTP 400
+    max_num_seqs: int = 256  # sequences decoded together; the rest wait
+    prefill_tps: float = 20000.0  # prompt tokens prefilled per second
+    decode_step_s: float = 0.01  # seconds per decode step of an empty batch
+    decode_step_growth: float = 0.002  # step = decode_step_s * (1 + growth * running)
+    time_scale: float = 1.0  # multiplies simulated times; 0: answer at once, no scheduler
+    speed: float = 1.0  # throughput multiplier (0.25: a quarter-speed endpoint)
+    speeds: tuple[float, ...] | None = None  # one speed per endpoint, overrides speed
+    shuffle_choices: bool = False  # return choices in random order (indices stay right)
+    error_rate: float = 0.0  # fraction of completion calls that fail
+    error_kinds: tuple[str, ...] = FAULT_KINDS  # how they fail, drawn uniformly
+    fault_seed: int = 0  # seed of fault draws and shuffles
+    crash_after: int | None = None  # after this many calls: unhealthy, calls dropped
+    slow_start: float = 0.0  # real seconds of 503 after listening starts
+    jitter: float = 0.0  # real seconds, a random 0..jitter delay per call
+    fault_endpoints: tuple[int, ...] | None = None  # endpoints faults apply to (None: all)
 
     def __post_init__(self) -> None:
         _require(self.max_model_len >= 1, "max_model_len must be >= 1")
