@@ -18,7 +18,7 @@ It stops on SIGTERM/SIGINT (exit status 0); ``--help`` lists every option.
 
 Python::
 
-    from mpiswarm.sim import SimConfig, run_in_thread, expected_completion
+    from mpiswarm.sim import SimConfig, expected_completion, run_in_thread, start_process
 
     with run_in_thread(SimConfig(time_scale=0), count=2) as sim:
         sim.urls            # ["http://127.0.0.1:P/v1", "http://127.0.0.1:Q/v1"]
@@ -31,7 +31,12 @@ Python::
 
 Answers depend only on ``(prompt, seed, j, max_tokens, stop)``: choice ``index`` is
 ``prompt_index * n + j``; a chat request's prompt is ``chat_prompt(messages)``;
-``count_tokens(text)`` (``ceil(utf8_bytes / 4)``) is the prompt-token estimate.
+``count_tokens(text)`` (``ceil(utf8_bytes / 4)``) is the prompt-token estimate, used for
+``usage.prompt_tokens`` and the context check (any prompt with ``count_tokens(prompt) +
+max_tokens > max_model_len`` fails its whole list with vLLM's HTTP 400 body).
+
+``/metrics`` counts one engine request per sequence (prompt x choice), as vLLM does, and
+adds ``mpiswarm_sim:http_requests_total`` (calls to the two completion routes).
 """
 from .faults import FAULT_KINDS, FaultAction, FaultPolicy, draw_fault
 from .model import (

@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
       help="first port; endpoints use P..P+COUNT-1; 0 = any free ports (default %(default)s)")
     a("--count", type=int, default=1, metavar="K", help="independent endpoints (default 1)")
     a("--ready-file", metavar="PATH", help="write the URLs here (one a line, atomically)")
-    a("--log-level", default="WARNING", help="logging level on stderr (default %(default)s)")
+    a("--log-level", default="WARNING", type=str.upper,
+      choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="stderr logging (default %(default)s)")
     g = p.add_argument_group("model").add_argument
     g("--model", default=d.model, help="served model name (default %(default)s)")
     g("--max-model-len", type=int, default=d.max_model_len, metavar="N",
@@ -142,7 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     if ns.port and not 0 < ns.port <= 65536 - ns.count:
         parser.error(f"ports {ns.port}..{ns.port + ns.count - 1} are out of range")
-    logging.basicConfig(level=ns.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=ns.log_level,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
     return asyncio.run(serve(config, ns))
 
 

@@ -115,33 +115,36 @@ class Metrics:
         lb = self.labels
         out: list[str] = []
 
-        def metric(name: str, kind: str, help_: str, samples: list[str]) -> None:
+        def family(name: str, kind: str, help_: str, samples: list[str]) -> None:
             out.extend((f"# HELP {name} {help_}", f"# TYPE {name} {kind}", *samples))
 
-        metric("vllm:num_requests_running", "gauge", "Number of requests in model execution batches.",
-               [f"vllm:num_requests_running{{{lb}}} {float(running)}"])
-        metric("vllm:num_requests_waiting", "gauge", "Number of requests waiting to be processed.",
-               [f"vllm:num_requests_waiting{{{lb}}} {float(waiting)}"])
-        metric("vllm:kv_cache_usage_perc", "gauge", "KV-cache usage. 1 means 100 percent usage.",
-               [f"vllm:kv_cache_usage_perc{{{lb}}} {kv_usage}"])
-        metric("vllm:prompt_tokens_total", "counter", "Number of prefill tokens processed.",
-               [f"vllm:prompt_tokens_total{{{lb}}} {float(self.prompt_tokens)}"])
-        metric("vllm:generation_tokens_total", "counter", "Number of generation tokens processed.",
-               [f"vllm:generation_tokens_total{{{lb}}} {float(self.generation_tokens)}"])
-        metric("vllm:num_preemptions_total", "counter", "Cumulative number of preemption from the engine.",
-               [f"vllm:num_preemptions_total{{{lb}}} {float(self.preemptions)}"])
-        metric("vllm:request_success_total", "counter", "Count of successfully processed requests.",
-               [f'vllm:request_success_total{{finished_reason="{reason}",{lb}}} {float(self.success[reason])}'
+        def single(name: str, kind: str, help_: str, value: float) -> None:
+            family(name, kind, help_, [f"{name}{{{lb}}} {float(value)}"])
+
+        single("vllm:num_requests_running", "gauge",
+               "Number of requests in model execution batches.", running)
+        single("vllm:num_requests_waiting", "gauge",
+               "Number of requests waiting to be processed.", waiting)
+        single("vllm:kv_cache_usage_perc", "gauge",
+               "KV-cache usage. 1 means 100 percent usage.", kv_usage)
+        single("vllm:prompt_tokens_total", "counter",
+               "Number of prefill tokens processed.", self.prompt_tokens)
+        single("vllm:generation_tokens_total", "counter",
+               "Number of generation tokens processed.", self.generation_tokens)
+        single("vllm:num_preemptions_total", "counter",
+               "Cumulative number of preemption from the engine.", self.preemptions)
+        name = "vllm:request_success_total"
+        family(name, "counter", "Count of successfully processed requests.",
+               [f'{name}{{finished_reason="{reason}",{lb}}} {float(self.success[reason])}'
                 for reason in ("stop", "length")])
-        metric("vllm:e2e_request_latency_seconds", "histogram",
-               "Histogram of e2e request latency in seconds.",
-               self.e2e.lines("vllm:e2e_request_latency_seconds", lb))
-        metric("vllm:request_queue_time_seconds", "histogram",
-               "Histogram of time spent in WAITING phase for request.",
-               self.queue_time.lines("vllm:request_queue_time_seconds", lb))
-        metric("mpiswarm_sim:http_requests_total", "counter",
-               "HTTP calls to /v1/completions and /v1/chat/completions, whatever their outcome.",
-               [f"mpiswarm_sim:http_requests_total{{{lb}}} {float(self.http_requests)}"])
+        name = "vllm:e2e_request_latency_seconds"
+        family(name, "histogram", "Histogram of e2e request latency in seconds.",
+               self.e2e.lines(name, lb))
+        name = "vllm:request_queue_time_seconds"
+        family(name, "histogram", "Histogram of time spent in WAITING phase for request.",
+               self.queue_time.lines(name, lb))
+        single("mpiswarm_sim:http_requests_total", "counter",
+               "HTTP calls to the completion routes, whatever their outcome.", self.http_requests)
         out.append("")
         return "\n".join(out)
 
@@ -267,7 +270,8 @@ class Engine:
                 group.future.set_exception(EngineStopped(reason))
         self._groups.clear()
 
-    async def generate(self, prompt_tokens: Sequence[int], answers: Sequence[tuple], n: int) -> None:
+    async def generate(self, prompt_tokens: Sequence[int], answers: Sequence[tuple],
+                       n: int) -> None:
         """Run the sequences of one request: ``answers[i*n + j]`` belongs to prompt ``i``.
 
         Returns once all are finished; if cancelled (client gone), aborts them.
@@ -892,7 +896,8 @@ def _await_listening(proc: subprocess.Popen, lines: queue.Queue, timeout: float)
         try:
             line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
         except queue.Empty:
-            raise TimeoutError(f"simulator (pid {proc.pid}) not listening after {timeout} s") from None
+            raise TimeoutError(
+                f"simulator (pid {proc.pid}) not listening after {timeout} s") from None
         if line is None:
             status = proc.wait()
             error = _AddressInUse if status == EXIT_ADDRESS_IN_USE else RuntimeError
