@@ -1,0 +1,236 @@
+"""The simulator's configuration and its pure models: deterministic text and step times.
+
+Nothing here does I/O or keeps state, so tests (and the client's tests) can compute
+every answer the simulator will give with :func:`expected_completion`.
+
+Text model
+    A completion is a run of words from :data:`WORDS` (one "token" per word, joined by
+    single spaces). The number of words, 1..:data:`MAX_WORDS`, and the words themselves
+    come from one BLAKE2b digest of ``(seed, j, prompt)``, so the natural length does not
+    depend on ``max_tokens``. The text is cut to ``max_tokens`` words (finish reason
+    ``length``), then at the first occurrence of any stop string (finish reason ``stop``).
+
+Time model (continuous batching)
+    Admitting prompts costs ``prompt_tokens / prefill_tps`` seconds in the step that
+    admits them; a decode step costs ``decode_step_s * (1 + decode_step_growth * running)``.
+    All times are multiplied by ``time_scale`` and divided by the endpoint's speed.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+MAX_WORDS = 48
+"""Longest natural answer, in words (tokens)."""
+
+# 256 words, so one digest byte picks one word. A few are non-ASCII on purpose: clients
+# must carry UTF-8 text (2-, 3- and 4-byte sequences) through to their output files.
+WORDS: tuple[str, ...] = tuple(
+    """
+    the of and to in is that it for on with as was at by from this be or are an not but all
+    were when we there can more if no out so said what up its about into than them only
+    other new some could time these two may then first any like now over such our man me
+    even most made after also did many before must through back years where much your way
+    well down should because each just those people how too little good very make world
+    still own see men work long get here between both life being under never day same
+    another know while last might us great old year off come since against go came right
+    used take three himself few house use during without again place around however home
+    small found thought went say part once general high upon school every does got left
+    number course until always away something fact though water less public put think almost
+    hand enough far took head yet system better set told nothing night end why called eyes
+    find going look asked later knew point next city business give group toward young let
+    room side social given present several order second possible rather per face among form
+    often important things looked early white case become large big need four within felt
+    along children saw best ever least power development light thing seemed family interest
+    want members mind country area others done turned although café naïve über jalapeño
+    façade smörgåsbord 東京 🙂
+    """.split()
+)
+if len(WORDS) != 256 or len(set(WORDS)) != 256:  # one digest byte picks one word
+    raise ImportError("mpiswarm.sim.model.WORDS must hold 256 distinct words")
+
+FAULT_KINDS: tuple[str, ...] = ("500", "503", "429", "timeout", "drop")
+"""Kinds ``error_kinds`` accepts: HTTP statuses, a call never answered, a dropped connection."""
+
+FINISH_STOP = "stop"
+FINISH_LENGTH = "length"
+
+_HEADER_NO_SEED = b"mpiswarm-sim\x00-\x00"
+
+
+@dataclass
+class SimConfig:
+    """Everything that shapes a simulated endpoint; one field per command-line option.
+
+    Per-endpoint variations: ``speeds`` (one speed per endpoint, overriding ``speed``)
+    and ``fault_endpoints`` (indices the fault options apply to; ``None`` = all).
+    """
+
+    model: str = "sim-model"  # listed by /v1/models; requests may name any model
+    max_model_len: int = 4096  # prompt tokens + max_tokens must fit, else HTTP 400
+    max_num_seqs: int = 256  # sequences decoded together; the rest wait
+    prefill_tps: float = 20000.0  # prompt tokens prefilled per second
+    decode_step_s: float = 0.01  # seconds per decode step of an empty batch
+    decode_step_growth: float = 0.002  # step = decode_step_s * (1 + growth * running)
+    time_scale: float = 1.0  # multiplies simulated times; 0: answer at once, no scheduler
+    speed: float = 1.0  # throughput multiplier (0.25: a quarter-speed endpoint)
+    speeds: tuple[float, ...] | None = None  # one speed per endpoint, overrides speed
+    shuffle_choices: bool = False  # return choices in random order (indices stay right)
+    error_rate: float = 0.0  # fraction of completion calls that fail
+    error_kinds: tuple[str, ...] = FAULT_KINDS  # how they fail, drawn uniformly
+    fault_seed: int = 0  # seed of fault draws and shuffles
+    crash_after: int | None = None  # after this many calls: unhealthy, calls dropped
+    slow_start: float = 0.0  # real seconds of 503 after listening starts
+    jitter: float = 0.0  # real seconds, a random 0..jitter delay per call
+    fault_endpoints: tuple[int, ...] | None = None  # endpoints faults apply to (None: all)
+
+    def __post_init__(self) -> None:
+        _require(self.max_model_len >= 1, "max_model_len must be >= 1")
+        _require(self.max_num_seqs >= 1, "max_num_seqs must be >= 1")
+        _require(self.prefill_tps > 0, "prefill_tps must be > 0")
+        _require(self.decode_step_s >= 0 and self.decode_step_growth >= 0,
+                 "decode_step_s and decode_step_growth must be >= 0")
+        _require(self.time_scale >= 0, "time_scale must be >= 0")
+        if self.speeds is not None:
+            self.speeds = tuple(float(s) for s in self.speeds)
+        _require(all(s > 0 for s in (self.speed, *(self.speeds or ()))), "speeds must be > 0")
+        _require(0.0 <= self.error_rate <= 1.0, "error_rate must be within [0, 1]")
+        self.error_kinds = tuple(self.error_kinds)
+        _require(bool(self.error_kinds), "error_kinds must not be empty")
+        bad = [k for k in self.error_kinds if k not in FAULT_KINDS]
+        _require(not bad, f"unknown error kinds {bad}; choose from {', '.join(FAULT_KINDS)}")
+        _require(self.crash_after is None or self.crash_after >= 0, "crash_after must be >= 0")
+        _require(self.slow_start >= 0 and self.jitter >= 0, "slow_start and jitter must be >= 0")
+        if self.fault_endpoints is not None:
+            self.fault_endpoints = tuple(int(i) for i in self.fault_endpoints)
+
+    def check_count(self, count: int) -> None:
+        """Raise ``ValueError`` unless the per-endpoint options fit ``count`` endpoints."""
+        _require(count >= 1, "count must be >= 1")
+        if self.speeds is not None:
+            _require(len(self.speeds) == count,
+                     f"{len(self.speeds)} speeds given for {count} endpoints")
+        bad = [i for i in self.fault_endpoints or () if not 0 <= i < count]
+        _require(not bad, f"fault endpoint indices {bad} out of range for {count} endpoints")
+
+    def speed_of(self, index: int) -> float:
+        """Throughput multiplier of endpoint ``index``."""
+        return self.speeds[index] if self.speeds is not None else self.speed
+
+    def faults_apply_to(self, index: int) -> bool:
+        """Whether the fault options act on endpoint ``index``."""
+        return self.fault_endpoints is None or index in self.fault_endpoints
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def count_tokens(text: str) -> int:
+    """The simulator's prompt-token estimate: ``ceil(utf8_bytes / 4)``, at least 1.
+
+    Used for ``usage.prompt_tokens``, the context-length check and prefill time.
+    """
+    return max(1, (len(text.encode("utf-8", "surrogatepass")) + 3) // 4)
+
+
+def chat_prompt(messages: Iterable[dict]) -> str:
+    """The prompt a chat request stands for: its messages' contents joined by ``"\\n"``.
+
+    A content may be a string, ``None``, or a list of parts, whose ``{"type": "text"}``
+    parts count (joined without separator). Roles are ignored.
+    """
+    return "\n".join(_content_text(m.get("content")) for m in messages)
+
+
+def _content_text(content: object) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            part.get("text") or ""
+            for part in content
+            if isinstance(part, dict) and part.get("type", "text") == "text"
+        )
+    raise ValueError("message content must be a string, null or a list of parts")
+
+
+def natural_words(prompt: str, *, seed: int | None = None, j: int = 0) -> list[str]:
+    """The answer's words before ``max_tokens`` and stop strings apply (1..MAX_WORDS)."""
+    if seed is None:
+        header = _HEADER_NO_SEED + b"%d\x00" % j
+    else:
+        header = b"mpiswarm-sim\x00%d\x00%d\x00" % (seed, j)
+    h = hashlib.blake2b(header, digest_size=64)
+    h.update(prompt.encode("utf-8", "surrogatepass"))
+    digest = h.digest()
+    n_words = 1 + (digest[0] << 8 | digest[1]) % MAX_WORDS
+    return [WORDS[b] for b in digest[2 : 2 + n_words]]
+
+
+def expected_completion(
+    prompt: str,
+    *,
+    seed: int | None = None,
+    j: int = 0,
+    max_tokens: int | None = 16,
+    stop: str | Sequence[str] | None = None,
+) -> tuple[str, str, int]:
+    """The simulator's answer to ``prompt``: ``(text, finish_reason, completion_tokens)``.
+
+    ``j`` is the choice within ``n``; ``max_tokens=None`` means no limit (chat requests
+    without ``max_tokens``). ``finish_reason`` is ``"length"`` when the answer was cut to
+    ``max_tokens`` words, else ``"stop"``. A stop string cuts the text before its first
+    occurrence (``"stop"``); the tokens counted then run to the word that completed it.
+    """
+    words = natural_words(prompt, seed=seed, j=j)
+    finish = FINISH_STOP
+    if max_tokens is not None and len(words) > max_tokens:
+        words = words[:max_tokens]
+        finish = FINISH_LENGTH
+    text = " ".join(words)
+    if stop:
+        cut = _first_stop(text, (stop,) if isinstance(stop, str) else stop)
+        if cut is not None:
+            start, end = cut
+            return text[:start], FINISH_STOP, text.count(" ", 0, end) + 1
+    return text, finish, len(words)
+
+
+def _first_stop(text: str, stops: Iterable[str]) -> tuple[int, int] | None:
+    """``(start, end)`` of the earliest stop-string match in ``text``, if any."""
+    best = None
+    for s in stops:
+        if not s:
+            continue
+        i = text.find(s)
+        if i >= 0 and (best is None or i < best[0] or (i == best[0] and i + len(s) < best[1])):
+            best = (i, i + len(s))
+    return best
+
+
+def context_error(prompt_tokens: int, max_tokens: int, max_model_len: int) -> str | None:
+    """vLLM's message when a prompt plus ``max_tokens`` exceeds the context, else ``None``."""
+    requested = prompt_tokens + max_tokens
+    if requested <= max_model_len:
+        return None
+    return (
+        f"This model's maximum context length is {max_model_len} tokens. However, you "
+        f"requested {requested} tokens ({prompt_tokens} in the messages, {max_tokens} in "
+        f"the completion). Please reduce the length of the messages or completion."
+    )
+
+
+def prefill_seconds(prompt_tokens: int, config: SimConfig, speed: float) -> float:
+    """Simulated time to prefill ``prompt_tokens`` tokens on an endpoint of ``speed``."""
+    return prompt_tokens / config.prefill_tps * config.time_scale / speed
+
+
+def decode_step_seconds(running: int, config: SimConfig, speed: float) -> float:
+    """Simulated time of one decode step with ``running`` sequences in the batch."""
+    base = config.decode_step_s * (1.0 + config.decode_step_growth * running)
+    return base * config.time_scale / speed

@@ -1,0 +1,906 @@
+"""The simulated endpoints: aiohttp handlers, the batching engine, metrics, and launchers.
+
+One :class:`Endpoint` per port, each with its own engine, fault policy, metrics and
+counters. :class:`SimServer` runs several in the current event loop;
+:func:`run_in_thread` and :func:`start_process` run them for tests and demos.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import heapq
+import itertools
+import json
+import logging
+import os
+import queue
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from bisect import bisect_left
+from collections import Counter, deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
+from pathlib import Path
+
+from aiohttp import web
+
+from .faults import CRASHED, STARTING, FaultPolicy
+from .model import (
+    SimConfig,
+    context_error,
+    count_tokens,
+    chat_prompt,
+    decode_step_seconds,
+    expected_completion,
+    prefill_seconds,
+)
+
+log = logging.getLogger("mpiswarm.sim")
+
+LISTENING_PREFIX = "mpiswarm.sim listening on "
+"""Start of the one line the command prints (then the endpoint URLs, space separated)."""
+
+EXIT_ADDRESS_IN_USE = 98
+"""Exit status of the command when a port is taken (as errno EADDRINUSE on Linux)."""
+
+CLIENT_MAX_SIZE = 1 << 30  # request bodies: 10^5 long prompts must fit, as with vLLM
+SHUTDOWN_TIMEOUT_S = 2.0  # bound on waiting for handlers at shutdown
+MIN_TICK_S = 0.002  # shorter decode steps are run several per event-loop wake-up
+MAX_LAG_S = 0.1  # how far the engine may run behind real time before it stops catching up
+LATENCY_BUCKETS = (
+    0.01, 0.025, 0.05, 0.1, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0,
+    30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0,
+)
+
+_dumps = functools.partial(json.dumps, ensure_ascii=False, separators=(",", ":"))
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+class Histogram:
+    """A Prometheus histogram (non-cumulative counts, rendered cumulatively)."""
+
+    __slots__ = ("bounds", "counts", "sum", "count")
+
+    def __init__(self, bounds: Sequence[float] = LATENCY_BUCKETS):
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float, times: int = 1) -> None:
+        """Record ``value`` ``times`` times."""
+        self.counts[bisect_left(self.bounds, value)] += times
+        self.sum += value * times
+        self.count += times
+
+    def lines(self, name: str, labels: str) -> list[str]:
+        """Exposition lines ``name_bucket{le=…}``, ``name_sum``, ``name_count``."""
+        out, total = [], 0
+        for bound, n in zip((*self.bounds, "+Inf"), self.counts):
+            total += n
+            le = bound if isinstance(bound, str) else repr(float(bound))
+            out.append(f'{name}_bucket{{{labels},le="{le}"}} {float(total)}')
+        out.append(f"{name}_sum{{{labels}}} {self.sum}")
+        out.append(f"{name}_count{{{labels}}} {float(self.count)}")
+        return out
+
+
+class Metrics:
+    """vLLM-named counters and histograms of one endpoint, plus simulator extras."""
+
+    def __init__(self, model: str):
+        escaped = model.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        self.labels = f'model_name="{escaped}"'
+        self.prompt_tokens = 0
+        self.generation_tokens = 0
+        self.preemptions = 0  # the simulator admits by sequence count, so never preempts
+        self.success: Counter[str] = Counter()
+        self.http_requests = 0
+        self.e2e = Histogram()
+        self.queue_time = Histogram()
+
+    def render(self, running: int, waiting: int, kv_usage: float) -> str:
+        """The ``/metrics`` page (Prometheus text format 0.0.4)."""
+        lb = self.labels
+        out: list[str] = []
+
+        def family(name: str, kind: str, help_: str, samples: list[str]) -> None:
+            out.extend((f"# HELP {name} {help_}", f"# TYPE {name} {kind}", *samples))
+
+        def single(name: str, kind: str, help_: str, value: float) -> None:
+            family(name, kind, help_, [f"{name}{{{lb}}} {float(value)}"])
+
+        single("vllm:num_requests_running", "gauge",
+               "Number of requests in model execution batches.", running)
+        single("vllm:num_requests_waiting", "gauge",
+               "Number of requests waiting to be processed.", waiting)
+        single("vllm:kv_cache_usage_perc", "gauge",
+               "KV-cache usage. 1 means 100 percent usage.", kv_usage)
+        single("vllm:prompt_tokens_total", "counter",
+               "Number of prefill tokens processed.", self.prompt_tokens)
+        single("vllm:generation_tokens_total", "counter",
+               "Number of generation tokens processed.", self.generation_tokens)
+        single("vllm:num_preemptions_total", "counter",
+               "Cumulative number of preemption from the engine.", self.preemptions)
+        name = "vllm:request_success_total"
+        family(name, "counter", "Count of successfully processed requests.",
+               [f'{name}{{finished_reason="{reason}",{lb}}} {float(self.success[reason])}'
+                for reason in ("stop", "length")])
+        name = "vllm:e2e_request_latency_seconds"
+        family(name, "histogram", "Histogram of e2e request latency in seconds.",
+               self.e2e.lines(name, lb))
+        name = "vllm:request_queue_time_seconds"
+        family(name, "histogram", "Histogram of time spent in WAITING phase for request.",
+               self.queue_time.lines(name, lb))
+        single("mpiswarm_sim:http_requests_total", "counter",
+               "HTTP calls to the completion routes, whatever their outcome.", self.http_requests)
+        out.append("")
+        return "\n".join(out)
+
+
+@dataclasses.dataclass
+class EndpointStats:
+    """Per-endpoint counters for tests and studies (see :meth:`SimHandle.stats`)."""
+
+    http_requests: int = 0  # calls to the completion routes, whatever their outcome
+    responses_ok: int = 0  # calls answered 200
+    bad_requests: int = 0  # calls answered 400
+    prompts: int = 0  # prompts answered
+    choices: int = 0  # choices answered (prompts x n)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    rejected_starting: int = 0  # 503 during slow start
+    dropped_crashed: int = 0  # connections dropped after a crash
+    faults: Counter = dataclasses.field(default_factory=Counter)  # injected, by kind
+
+    def snapshot(self) -> dict:
+        """A plain-dict copy."""
+        out = dataclasses.asdict(self)
+        out["faults"] = dict(self.faults)
+        return out
+
+
+# ---------------------------------------------------------------------------- engine
+
+
+class EngineStopped(RuntimeError):
+    """The endpoint shut down before the request finished."""
+
+
+_WAITING, _RUNNING, _DONE, _ABORTED = range(4)
+
+
+class _Seq:
+    """One sequence (a prompt's choice j), the engine's unit of scheduling."""
+
+    __slots__ = ("group", "prompt_tokens", "prefill_tokens", "n_out", "finish_reason",
+                 "arrival", "start_step", "state")
+
+    def __init__(self, group, prompt_tokens, prefill_tokens, n_out, finish_reason, arrival):
+        self.group = group
+        self.prompt_tokens = prompt_tokens
+        self.prefill_tokens = prefill_tokens
+        self.n_out = n_out
+        self.finish_reason = finish_reason
+        self.arrival = arrival
+        self.start_step = 0
+        self.state = _WAITING
+
+
+class _Group:
+    """The sequences of one HTTP request; its future resolves when all are done."""
+
+    __slots__ = ("future", "seqs", "remaining")
+
+    def __init__(self, future: asyncio.Future):
+        self.future = future
+        self.seqs: list[_Seq] = []
+        self.remaining = 0
+
+
+class Engine:
+    """Continuous-batching scheduler of one endpoint, run as a task in its event loop.
+
+    Each step admits waiting sequences while fewer than ``max_num_seqs`` run (their
+    prefill adds to that step's time), then every running sequence gains one token; a
+    sequence finishes after its own number of tokens. Steps shorter than
+    :data:`MIN_TICK_S` are grouped into one wake-up (never past the next finish).
+    """
+
+    def __init__(self, config: SimConfig, speed: float, metrics: Metrics):
+        self.config = config
+        self.speed = speed
+        self.metrics = metrics
+        self.max_running = 0
+        self._waiting: deque[_Seq] = deque()
+        self._n_waiting = 0
+        self._n_running = 0
+        self._heap: list[tuple[int, int, _Seq]] = []  # (finish step, tie-break, seq)
+        self._tie = itertools.count()
+        self._step = 0
+        self._groups: set[_Group] = set()
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+
+    @property
+    def running(self) -> int:
+        return self._n_running
+
+    @property
+    def waiting(self) -> int:
+        return self._n_waiting
+
+    def kv_usage(self) -> float:
+        """Tokens held by running sequences over ``max_num_seqs * max_model_len``."""
+        held = sum(
+            seq.prompt_tokens + min(self._step - seq.start_step, seq.n_out)
+            for _, _, seq in self._heap
+            if seq.state == _RUNNING
+        )
+        return held / (self.config.max_num_seqs * self.config.max_model_len)
+
+    def start(self) -> None:
+        """Start the scheduling task (in the running loop)."""
+        self._wake = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop scheduling and fail every unfinished request with :class:`EngineStopped`."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self._fail_pending("endpoint shut down")
+
+    def _fail_pending(self, reason: str) -> None:
+        for group in self._groups:
+            if not group.future.done():
+                group.future.set_exception(EngineStopped(reason))
+        self._groups.clear()
+
+    async def generate(self, prompt_tokens: Sequence[int], answers: Sequence[tuple],
+                       n: int) -> None:
+        """Run the sequences of one request: ``answers[i*n + j]`` belongs to prompt ``i``.
+
+        Returns once all are finished; if cancelled (client gone), aborts them.
+        """
+        if self._task is None or self._task.done():
+            raise EngineStopped("endpoint is not running")
+        loop = asyncio.get_running_loop()
+        group = _Group(loop.create_future())
+        now = loop.time()
+        for k, (_, finish_reason, n_tokens) in enumerate(answers):
+            i, j = divmod(k, n)
+            pt = prompt_tokens[i]
+            group.seqs.append(_Seq(group, pt, pt if j == 0 else 0, max(1, n_tokens),
+                                   finish_reason, now))
+        group.remaining = len(group.seqs)
+        self._waiting.extend(group.seqs)
+        self._n_waiting += len(group.seqs)
+        self._groups.add(group)
+        self._wake.set()
+        try:
+            await group.future
+        except asyncio.CancelledError:
+            self._abort(group)
+            raise
+
+    def _abort(self, group: _Group) -> None:
+        self._groups.discard(group)
+        for seq in group.seqs:
+            if seq.state == _WAITING:
+                self._n_waiting -= 1
+            elif seq.state == _RUNNING:
+                self._n_running -= 1
+            seq.state = _ABORTED
+
+    async def _run(self) -> None:
+        try:
+            await self._schedule()
+        except Exception:  # a bug: fail loudly rather than leave calls hanging
+            log.exception("mpiswarm.sim engine failed; its calls will be dropped")
+            self._fail_pending("engine failed")
+
+    async def _schedule(self) -> None:
+        loop = asyncio.get_running_loop()
+        clock = loop.time()  # simulated time, kept from drifting behind real time
+        while True:
+            if not self._n_waiting and not self._n_running:
+                self._wake.clear()
+                await self._wake.wait()
+                clock = loop.time()
+            clock = max(clock, loop.time() - MAX_LAG_S)
+            prefill = self._admit(clock)
+            if not self._n_running:
+                continue
+            step_s = decode_step_seconds(self._n_running, self.config, self.speed)
+            steps = self._steps_this_tick(step_s)
+            clock += prefill_seconds(prefill, self.config, self.speed) + steps * step_s
+            await asyncio.sleep(max(0.0, clock - loop.time()))
+            self._step += steps
+            self.metrics.generation_tokens += steps * self._n_running
+            self._finish_due(loop.time())
+
+    def _admit(self, now: float) -> int:
+        """Move waiting sequences into the batch; returns their prefill tokens."""
+        prefill = 0
+        limit = self.config.max_num_seqs
+        waiting, heap = self._waiting, self._heap
+        while waiting and self._n_running < limit:
+            seq = waiting.popleft()
+            if seq.state != _WAITING:
+                continue
+            seq.state = _RUNNING
+            seq.start_step = self._step
+            heapq.heappush(heap, (self._step + seq.n_out, next(self._tie), seq))
+            self._n_waiting -= 1
+            self._n_running += 1
+            prefill += seq.prefill_tokens
+            self.metrics.queue_time.observe(now - seq.arrival)
+        self.metrics.prompt_tokens += prefill
+        self.max_running = max(self.max_running, self._n_running)
+        return prefill
+
+    def _steps_this_tick(self, step_s: float) -> int:
+        if step_s >= MIN_TICK_S:
+            return 1
+        to_next = max(1, self._heap[0][0] - self._step)
+        return to_next if step_s <= 0 else min(to_next, max(1, int(MIN_TICK_S / step_s)))
+
+    def _finish_due(self, now: float) -> None:
+        heap, metrics = self._heap, self.metrics
+        while heap and heap[0][0] <= self._step:
+            seq = heapq.heappop(heap)[2]
+            if seq.state != _RUNNING:
+                continue
+            seq.state = _DONE
+            self._n_running -= 1
+            metrics.e2e.observe(now - seq.arrival)
+            metrics.success[seq.finish_reason] += 1
+            group = seq.group
+            group.remaining -= 1
+            if not group.remaining:
+                self._groups.discard(group)
+                if not group.future.done():
+                    group.future.set_result(None)
+
+
+# -------------------------------------------------------------------------- handlers
+
+
+class BadRequest(ValueError):
+    """A request the endpoint answers with HTTP 400."""
+
+
+def error_response(status: int, message: str, err_type: str = "BadRequestError",
+                   headers: dict | None = None) -> web.Response:
+    """A vLLM-shaped error body."""
+    body = {"object": "error", "message": message, "type": err_type, "param": None, "code": status}
+    return web.json_response(body, status=status, headers=headers, dumps=_dumps)
+
+
+_INJECTED = {
+    "500": (500, "Simulated internal server error.", "InternalServerError"),
+    "503": (503, "Simulated service unavailable.", "ServiceUnavailableError"),
+    "429": (429, "Simulated rate limit: too many requests.", "RateLimitError"),
+}
+
+
+class Endpoint:
+    """One simulated vLLM server: its routes, engine, faults and counters."""
+
+    def __init__(self, config: SimConfig, index: int = 0):
+        self.config = config
+        self.index = index
+        self.speed = config.speed_of(index)
+        self.faults = FaultPolicy(config, index)
+        self.metrics = Metrics(config.model)
+        self.stats = EndpointStats()
+        self.engine = Engine(config, self.speed, self.metrics) if config.time_scale > 0 else None
+        self._shuffle = random.Random(f"{config.fault_seed}:{index}:shuffle")
+        self._closing: asyncio.Event | None = None
+
+    def build_app(self) -> web.Application:
+        """The aiohttp application serving this endpoint."""
+        app = web.Application(client_max_size=CLIENT_MAX_SIZE)
+        app.router.add_post("/v1/completions", self.completions)
+        app.router.add_post("/v1/chat/completions", self.chat_completions)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/metrics", self.metrics_page)
+        app.on_startup.append(self._on_startup)
+        app.on_shutdown.append(self._on_shutdown)
+        return app
+
+    def snapshot(self) -> dict:
+        """Counters of this endpoint, plus its engine's current state."""
+        out = self.stats.snapshot()
+        out.update(
+            index=self.index,
+            speed=self.speed,
+            healthy=self.faults.healthy,
+            running=self.engine.running if self.engine else 0,
+            waiting=self.engine.waiting if self.engine else 0,
+            max_running=self.engine.max_running if self.engine else 0,
+        )
+        return out
+
+    async def _on_startup(self, app: web.Application) -> None:
+        self._closing = asyncio.Event()
+        if self.engine:
+            self.engine.start()
+
+    async def _on_shutdown(self, app: web.Application) -> None:
+        self._closing.set()  # releases "timeout" calls and jitter waits
+        if self.engine:
+            await self.engine.stop()
+
+    # -- simple routes
+
+    async def health(self, request: web.Request) -> web.Response:
+        """``GET /health``: 200 when serving, 503 while slow-starting or after a crash."""
+        return web.Response(status=200 if self.faults.healthy else 503)
+
+    async def models(self, request: web.Request) -> web.Response:
+        """``GET /v1/models``: the served model name and its ``max_model_len``."""
+        if self.faults.starting:
+            return error_response(503, "The server is starting up.", "ServiceUnavailableError")
+        card = {"id": self.config.model, "object": "model", "created": int(time.time()),
+                "owned_by": "mpiswarm-sim", "root": self.config.model, "parent": None,
+                "max_model_len": self.config.max_model_len}
+        return web.json_response({"object": "list", "data": [card]}, dumps=_dumps)
+
+    async def metrics_page(self, request: web.Request) -> web.Response:
+        """``GET /metrics`` in Prometheus text format."""
+        engine = self.engine
+        text = self.metrics.render(engine.running if engine else 0,
+                                   engine.waiting if engine else 0,
+                                   engine.kv_usage() if engine else 0.0)
+        return web.Response(body=text.encode(),
+                            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+    # -- completion routes
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        """``POST /v1/completions`` (prompt: a string or a list of strings)."""
+        return await self._serve_call(request, self._answer_completions)
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        """``POST /v1/chat/completions``; the prompt is ``chat_prompt(messages)``."""
+        return await self._serve_call(request, self._answer_chat)
+
+    async def _serve_call(self, request: web.Request, answer) -> web.StreamResponse:
+        """Faults first, then parse the body and answer it."""
+        self.stats.http_requests += 1
+        self.metrics.http_requests += 1
+        action = self.faults.on_call()
+        if action.kind == STARTING:
+            self.stats.rejected_starting += 1
+            return error_response(503, "The server is starting up.", "ServiceUnavailableError")
+        if action.kind == CRASHED:
+            self.stats.dropped_crashed += 1
+            return self._drop(request)
+        if action.delay:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), action.delay)
+        if action.kind is not None:
+            self.stats.faults[action.kind] += 1
+            return await self._inject(request, action.kind)
+        started = time.monotonic()
+        try:
+            body = await request.json()
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+            body = exc
+        try:
+            if not isinstance(body, dict):
+                raise BadRequest(f"Invalid JSON body: {body}" if isinstance(body, ValueError)
+                                 else "The request body must be a JSON object.")
+            response = await answer(body, started)
+        except BadRequest as exc:
+            self.stats.bad_requests += 1
+            return error_response(400, str(exc))
+        except EngineStopped:
+            return self._drop(request)
+        self.stats.responses_ok += 1
+        return response
+
+    async def _inject(self, request: web.Request, kind: str) -> web.StreamResponse:
+        if kind in _INJECTED:
+            status, message, err_type = _INJECTED[kind]
+            headers = {"Retry-After": "1"} if status == 429 else None
+            return error_response(status, message, err_type, headers)
+        if kind == "timeout":  # hold the call until the client gives up or we shut down
+            await self._closing.wait()
+        return self._drop(request)
+
+    @staticmethod
+    def _drop(request: web.Request) -> web.Response:
+        """Close the connection without answering (the response is never sent)."""
+        if request.transport is not None:
+            request.transport.abort()
+        return web.Response(status=503)
+
+    async def _answer_completions(self, body: dict, started: float) -> web.Response:
+        max_tokens = _int_param(body, "max_tokens", 16, 1)
+        n, seed, stop = _sampling_params(body)
+        prompts = _prompts(body.get("prompt"))
+        prompt_tokens = [count_tokens(p) for p in prompts]
+        self._check_context(prompt_tokens, max_tokens)
+        answers = [expected_completion(p, seed=seed, j=j, max_tokens=max_tokens, stop=stop)
+                   for p in prompts for j in range(n)]
+        await self._generate(prompt_tokens, answers, n, started)
+        choices = [{"index": k, "text": text, "logprobs": None, "finish_reason": finish,
+                    "stop_reason": None} for k, (text, finish, _) in enumerate(answers)]
+        return self._reply("cmpl-", "text_completion", body, choices, prompt_tokens, answers)
+
+    async def _answer_chat(self, body: dict, started: float) -> web.Response:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages or not all(
+                isinstance(m, dict) for m in messages):
+            raise BadRequest("messages must be a non-empty list of message objects.")
+        try:
+            prompt = chat_prompt(messages)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        prompt_tokens = [count_tokens(prompt)]
+        max_tokens = _int_param(body, "max_completion_tokens", None, 1)
+        if max_tokens is None:
+            max_tokens = _int_param(body, "max_tokens", None, 1)
+        # Without a limit, like vLLM: whatever the context leaves (at least one token).
+        self._check_context(prompt_tokens, 1 if max_tokens is None else max_tokens)
+        limit = self.config.max_model_len - prompt_tokens[0] if max_tokens is None else max_tokens
+        n, seed, stop = _sampling_params(body)
+        answers = [expected_completion(prompt, seed=seed, j=j, max_tokens=limit, stop=stop)
+                   for j in range(n)]
+        await self._generate(prompt_tokens, answers, n, started)
+        choices = [{"index": j, "message": {"role": "assistant", "content": text},
+                    "logprobs": None, "finish_reason": finish, "stop_reason": None}
+                   for j, (text, finish, _) in enumerate(answers)]
+        return self._reply("chatcmpl-", "chat.completion", body, choices, prompt_tokens, answers)
+
+    def _check_context(self, prompt_tokens: list[int], max_tokens: int) -> None:
+        """Fail the whole request if any prompt plus ``max_tokens`` exceeds the context."""
+        room = self.config.max_model_len - max_tokens
+        if max(prompt_tokens) > room:
+            first = next(t for t in prompt_tokens if t > room)
+            raise BadRequest(context_error(first, max_tokens, self.config.max_model_len))
+
+    async def _generate(self, prompt_tokens: list[int], answers: list[tuple], n: int,
+                        started: float) -> None:
+        """Spend the simulated time (engine) or account an instant answer."""
+        if self.engine is not None:
+            await self.engine.generate(prompt_tokens, answers, n)
+        else:
+            metrics = self.metrics
+            metrics.prompt_tokens += sum(prompt_tokens)
+            metrics.generation_tokens += sum(a[2] for a in answers)
+            metrics.success.update(a[1] for a in answers)
+            metrics.e2e.observe(time.monotonic() - started, len(answers))
+            metrics.queue_time.observe(0.0, len(answers))
+        stats = self.stats
+        stats.prompts += len(prompt_tokens)
+        stats.choices += len(answers)
+        stats.prompt_tokens += sum(prompt_tokens)
+        stats.completion_tokens += sum(a[2] for a in answers)
+
+    def _reply(self, id_prefix: str, obj: str, body: dict, choices: list[dict],
+               prompt_tokens: list[int], answers: list[tuple]) -> web.Response:
+        if self.config.shuffle_choices:
+            self._shuffle.shuffle(choices)
+        model = body.get("model")
+        p_tok, c_tok = sum(prompt_tokens), sum(a[2] for a in answers)
+        payload = {
+            "id": id_prefix + uuid.uuid4().hex,
+            "object": obj,
+            "created": int(time.time()),
+            "model": model if isinstance(model, str) and model else self.config.model,
+            "choices": choices,
+            "usage": {"prompt_tokens": p_tok, "completion_tokens": c_tok,
+                      "total_tokens": p_tok + c_tok},
+        }
+        return web.Response(body=_dumps(payload).encode("utf-8"), content_type="application/json")
+
+
+def _int_param(body: dict, key: str, default: int | None, minimum: int) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return default
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise BadRequest(f"{key} must be an integer >= {minimum}, got {value!r}.")
+    return value
+
+
+def _sampling_params(body: dict) -> tuple[int, int | None, str | list[str] | None]:
+    """``(n, seed, stop)``; temperature, top_p and unknown keys are ignored."""
+    if body.get("stream"):
+        raise BadRequest("stream=true is not supported by the simulator.")
+    n = _int_param(body, "n", 1, 1)
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise BadRequest(f"seed must be an integer, got {seed!r}.")
+    stop = body.get("stop")
+    if not (stop is None or isinstance(stop, str)
+            or (isinstance(stop, list) and all(isinstance(s, str) for s in stop))):
+        raise BadRequest("stop must be a string or a list of strings.")
+    return n, seed, stop
+
+
+def _prompts(prompt: object) -> list[str]:
+    if isinstance(prompt, str):
+        return [prompt]
+    if isinstance(prompt, list) and prompt:
+        if all(type(p) is str for p in prompt):
+            return prompt
+        if all(isinstance(p, (int, list)) for p in prompt):
+            raise BadRequest("Token-id prompts are not supported by the simulator; send text.")
+    if prompt is None:
+        raise BadRequest("The request has no prompt.")
+    raise BadRequest("prompt must be a string or a non-empty list of strings.")
+
+
+# ---------------------------------------------------------------------------- server
+
+
+def url_host(host: str) -> str:
+    """How clients should address ``host`` in a URL (wildcards become this host's name)."""
+    if host in ("", "0.0.0.0", "::"):
+        return socket.gethostname()
+    return f"[{host}]" if ":" in host else host
+
+
+class SimServer:
+    """``count`` endpoints in the current event loop, on ports ``port..port+count-1``.
+
+    ``port=0`` gives each endpoint its own free port.
+    """
+
+    def __init__(self, config: SimConfig, count: int = 1, host: str = "127.0.0.1", port: int = 0):
+        config.check_count(count)
+        self.config = config
+        self.host = host
+        self.port = port
+        self.endpoints = [Endpoint(config, i) for i in range(count)]
+        self.ports: list[int] = []
+        self._runners: list[web.AppRunner] = []
+
+    @property
+    def urls(self) -> list[str]:
+        """Base URLs (``http://host:port/v1``) of the listening endpoints."""
+        return [f"http://{url_host(self.host)}:{p}/v1" for p in self.ports]
+
+    async def start(self) -> list[str]:
+        """Listen on every port (all or none: an ``OSError`` stops what started)."""
+        try:
+            for i, endpoint in enumerate(self.endpoints):
+                runner = web.AppRunner(endpoint.build_app(), access_log=None,
+                                       handler_cancellation=True,
+                                       shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+                await runner.setup()
+                self._runners.append(runner)
+                site = web.TCPSite(runner, self.host, self.port + i if self.port else 0)
+                await site.start()
+                self.ports.append(runner.addresses[0][1])
+        except BaseException:
+            await self.stop()
+            raise
+        for endpoint in self.endpoints:
+            endpoint.faults.start()
+        return self.urls
+
+    async def stop(self) -> None:
+        """Close every endpoint; pending and held calls are dropped."""
+        while self._runners:
+            await self._runners.pop().cleanup()
+
+
+class SimHandle:
+    """What :func:`run_in_thread` yields: the endpoints' URLs, ports and counters."""
+
+    def __init__(self, server: SimServer, loop: asyncio.AbstractEventLoop):
+        self._server = server
+        self._loop = loop
+        self.urls: list[str] = server.urls
+        self.ports: list[int] = list(server.ports)
+
+    def stats(self, i: int = 0) -> dict:
+        """Counters of endpoint ``i``: ``http_requests``, ``responses_ok``, ``prompts``,
+        ``choices``, tokens, ``faults`` by kind, ``running``/``waiting``/``max_running``…"""
+        endpoint = self._server.endpoints[i]
+        if not self._loop.is_running():  # the server has stopped
+            return endpoint.snapshot()
+
+        async def snapshot() -> dict:  # taken in the server's thread, never mid-update
+            return endpoint.snapshot()
+
+        return asyncio.run_coroutine_threadsafe(snapshot(), self._loop).result(10.0)
+
+
+@contextlib.contextmanager
+def run_in_thread(config: SimConfig | None = None, count: int = 1, *,
+                  timeout: float = 30.0) -> Iterator[SimHandle]:
+    """Serve ``count`` endpoints on free 127.0.0.1 ports from a background thread.
+
+    Returns once all are listening; stops them (and the thread) on exit.
+    """
+    config = config or SimConfig()
+    config.check_count(count)
+    ready: Future = Future()
+    state: dict = {}
+
+    async def serve() -> None:
+        state["loop"], state["stop"] = asyncio.get_running_loop(), asyncio.Event()
+        server = SimServer(config, count, "127.0.0.1", 0)
+        try:
+            await server.start()
+        except BaseException as exc:
+            ready.set_exception(exc)
+            return
+        ready.set_result(server)
+        try:
+            await state["stop"].wait()
+        finally:
+            await server.stop()
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),), name="mpiswarm-sim", daemon=True)
+    thread.start()
+    server = ready.result(timeout)
+    try:
+        yield SimHandle(server, state["loop"])
+    finally:
+        state["loop"].call_soon_threadsafe(state["stop"].set)
+        thread.join(timeout)
+        if thread.is_alive():
+            raise RuntimeError(f"simulator thread did not stop within {timeout} s")
+
+
+# ------------------------------------------------------------------------- processes
+
+
+def find_free_port_block(k: int, host: str = "127.0.0.1", attempts: int = 100) -> int:
+    """A base port ``p`` such that ``p..p+k-1`` can all be bound on ``host`` right now."""
+    for _ in range(attempts):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind((host, 0))
+            base = probe.getsockname()[1]
+        if base + k - 1 <= 65535 and _ports_free(host, base, k):
+            return base
+    raise RuntimeError(f"no block of {k} free consecutive ports found on {host}")
+
+
+def _ports_free(host: str, base: int, k: int) -> bool:
+    with contextlib.ExitStack() as stack:
+        for port in range(base, base + k):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            try:
+                sock.bind((host, port))
+            except OSError:
+                return False
+    return True
+
+
+class SimProcess:
+    """A running ``python -m mpiswarm.sim`` (see :func:`start_process`)."""
+
+    def __init__(self, proc: subprocess.Popen, urls: list[str], stderr, pump: threading.Thread):
+        self.proc = proc
+        self.urls = urls
+        self.ports = [int(u.rsplit(":", 1)[1].split("/", 1)[0]) for u in urls]
+        self._stderr = stderr
+        self._pump = pump
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM, then SIGKILL after ``timeout`` s; returns the exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._pump.join(timeout)
+        self._stderr.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> SimProcess:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class _AddressInUse(RuntimeError):
+    """The child exited with :data:`EXIT_ADDRESS_IN_USE`."""
+
+
+def start_process(args: Sequence[str], timeout: float = 30.0, *, attempts: int = 5) -> SimProcess:
+    """Launch ``python -m mpiswarm.sim *args`` and wait for its listening line.
+
+    Without ``--port`` in ``args`` it picks a free block of ``--count`` ports itself,
+    and tries a new block if another process took one first (up to ``attempts`` times).
+    """
+    args = [str(a) for a in args]
+    if _option(args, "--port") is not None:
+        return _launch(args, timeout)
+    count = int(_option(args, "--count") or 1)
+    for _ in range(attempts):
+        try:
+            return _launch([*args, "--port", str(find_free_port_block(count))], timeout)
+        except _AddressInUse:
+            continue
+    raise RuntimeError(f"could not bind {count} consecutive ports in {attempts} attempts")
+
+
+def _option(args: list[str], name: str) -> str | None:
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _launch(args: list[str], timeout: float) -> SimProcess:
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[2])  # so the child imports this mpiswarm
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    stderr = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen([sys.executable, "-m", "mpiswarm.sim", *args], stdout=subprocess.PIPE,
+                            stderr=stderr, stdin=subprocess.DEVNULL, text=True, env=env)
+    lines: queue.Queue = queue.Queue()
+    pump = threading.Thread(target=_pump_lines, args=(proc.stdout, lines), daemon=True)
+    pump.start()
+    try:
+        urls = _await_listening(proc, lines, timeout)
+    except BaseException as exc:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        pump.join(timeout)
+        stderr.seek(0)
+        tail = stderr.read()[-2000:]
+        stderr.close()
+        if isinstance(exc, (RuntimeError, TimeoutError)) and tail:
+            raise type(exc)(f"{exc}; its stderr ends with:\n{tail}") from None
+        raise
+    return SimProcess(proc, urls, stderr, pump)
+
+
+def _pump_lines(stream, lines: queue.Queue) -> None:
+    with stream:
+        for line in stream:
+            lines.put(line)
+    lines.put(None)
+
+
+def _await_listening(proc: subprocess.Popen, lines: queue.Queue, timeout: float) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            raise TimeoutError(
+                f"simulator (pid {proc.pid}) not listening after {timeout} s") from None
+        if line is None:
+            status = proc.wait()
+            error = _AddressInUse if status == EXIT_ADDRESS_IN_USE else RuntimeError
+            raise error(f"simulator exited with status {status} before listening")
+        if line.startswith(LISTENING_PREFIX):
+            return line[len(LISTENING_PREFIX):].split()
