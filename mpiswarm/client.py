@@ -94,16 +94,9 @@ def place_completions(data: dict, rows, n: int, results: ResultColumns, latency_
         flat = rows[i] * n_out + j
         completion[flat] = choice["text"]
         finish[flat] = choice.get("finish_reason") or ""
-    answered = 0
-    missing = []
-    for i in range(k):
-        row = rows[i]
-        if all(seen[i * n : i * n + n]):
-            results.ok[row] = True
-            results.error[row] = ""
-            answered += 1
-        else:
-            missing.append(row)
+    missing = [rows[i] for i in range(k) if not all(seen[i * n : i * n + n])]
+    results.answered([rows[i] for i in range(k) if all(seen[i * n : i * n + n])])
+    answered = k - len(missing)
     results.latency_s[rows if isinstance(rows, list) else slice(rows.start, rows.stop)] = latency_s
     if missing:
         results.fail(missing, "response carried no choice for this prompt", latency_s)
@@ -132,12 +125,10 @@ def _place_contiguous(data: dict, rows: range, results: ResultColumns, latency_s
     answered = seen.count(1)
     if answered == k:
         results.ok[base : base + k] = True
+        results.done[base : base + k] = True
         results.error[base : base + k] = [""] * k
     else:
-        for i in range(k):
-            if seen[i]:
-                results.ok[base + i] = True
-                results.error[base + i] = ""
+        results.answered([base + i for i in range(k) if seen[i]])
         results.fail([base + i for i in range(k) if not seen[i]], "response carried no choice for this prompt",
                      latency_s)
     if k == 1:
@@ -160,8 +151,7 @@ def place_chat(data: dict, row: int, n: int, results: ResultColumns, latency_s: 
     if got < n:
         results.fail([row], f"response carried {got} of {n} choices", latency_s)
         return 0
-    results.ok[row] = True
-    results.error[row] = ""
+    results.answered([row])
     _set_row_usage(data, row, results)
     return 1
 

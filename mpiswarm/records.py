@@ -9,7 +9,7 @@ import numpy as np
 #: columns holding strings: ``completion`` and ``finish_reason`` have ``n`` entries a row
 STRING_COLUMNS = ("completion", "finish_reason", "error")
 #: columns holding numbers, one entry a row
-NUMERIC_COLUMNS = ("index", "ok", "rank", "prompt_tokens", "completion_tokens", "latency_s")
+NUMERIC_COLUMNS = ("index", "ok", "done", "rank", "prompt_tokens", "completion_tokens", "latency_s")
 
 
 @dataclass
@@ -22,7 +22,8 @@ class ResultColumns:
     completion: list[str]
     finish_reason: list[str]
     error: list[str]
-    ok: np.ndarray  # bool
+    ok: np.ndarray  # bool: answered
+    done: np.ndarray  # bool: finished for good (answered, or failed in a way a retry cannot fix)
     rank: np.ndarray  # int32: the rank that served the row
     prompt_tokens: np.ndarray  # int64, -1 where unknown
     completion_tokens: np.ndarray  # int64, -1 where unknown
@@ -39,6 +40,7 @@ class ResultColumns:
             finish_reason=[""] * (rows * n),
             error=["not attempted"] * rows,
             ok=np.zeros(rows, dtype=bool),
+            done=np.zeros(rows, dtype=bool),
             rank=np.full(rows, rank, dtype=np.int32),
             prompt_tokens=np.full(rows, -1, dtype=np.int64),
             completion_tokens=np.full(rows, -1, dtype=np.int64),
@@ -48,16 +50,35 @@ class ResultColumns:
     def __len__(self) -> int:
         return len(self.index)
 
-    def fail(self, rows, message: str, latency_s: float = np.nan) -> None:
-        """Mark local ``rows`` failed with ``message`` (and no answer text)."""
+    def fail(self, rows, message: str, latency_s: float = np.nan, final: bool = True) -> None:
+        """Mark local ``rows`` failed with ``message`` (and no answer text). ``final=False``
+        leaves them to a later attempt (a resume), ``final=True`` records the failure for good."""
         n = self.n
         for row in rows:
             self.ok[row] = False
+            self.done[row] = final
             self.error[row] = message
             for flat in range(row * n, row * n + n):
                 self.completion[flat] = ""
                 self.finish_reason[flat] = ""
         self.latency_s[list(rows)] = latency_s
+
+    def answered(self, rows) -> None:
+        """Mark local ``rows`` answered (their texts are already in place)."""
+        for row in rows:
+            self.ok[row] = True
+            self.done[row] = True
+            self.error[row] = ""
+
+    @classmethod
+    def concat(cls, parts: list["ResultColumns"]) -> "ResultColumns":
+        """Rows of every part, one after the other (parts share ``n``)."""
+        n = parts[0].n
+        return cls(
+            n=n,
+            **{c: sum((getattr(p, c) for p in parts), []) for c in STRING_COLUMNS},
+            **{c: np.concatenate([getattr(p, c) for p in parts]) for c in NUMERIC_COLUMNS},
+        )
 
     def in_index_order(self) -> "ResultColumns":
         """The same rows sorted by ``index`` (a no-op when they already are)."""

@@ -68,3 +68,11 @@ def sim_counter(url: str, name: str = "mpiswarm_sim:http_requests_total") -> flo
     with urllib.request.urlopen(root + "/metrics", timeout=10) as resp:
         text = resp.read().decode()
     return sum(float(m.group(1)) for m in re.finditer(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+
+
+def pytest_ignore_collect(collection_path, config):
+    """tests/mpi runs under mpiexec (tests/e2e/test_mpi_tier.py starts it); a plain run skips it."""
+    if collection_path.name == "mpi" and collection_path.parent.name == "tests" and not config.getoption(
+            "with_mpi", default=False):
+        return True
+    return None

@@ -123,9 +123,9 @@ async def serve(config: SimConfig, ns: argparse.Namespace) -> int:
               f"(count {ns.count}): {exc}", file=sys.stderr, flush=True)
         return EXIT_ADDRESS_IN_USE if exc.errno == errno.EADDRINUSE else 1
     try:
-        print(LISTENING_PREFIX + " ".join(urls), flush=True)
-        if ns.ready_file:
+        if ns.ready_file:  # before the listening line, so whoever waits on the line finds the file
             write_atomically(ns.ready_file, "".join(u + "\n" for u in urls))
+        print(LISTENING_PREFIX + " ".join(urls), flush=True)
         await stop.wait()
     finally:
         await server.stop()
