@@ -37,13 +37,14 @@ import fcntl
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import BinaryIO, Callable, Iterator, Sequence
 
 #: The pinned llama-cpp-python release whose sdist vendors llama.cpp.
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
@@ -69,6 +70,7 @@ CMAKE_OPTIONS: tuple[str, ...] = (
 )
 BUILD_TARGET = "llama-server"
 BINARY_NAME = "llama-server"
+BUILD_LOG = "build.log"
 
 #: Seconds between progress lines while a long step runs.
 HEARTBEAT_SECONDS = 30.0
@@ -161,28 +163,38 @@ def ensure_llama_server(log: Log = print, jobs: int | None = None) -> Path:
     if missing:
         raise MissingToolchainError(missing)
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(target.parent / ".build.lock", log):
+    lock_path = target.parent / ".build.lock"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        lock_file = open(lock_path, "a+b")
+    except OSError as exc:
+        raise LlamaServerBuildError(
+            f"cannot use the cache directory {target.parent}: {exc}") from exc
+    with lock_file, _exclusive_lock(lock_file, log):
         # Another process may have finished the build while we waited for the lock.
         if _is_executable_file(target):
             log(_stamp(f"llama-server was built by another process: {target}"))
             return target
-        _build_and_install(target, jobs or default_jobs(), log)
+        try:
+            _build_and_install(target, jobs or default_jobs(), log)
+        except OSError as exc:  # e.g. no space for the temporary build directory
+            raise LlamaServerBuildError(f"llama-server build failed: {exc}; "
+                                        f"full log: {target.parent / BUILD_LOG}") from exc
     return target
 
 
 @contextlib.contextmanager
-def _exclusive_lock(lock_path: Path, log: Log) -> Iterator[None]:
-    with open(lock_path, "a+b") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log(_stamp(f"another process is building llama-server; waiting for {lock_path}"))
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _exclusive_lock(lock_file: BinaryIO, log: Log) -> Iterator[None]:
+    """Hold an exclusive flock on ``lock_file``, saying so when it has to wait."""
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log(_stamp(f"another process is building llama-server; waiting for {lock_file.name}"))
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
 def _stamp(message: str) -> str:
@@ -214,8 +226,11 @@ class _Builder:
         started = time.monotonic()
         with open(self.log_path, "ab") as out:
             try:
+                # Own process group, so an interrupted step is ended with all its
+                # children (make, compilers), not just the top command.
                 proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                        stdout=out, stderr=subprocess.STDOUT)
+                                        stdout=out, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
             except OSError as exc:
                 raise self.fail(step, f"cannot run {argv[0]}: {exc}") from exc
             try:
@@ -229,7 +244,8 @@ class _Builder:
                                         f" ({self._last_progress_line()})"))
             finally:
                 if proc.poll() is None:  # interrupted: do not leave the step running
-                    proc.kill()
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
         if returncode != 0:
             raise self.fail(step, f"command exited with status {returncode}")
@@ -260,7 +276,7 @@ class _Builder:
 
 
 def _build_and_install(target: Path, jobs: int, log: Log) -> None:
-    log_path = target.parent / "build.log"
+    log_path = target.parent / BUILD_LOG
     log_path.write_text(
         f"llama-server build: llama-cpp-python {LLAMA_CPP_PYTHON_VERSION}, "
         f"target {target}, jobs {jobs}\n", encoding="utf-8")
@@ -354,6 +370,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def to_stderr(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
+
+    def terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # unwind: stop the running step, remove temporary files
+
+    signal.signal(signal.SIGTERM, terminate)
 
     try:
         path = ensure_llama_server(log=to_stderr, jobs=args.jobs)

@@ -254,11 +254,16 @@ def write_tiny_model(path: os.PathLike[str] | str, seed: int = 0) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Write a tiny random-weight llama GGUF model.")
     parser.add_argument("out", type=Path, help="where to write the .gguf file")
-    parser.add_argument("--seed", type=int, default=0, help="random seed of the weights (default 0)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="random seed of the weights (default 0)")
     args = parser.parse_args(argv)
     if args.seed < 0:
         parser.error("--seed must be non-negative")
-    path = write_tiny_model(args.out, seed=args.seed)
+    try:
+        path = write_tiny_model(args.out, seed=args.seed)
+    except OSError as exc:
+        print(f"error: cannot write {args.out}: {exc}", file=sys.stderr)
+        return 1
     print(path)
     return 0
 

@@ -4,8 +4,10 @@ Fixtures (all tests in ``tests/engine/`` are marked ``engine``):
 
 ``llama_server_bin`` (session)
     Path of ``llama-server``: ``$LLAMA_SERVER``, the cache, or a build from source
-    (several minutes, once per machine; see ``tools/llama_server.py``).  Skips the
-    tier when CMake or a C/C++ compiler is missing; a failed build is an error.
+    (several minutes, once per machine; see ``tools/llama_server.py``).  The build
+    runs when collection finishes, before the first engine test, so that it does
+    not count against a test's timeout.  Skips the tests that need it when CMake
+    or a C/C++ compiler is missing; a failed build is an error of each of them.
 ``tiny_model`` (session)
     Path of the tiny random-weight GGUF model (``tools/tiny_gguf.py``, seed 0).
 ``llama_endpoints`` (session)
@@ -111,12 +113,19 @@ class LlamaServer:
     def is_running(self) -> bool:
         return self.process.poll() is None
 
-    def log_tail(self, lines: int = 30) -> str:
+    def log_text(self) -> str:
         try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+            return self.log_path.read_text(encoding="utf-8", errors="replace")
         except OSError as exc:
             return f"<cannot read {self.log_path}: {exc}>"
-        return "\n".join(text.splitlines()[-lines:])
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def has_bound_its_port(self) -> bool:
+        """Whether the server logged that it listens on its port.  Checked before
+        trusting ``/health``, which another process on the port could answer."""
+        return f"listening on http://{HOST}:{self.port}" in self.log_text()
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> int:
         """Stop the server (SIGTERM, SIGKILL after ``timeout`` s), reap it, return its status."""
@@ -286,7 +295,7 @@ class StartupError(RuntimeError):
 
     def __init__(self, server: LlamaServer, reason: str) -> None:
         self.server = server
-        self.bind_failed = "couldn't bind" in server.log_tail(200)
+        self.bind_failed = "couldn't bind" in server.log_text()
         super().__init__(f"llama-server on port {server.port} (pid {server.pid}) {reason}; "
                          f"log {server.log_path}:\n{server.log_tail()}")
 
@@ -299,7 +308,8 @@ def _wait_healthy(servers: Sequence[LlamaServer], deadline: float) -> None:
             if not server.is_running():
                 raise StartupError(server, f"exited with status {server.process.returncode}"
                                            " during startup")
-            if _http_status(server.root_url + "/health", timeout=2.0) == 200:
+            if (server.has_bound_its_port()
+                    and _http_status(server.root_url + "/health", timeout=2.0) == 200):
                 pending.remove(server)
         if not pending:
             return

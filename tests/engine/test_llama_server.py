@@ -44,10 +44,19 @@ Different from vLLM
       ``max_model_len``; the response also has an Ollama-style ``models`` list.
     * The request's ``model`` is ignored: any name is served, and the response's
       ``model`` is the loaded model's path (vLLM: 404 for an unknown name).
-    * ``/health`` answers 200 ``{"status": "ok"}`` once the model is loaded, 503
-      while loading.
+    * ``/health`` answers 200 ``{"status": "ok"}`` once the model is loaded.  While
+      it loads, *every* route answers 503 ``{"error": {"message": "Loading model",
+      "type": "unavailable_error", "code": 503}}`` (from the server's source; the
+      tiny model loads in milliseconds, too fast to observe).
     * ``max_tokens: 0`` still generates one token (vLLM rejects it); no
       ``max_tokens`` generates until the slot's context is full.
+    * Requests without ``seed`` use the server's ``--seed`` (1234 in the
+      fixtures), so even sampled answers repeat from request to request (vLLM:
+      random); ``seed: -1`` asks for a random seed.  Requests without
+      ``temperature`` use the server's ``--temp`` (0 in the fixtures).
+    * Streaming a list of N prompts first sends N-1 ``data: null`` events, then
+      the chunks of all prompts interleaved (told apart by ``index``), then
+      ``data: [DONE]``.
     * Text-completion ids start with ``chatcmpl-`` (vLLM: ``cmpl-``); responses
       carry an extra ``timings`` object; ``echo`` is ignored; ``logprobs`` come
       in the chat format (``{"content": [{"token", "logprob", "top_logprobs",
@@ -56,7 +65,14 @@ Different from vLLM
 
 from __future__ import annotations
 
+import fcntl
+import io
 import json
+import os
+import socket
+import sys
+import tarfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -66,6 +82,7 @@ from typing import Any
 
 import pytest
 
+import llama_server  # tools/, put on sys.path by conftest.py
 import tiny_gguf
 
 TIMEOUT = 60.0
@@ -311,6 +328,41 @@ def test_seed_makes_sampling_repeatable(llama_endpoints) -> None:
     assert others != {tuple(a)}
 
 
+def test_without_seed_the_servers_seed_is_used(llama_endpoints) -> None:
+    base_url = llama_endpoints[0].base_url
+    params = {"max_tokens": 8, "temperature": 1.0}
+    unseeded = [texts(complete(base_url, PROMPTS[:4], **params)) for _ in range(2)]
+    server_seed = int(llama_endpoints[0].argv[llama_endpoints[0].argv.index("--seed") + 1])
+    assert unseeded[0] == unseeded[1] == texts(complete(base_url, PROMPTS[:4], seed=server_seed,
+                                                        **params))
+    greedy = texts(complete(base_url, PROMPTS[:4]))
+    status, default_temp = request("POST", base_url + "/completions",
+                                   {"prompt": PROMPTS[:4], "max_tokens": 8})
+    assert status == 200 and texts(default_temp) == greedy  # the server's --temp 0
+
+
+def test_streaming_a_list_prompt(llama_endpoints) -> None:
+    base_url = llama_endpoints[0].base_url
+    prompts = PROMPTS[:3]
+    expected = texts(complete(base_url, prompts, max_tokens=4))
+    body = json.dumps({"model": "tiny", "prompt": prompts, "max_tokens": 4,
+                       "temperature": 0, "stream": True}).encode()
+    req = urllib.request.Request(base_url + "/completions", data=body,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=TIMEOUT) as response:
+        events = [line[len(b"data: "):].decode() for line in response.read().splitlines()
+                  if line.startswith(b"data: ")]
+    # One "null" event for every prompt after the first, before any chunk.
+    nulls = len(prompts) - 1
+    assert events[:nulls] == ["null"] * nulls
+    assert events[-1] == "[DONE]"
+    streamed = [""] * len(prompts)
+    for event in events[nulls:-1]:
+        for choice in json.loads(event)["choices"]:
+            streamed[choice["index"]] += choice["text"]
+    assert streamed == expected
+
+
 # --------------------------------------------------------------------------- chat
 
 
@@ -355,3 +407,157 @@ def test_factory_starts_servers_on_consecutive_ports_and_stops_them(llama_server
     group.stop()
     assert all(server.process.returncode is not None for server in group)
     assert f"listening on http://127.0.0.1:{group[1].port}" in group[1].log_path.read_text()
+
+
+def _children() -> set[int]:
+    """PIDs of this process's child processes, zombies included."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid():
+            pids.add(int(entry.name))
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_failed_startup_stops_the_servers_already_started(llama_servers, llama_endpoints,
+                                                          monkeypatch) -> None:
+    conftest = sys.modules[llama_servers.__module__]
+    real_argv = conftest.server_argv
+
+    real_block = conftest.find_free_port_block
+    blocks: list[int] = []
+
+    def record_block(count, *args, **kwargs):
+        blocks.append(real_block(count, *args, **kwargs))
+        return blocks[-1]
+
+    def second_one_broken(binary, model, port, **options):
+        argv = real_argv(binary, model, port, **options)
+        return argv + ["--no-such-flag"] if port == blocks[-1] + 1 else argv
+
+    monkeypatch.setattr(conftest, "server_argv", second_one_broken)
+    monkeypatch.setattr(conftest, "find_free_port_block", record_block)
+    before = _children()
+    with pytest.raises(conftest.StartupError, match="exited with status") as info:
+        llama_servers(3)
+    assert len(blocks) == 1 and info.value.server.port == blocks[0] + 1
+    assert "--no-such-flag" in info.value.server.log_tail()
+    assert _children() == before  # servers 0 and 2 were stopped and reaped
+
+
+def test_a_port_lost_to_another_process_is_retried_elsewhere(llama_servers, monkeypatch) -> None:
+    conftest = sys.modules[llama_servers.__module__]
+    real_block = conftest.find_free_port_block
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        offered: list[int] = []
+
+        def taken_first(count, *args, **kwargs):
+            offered.append(taken if not offered else real_block(count, *args, **kwargs))
+            return offered[-1]
+
+        monkeypatch.setattr(conftest, "find_free_port_block", taken_first)
+        group = llama_servers(1)
+    assert offered[0] == taken and len(offered) == 2
+    assert group.base_port == offered[1]
+    assert request("GET", group[0].root_url + "/health") == (200, {"status": "ok"})
+
+
+# --------------------------------------------------------------------------- the build tool
+
+
+@pytest.fixture
+def empty_cache(tmp_path: Path, monkeypatch) -> Path:
+    """An empty MPISWARM_CACHE, with LLAMA_SERVER unset."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MPISWARM_CACHE", str(cache))
+    monkeypatch.delenv("LLAMA_SERVER", raising=False)
+    return cache
+
+
+def test_llama_server_env_overrides_the_cache(llama_server_bin: Path, empty_cache: Path,
+                                              monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("LLAMA_SERVER", str(llama_server_bin))
+    assert llama_server.ensure_llama_server(log=pytest.fail) == llama_server_bin.resolve()
+    not_executable = tmp_path / "llama-server"
+    not_executable.write_text("")
+    monkeypatch.setenv("LLAMA_SERVER", str(not_executable))
+    with pytest.raises(llama_server.LlamaServerBuildError, match="not an executable file"):
+        llama_server.ensure_llama_server(log=pytest.fail)
+    assert not empty_cache.exists()
+
+
+def test_cache_path_and_missing_toolchain(empty_cache: Path, monkeypatch, tmp_path: Path) -> None:
+    assert llama_server.cached_binary_path() == (
+        empty_cache / f"llama-server-{llama_server.LLAMA_CPP_PYTHON_VERSION}" / "llama-server")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.delenv("CXX", raising=False)
+    with pytest.raises(llama_server.MissingToolchainError) as info:
+        llama_server.ensure_llama_server(log=pytest.fail)
+    assert info.value.missing == ("cmake", "a C compiler (cc/gcc/clang)",
+                                  "a C++ compiler (c++/g++/clang++)")
+    assert not empty_cache.exists()
+
+
+@pytest.mark.skipif(bool(llama_server.missing_build_tools()), reason="needs cmake and compilers")
+def test_a_failed_build_step_is_named_and_installs_nothing(empty_cache: Path,
+                                                           monkeypatch) -> None:
+    def broken_sdist(builder, dest: Path) -> Path:
+        dest.mkdir()
+        sdist = dest / "llama_cpp_python-0.3.36.tar.gz"
+        cmakelists = b"cmake_minimum_required(VERSION 3.14)\nproject(broken NONE)\n" \
+                     b'message(FATAL_ERROR "deliberately broken")\n'
+        with tarfile.open(sdist, "w:gz") as archive:
+            info = tarfile.TarInfo("llama_cpp_python-0.3.36/vendor/llama.cpp/CMakeLists.txt")
+            info.size = len(cmakelists)
+            archive.addfile(info, io.BytesIO(cmakelists))
+        return sdist
+
+    monkeypatch.setattr(llama_server, "_download_sdist", broken_sdist)
+    lines: list[str] = []
+    with pytest.raises(llama_server.LlamaServerBuildError) as info:
+        llama_server.ensure_llama_server(log=lines.append, jobs=1)
+
+    install_dir = llama_server.install_dir()
+    message = str(info.value)
+    assert "\n" not in message
+    assert "step 'configure'" in message
+    assert f"full log: {install_dir / 'build.log'}" in message
+    assert "deliberately broken" in (install_dir / "build.log").read_text()
+    assert any("deliberately broken" in line for line in lines)  # the log's tail is echoed
+    assert sorted(p.name for p in install_dir.iterdir()) == [".build.lock", "build.log"]
+
+
+def test_a_waiting_process_uses_the_binary_built_meanwhile(empty_cache: Path,
+                                                           monkeypatch) -> None:
+    monkeypatch.setattr(llama_server, "missing_build_tools", lambda: [])
+    monkeypatch.setattr(llama_server, "_build_and_install",
+                        lambda *args: pytest.fail("built although another process had"))
+    target = llama_server.cached_binary_path()
+    target.parent.mkdir(parents=True)
+    lines: list[str] = []
+    result: list[Path] = []
+    with open(target.parent / ".build.lock", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # "another process" is building
+        waiter = threading.Thread(
+            target=lambda: result.append(llama_server.ensure_llama_server(log=lines.append)))
+        waiter.start()
+        deadline = time.monotonic() + 10
+        while not any("waiting" in line for line in lines) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert waiter.is_alive()
+        target.write_bytes(b"#!/bin/sh\n")
+        target.chmod(0o755)
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    waiter.join(timeout=10)
+    assert result == [target]
+    assert any("built by another process" in line for line in lines)
