@@ -52,7 +52,9 @@ from typing import Callable, ClassVar, Iterator, Sequence
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO_ROOT / "tools"))
+TOOLS_DIR = str(REPO_ROOT / "tools")
+if TOOLS_DIR not in sys.path:
+    sys.path.insert(0, TOOLS_DIR)
 
 import llama_server  # noqa: E402  (tools/llama_server.py)
 import tiny_gguf  # noqa: E402  (tools/tiny_gguf.py)
@@ -63,9 +65,6 @@ ENDPOINT_TEMPLATE = f"http://{HOST}:{{port}}/v1"
 #: Defaults of the servers the fixtures start.
 DEFAULT_COUNT = 4
 DEFAULT_SLOTS = 4
-#: Total KV context of one server; it is split evenly across its slots, so with
-#: the defaults every slot has the tiny model's full training context (512).
-DEFAULT_CTX = DEFAULT_SLOTS * tiny_gguf.CONTEXT_LENGTH
 DEFAULT_SEED = 1234
 
 STARTUP_TIMEOUT = 60.0  # seconds until /health must answer 200
@@ -259,7 +258,12 @@ def _server_env() -> dict[str, str]:
 def server_argv(binary: Path, model: Path, port: int, *, slots: int = DEFAULT_SLOTS,
                 ctx: int | None = None, seed: int = DEFAULT_SEED, threads: int = 1,
                 extra_args: Sequence[str] = ()) -> list[str]:
-    """The command line of one test server."""
+    """The command line of one test server.
+
+    ``ctx`` is the server's total KV context, which llama-server splits evenly over
+    its ``slots``; by default every slot gets the tiny model's full training
+    context (``slots * 512``).  ``extra_args`` are appended as they are.
+    """
     return [
         str(binary),
         "--model", str(model),
@@ -424,7 +428,11 @@ def llama_endpoints(llama_server_bin: Path, tiny_model: Path,
 @pytest.fixture
 def llama_servers(llama_server_bin: Path, tiny_model: Path,
                   tmp_path: Path) -> Iterator[Callable[..., ServerGroup]]:
-    """Factory: ``llama_servers(count=4, **options)`` starts servers for this test only."""
+    """Factory: ``llama_servers(count=4, **options)`` starts servers for this test only.
+
+    Options: ``slots``, ``ctx``, ``seed``, ``threads``, ``extra_args`` (see
+    :func:`server_argv`) and ``model`` (a GGUF path; default: ``tiny_model``).
+    """
     started: list[ServerGroup] = []
 
     def start(count: int = DEFAULT_COUNT, **options: object) -> ServerGroup:

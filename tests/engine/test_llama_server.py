@@ -189,6 +189,7 @@ def test_models_card(llama_endpoints, tiny_model: Path) -> None:
     assert card["meta"]["n_ctx"] == tiny_gguf.CONTEXT_LENGTH  # 2048 split over 4 slots
     assert card["meta"]["n_ctx_train"] == tiny_gguf.CONTEXT_LENGTH
     assert card["meta"]["n_vocab"] == len(tiny_gguf.build_vocab()[0])
+    assert [entry["model"] for entry in body["models"]] == [str(tiny_model)]  # Ollama-style
 
 
 def test_request_model_name_is_ignored(llama_endpoints, tiny_model: Path) -> None:
@@ -196,6 +197,7 @@ def test_request_model_name_is_ignored(llama_endpoints, tiny_model: Path) -> Non
     assert payload["model"] == str(tiny_model)
     assert payload["object"] == "text_completion"
     assert payload["id"].startswith("chatcmpl-")
+    assert "timings" in payload
 
 
 # --------------------------------------------------------------------------- list prompts
@@ -303,6 +305,13 @@ def test_max_tokens(llama_endpoints) -> None:
     zero = complete(base_url, "Tell me about the war.", max_tokens=0)
     assert zero["usage"]["completion_tokens"] == 1  # vLLM rejects max_tokens=0
 
+    status, unbounded = request("POST", base_url + "/completions",
+                                {"prompt": "Tell me about the war.", "temperature": 0})
+    assert status == 200
+    usage = unbounded["usage"]
+    assert usage["prompt_tokens"] + usage["completion_tokens"] == tiny_gguf.CONTEXT_LENGTH
+    assert unbounded["choices"][0]["finish_reason"] == "length"
+
 
 def test_stop_string_ends_the_text_before_it(llama_endpoints) -> None:
     base_url = llama_endpoints[0].base_url
@@ -361,6 +370,20 @@ def test_streaming_a_list_prompt(llama_endpoints) -> None:
         for choice in json.loads(event)["choices"]:
             streamed[choice["index"]] += choice["text"]
     assert streamed == expected
+
+
+def test_echo_is_ignored_and_logprobs_use_the_chat_format(llama_endpoints) -> None:
+    base_url = llama_endpoints[0].base_url
+    plain = texts(complete(base_url, "Hello", max_tokens=3))
+    assert texts(complete(base_url, "Hello", max_tokens=3, echo=True)) == plain
+
+    [choice] = complete(base_url, "Hello", max_tokens=3, logprobs=2)["choices"]
+    entries = choice["logprobs"]["content"]  # legacy format: tokens, token_logprobs, ...
+    assert "".join(entry["token"] for entry in entries) == plain[0]
+    for entry in entries:
+        assert entry["logprob"] <= 0
+        assert len(entry["top_logprobs"]) == 2
+        assert entry["top_logprobs"][0]["token"] == entry["token"]  # greedy
 
 
 # --------------------------------------------------------------------------- chat
