@@ -83,6 +83,14 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="calls in flight per rank (default 4 for lists, 128 for chat)")
     t.add_argument("--request-timeout", type=_positive_float, default=600.0,
                    help="seconds a call may take, plus 0.5 s per prompt in it (default 600)")
+    f = p.add_argument_group("fault tolerance")
+    f.add_argument("--max-attempts", type=_positive_int, default=6,
+                   help="attempts of one call on one endpoint before it is declared dead (default 6)")
+    f.add_argument("--time-limit", type=_positive_float, default=None,
+                   help="seconds after the start to stop sending and write what is answered "
+                   "(exit 75: run again to resume); set it a few minutes under the walltime")
+    f.add_argument("--restart", action="store_true",
+                   help="discard an earlier interrupted attempt's checkpoints and start over")
     p.add_argument("-q", "--quiet", action="store_true", help="print no summary")
 
 
@@ -105,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args):
     """A :class:`~mpiswarm.runner.RunConfig` from parsed ``run`` arguments."""
     from .client import ClientOptions
+    from .retry import RetryPolicy
     from .runner import DEFAULT_ENDPOINT, RunConfig
 
     try:
@@ -122,7 +131,8 @@ def config_from_args(args):
     return RunConfig(
         input=args.input, output=args.output, client=client, sampling=sampling,
         endpoint=args.endpoint or DEFAULT_ENDPOINT, hostfile=args.hostfile, base_port=args.base_port,
-        health_timeout=args.health_timeout, quiet=args.quiet,
+        health_timeout=args.health_timeout, time_limit=args.time_limit, restart=args.restart,
+        retry=RetryPolicy(max_attempts=args.max_attempts), quiet=args.quiet,
     )
 
 

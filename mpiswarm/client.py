@@ -19,8 +19,7 @@ try:  # openai >= 3 ships on httpx2; older releases on httpx
 except ImportError:  # pragma: no cover - depends on the installed openai
     import httpx
 
-from .partition import CallPlan
-from .records import RankStats, ResultColumns
+from .records import ResultColumns
 
 HEALTH_POLL_S = 0.5
 
@@ -172,7 +171,6 @@ class EndpointClient:
         self.options = options
         self._http: httpx.AsyncClient | None = None
         self._openai: openai.AsyncOpenAI | None = None
-        self._decoded_overrides: dict[str, dict] = {"": {}}
 
     async def __aenter__(self) -> "EndpointClient":
         slots = self.options.calls_in_flight() + 4
@@ -234,62 +232,24 @@ class EndpointClient:
         return -1
 
     # -- calls --------------------------------------------------------------------------
-    def _params(self, base: dict, overrides: str) -> dict:
-        decoded = self._decoded_overrides.get(overrides)
-        if decoded is None:
-            decoded = self._decoded_overrides[overrides] = json.loads(overrides)
-        return {**base, **decoded} if decoded else base
+    async def is_down(self) -> bool:
+        """One quick look at ``/health`` after a failure: 503 or no answer means down."""
+        return await self._probe() is not None
 
     async def _post(self, path: str, body: dict, n_sequences: int) -> tuple[dict, float]:
         timeout = self.options.timeout_for(n_sequences)
         t0 = time.perf_counter()
         resp = await self._openai.post(path, body=body, cast_to=httpx.Response, options={"timeout": timeout})
-        data = json.loads(resp.content)
-        return data, time.perf_counter() - t0
+        return json.loads(resp.content), time.perf_counter() - t0
 
-    async def _call(self, path, body, n_sequences, place, stats: RankStats, results, rows) -> None:
-        t0 = time.perf_counter()
-        stats.n_calls += 1
-        try:
-            data, latency = await self._post(path, body, n_sequences)
-            place(data, latency)
-        except (openai.APIError, ValueError, KeyError, TypeError) as exc:
-            stats.n_failed_calls += 1
-            reason = describe_error(exc, self.options.timeout_for(n_sequences))
-            results.fail(rows, reason, time.perf_counter() - t0)
-            return
-        usage = data.get("usage") or {}
-        stats.prompt_tokens += usage.get("prompt_tokens") or 0
-        stats.completion_tokens += usage.get("completion_tokens") or 0
+    async def complete(self, prompts: list[str], params: dict) -> tuple[dict, float]:
+        """One ``/v1/completions`` call with ``prompt`` as a list: (parsed reply, seconds).
 
-    def _completion_calls(self, prompts, plans, base, stats, results):
-        model = self.options.model
-        for plan in plans:
-            params = self._params(base, plan.overrides)
-            n = params.get("n", 1)
-            rows = plan.rows
-            body = {"model": model, "prompt": [prompts[r] for r in rows], **params}
-            place = lambda data, latency, rows=rows, n=n: place_completions(data, rows, n, results, latency)
-            yield self._call("/completions", body, len(rows) * n, place, stats, results, rows)
+        Raises the openai client's errors (``APIStatusError``, ``APIConnectionError``, …)."""
+        body = {"model": self.options.model, "prompt": prompts, **params}
+        return await self._post("/completions", body, len(prompts) * params.get("n", 1))
 
-    def _chat_calls(self, prompts, plans, base, stats, results):
-        model = self.options.model
-        for plan in plans:
-            params = self._params(base, plan.overrides)
-            n = params.get("n", 1)
-            for row in plan.rows:
-                body = {"model": model, "messages": [{"role": "user", "content": prompts[row]}], **params}
-                place = lambda data, latency, row=row, n=n: place_chat(data, row, n, results, latency)
-                yield self._call("/chat/completions", body, n, place, stats, results, [row])
-
-    async def run(self, prompts: list[str], plans: list[CallPlan], base_params: dict, results: ResultColumns,
-                  stats: RankStats) -> None:
-        """Send every planned call, ``calls_in_flight()`` at a time, filling ``results``."""
-        make = self._chat_calls if self.options.api == "chat" else self._completion_calls
-        calls = make(prompts, plans, base_params, stats, results)
-
-        async def worker():
-            for call in calls:  # one shared generator: each call is taken by exactly one worker
-                await call
-
-        await asyncio.gather(*(worker() for _ in range(self.options.calls_in_flight())))
+    async def chat(self, prompt: str, params: dict) -> tuple[dict, float]:
+        """One ``/v1/chat/completions`` call with ``prompt`` as the user message."""
+        body = {"model": self.options.model, "messages": [{"role": "user", "content": prompt}], **params}
+        return await self._post("/chat/completions", body, params.get("n", 1))

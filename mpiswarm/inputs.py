@@ -14,6 +14,7 @@ Everything is validated before anything is sent: the first problem raises
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -38,6 +39,8 @@ class PromptSet:
     overrides: list[str]
     #: extra fields of plain JSONL rows (kept for map templates), None when no row has any
     fields: list[dict] | None = field(default=None, repr=False)
+    #: SHA-256 of the file's bytes (a resume must see the same input)
+    sha256: str = ""
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -231,4 +234,5 @@ def read_prompts(path: str | os.PathLike) -> PromptSet:
         raise InputError(f"{path}: cannot read ({exc.strerror})") from None
     ps = _parse_jsonl(path, raw) if suffix == ".jsonl" else _parse_txt(path, raw)
     _check_encodable(ps)
+    ps.sha256 = hashlib.sha256(raw).hexdigest()
     return ps

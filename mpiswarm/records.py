@@ -109,6 +109,9 @@ class RankStats:
     n_ok: int = 0
     n_calls: int = 0
     n_failed_calls: int = 0
+    n_retries: int = 0
+    n_bisections: int = 0
+    n_failovers: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     max_model_len: int = -1

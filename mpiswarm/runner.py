@@ -1,25 +1,33 @@
 """One ``mpiswarm run`` on every rank: input → scatter → client → gather → store.
 
 Each phase is a function of its own; :func:`run` strings them together and returns the
-exit code, the same on every rank.
+exit code, the same on every rank. Finished rows are checkpointed as they come (see
+:mod:`mpiswarm.checkpoint`), so a job killed at any moment resumes when run again.
 """
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
+import signal
+import threading
 import time
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import _mpi
+from .checkpoint import Manifest, ShardWriter, fingerprint, load_finished, open_run_dir, remove_run_dir, shard_path
 from .client import ClientOptions, EndpointClient, EndpointUnavailable
+from .dispatch import Dispatcher, EndpointPool
 from .endpoints import check_template, endpoint_from_hostfile, expand_endpoint, parse_hostfile
 from .gather import gather_results, gather_stats
 from .inputs import InputError, PromptSet, read_prompts
 from .partition import plan_calls
 from .records import RankStats, ResultColumns
+from .retry import RetryPolicy
 from .scatter import RankSlice, scatter_rows
 from .store import create_result_file
 from .summary import format_summary
@@ -31,6 +39,7 @@ EXIT_OK = 0  # every prompt answered
 EXIT_USAGE = 2  # usage or input error: nothing sent, no output file
 EXIT_PROMPTS_FAILED = 3  # finished; some prompts failed, each with its error
 EXIT_ENDPOINT_DOWN = 4  # an endpoint never became healthy: nothing sent, no output file
+EXIT_RESUME = 75  # interrupted (signal, --time-limit, every endpoint down): run the same command to resume
 
 
 @dataclass
@@ -45,7 +54,14 @@ class RunConfig:
     hostfile: str | None = None
     base_port: int = 8000
     health_timeout: float = 120.0
+    time_limit: float | None = None  # seconds from the start: stop sending, write what is answered
+    restart: bool = False  # ignore (delete) an earlier attempt's run directory
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
     quiet: bool = False
+
+    def answer_options(self) -> dict:
+        """The options that change answers: a resume must use the same ones."""
+        return {"model": self.client.model, "api": self.client.api, "sampling": self.sampling}
 
     def params(self) -> dict:
         """The run's options as stored in the file's ``params`` attribute (no secrets)."""
@@ -61,6 +77,8 @@ class RunConfig:
             "hostfile": self.hostfile,
             "base_port": self.base_port,
             "health_timeout": self.health_timeout,
+            "time_limit": self.time_limit,
+            "retry": dataclasses.asdict(self.retry),
             "input": os.path.abspath(self.input),
         }
 
@@ -83,30 +101,45 @@ def _check_output(config: RunConfig) -> None:
         raise InputError(f"{config.output}: is a directory")
 
 
-def _read_on_root(config: RunConfig, comm) -> tuple[PromptSet | None, list | None, int]:
-    """Root reads and validates everything; every rank learns the outcome.
+@dataclass
+class Plan:
+    """What the root decided before anything is sent, shared with every rank."""
 
-    Returns ``(prompt_set, hostfile_entries, n)`` — the prompt set on the root only.
+    entries: list | None  # hostfile entries, or None
+    n: int  # completions per row (the widest of --n and any row's own n)
+    run_dir: str
+    attempt: int
+    n_rows: int
+    n_finished: int  # rows finished by earlier attempts
+
+
+def _prepare_on_root(config: RunConfig, comm) -> tuple[Plan, PromptSet | None, ResultColumns | None]:
+    """Root reads and validates everything and opens the run directory; every rank learns the
+    plan. Returns ``(plan, prompt_set, finished)``, the last two on the root only.
     Raises :class:`InputError` on every rank when the input is bad.
     """
-    prompt_set = entries = None
+    plan = prompt_set = finished = None
     error = None
-    n = config.sampling.get("n", 1)
     if _mpi.rank_and_size(comm)[0] == _mpi.ROOT:
         try:
-            if config.hostfile:
-                entries = parse_hostfile(config.hostfile)
-            else:
+            entries = parse_hostfile(config.hostfile) if config.hostfile else None
+            if not config.hostfile:
                 check_template(config.endpoint)
             _check_output(config)
             prompt_set = read_prompts(config.input)
-            n = max([n] + [json.loads(k).get("n", 1) for k in set(prompt_set.overrides) if k])
+            n = max([config.sampling.get("n", 1)] + [json.loads(k).get("n", 1) for k in set(prompt_set.overrides) if k])
+            options = config.answer_options()
+            manifest = Manifest(input=os.path.abspath(config.input), input_sha256=prompt_set.sha256,
+                                n_rows=len(prompt_set), n=n, fingerprint=fingerprint(options), options=options)
+            run_dir, manifest, resumed = open_run_dir(config.output, manifest, config.restart)
+            finished = load_finished(run_dir, n) if resumed else ResultColumns.pending(np.zeros(0, np.int64), n, 0)
+            plan = Plan(entries, n, run_dir, manifest.attempt, len(prompt_set), len(finished))
         except InputError as exc:
             error = str(exc)
-    error, entries, n = _mpi.bcast((error, entries, n), comm)
+    error, plan = _mpi.bcast((error, plan), comm)
     if error:
         raise InputError(error)
-    return prompt_set, entries, n
+    return plan, prompt_set, finished
 
 
 def _endpoint_url(config: RunConfig, entries, comm) -> str:
@@ -128,10 +161,68 @@ async def _check_endpoint(url: str, config: RunConfig) -> tuple[str | None, int]
         return None, await client.max_model_len()
 
 
-async def _serve_slice(url: str, config: RunConfig, piece: RankSlice, results: ResultColumns, stats: RankStats):
+class StopRequest:
+    """SIGTERM/SIGINT (PBS at walltime, Ctrl-C) and ``--time-limit`` ask the run to stop
+    sending: calls in flight are abandoned, answered rows are written, the job exits
+    :data:`EXIT_RESUME`. Works outside and inside the event loop."""
+
+    def __init__(self, deadline: float | None):
+        self.deadline = deadline  # time.monotonic() value, or None
+        self.reason: str | None = None
+        self._event: asyncio.Event | None = None
+        self._loop = None
+        self._lock = threading.Lock()
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        self.request(f"{signal.Signals(signum).name} received")
+
+    def request(self, reason: str) -> None:
+        with self._lock:
+            if self.reason is None:
+                self.reason = reason
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self._event.set)
+
+    def event(self) -> asyncio.Event:
+        """An event of the running loop that is set on a stop request (or at the deadline)."""
+        with self._lock:
+            self._loop = asyncio.get_running_loop()
+            self._event = asyncio.Event()
+            if self.reason is not None:
+                self._event.set()
+        if self.deadline is not None:
+            delay = self.deadline - time.monotonic()
+            self._loop.call_later(max(0.0, delay), self.request, "--time-limit reached")
+        return self._event
+
+    def detach(self) -> None:
+        with self._lock:
+            self._loop = self._event = None
+
+
+async def _serve_slice(urls: list[str], config: RunConfig, piece: RankSlice, results: ResultColumns,
+                       stats: RankStats, shard: ShardWriter, stop: StopRequest) -> dict:
+    """Send the rank's calls; returns the endpoints declared dead (url -> why)."""
     plans = plan_calls(piece.overrides, config.client.batch_size)
-    async with EndpointClient(url, config.client) as client:
-        await client.run(piece.prompts, plans, config.sampling, results, stats)
+    async with AsyncExitStack() as stack:
+        pool = EndpointPool(urls, config.client, stack)
+        dispatcher = Dispatcher(pool, results, stats, policy=config.retry,
+                                on_finished=lambda rows: shard.append(results, rows))
+        try:
+            await dispatcher.run(piece.prompts, plans, config.sampling, stop.event())
+        finally:
+            stop.detach()
+        return pool.dead
+
+
+def _ring(urls: list[str], rank: int) -> list[str]:
+    """Every rank's endpoint, starting with this rank's own: its failover order."""
+    return urls[rank:] + urls[:rank]
 
 
 def run(config: RunConfig, comm=None) -> int:
@@ -144,6 +235,8 @@ def run(config: RunConfig, comm=None) -> int:
     root = rank == _mpi.ROOT
     times: dict[str, float] = {}
     t_start = t = _mpi.wtime()
+    stop = StopRequest(None if config.time_limit is None else time.monotonic() + config.time_limit)
+    stop.install()
 
     def phase(name: str) -> None:
         nonlocal t
@@ -151,31 +244,43 @@ def run(config: RunConfig, comm=None) -> int:
         times[name] = now - t
         t = now
 
-    prompt_set, entries, n = _read_on_root(config, comm)
+    plan, prompt_set, finished = _prepare_on_root(config, comm)
     phase("read")
 
-    url = _endpoint_url(config, entries, comm)
+    url = _endpoint_url(config, plan.entries, comm)
     stats = RankStats(rank=rank, host=_mpi.hostname(), endpoint=url)
     why, stats.max_model_len = asyncio.run(_check_endpoint(url, config))
-    problems = [p for p in _mpi.allgather((rank, stats.host, url, why), comm) if p[3]]
+    reports = _mpi.allgather((rank, stats.host, url, why), comm)
+    problems = [p for p in reports if p[3]]
     if problems:
         if root:
+            if plan.attempt == 0:  # nothing was sent: leave nothing behind
+                remove_run_dir(plan.run_dir)
             for r, host, u, reason in problems:
                 print(f"mpiswarm: rank {r} on {host}: endpoint {u} unavailable: {reason}", flush=True)
         return EXIT_ENDPOINT_DOWN
     phase("health")
     stats.t_health = times["health"]
 
-    piece = scatter_rows(prompt_set, comm)
+    todo = None
+    if root and plan.n_finished:
+        todo = np.setdiff1d(np.arange(plan.n_rows, dtype=np.int64), finished.index, assume_unique=True)
+    piece = scatter_rows(prompt_set, todo, comm=comm)
     phase("scatter")
     stats.t_scatter = times["scatter"]
 
-    results = ResultColumns.pending(piece.index, n, rank)
+    results = ResultColumns.pending(piece.index, plan.n, rank)
+    shard = ShardWriter(shard_path(plan.run_dir, rank, plan.attempt))
     t0 = time.perf_counter()
-    asyncio.run(_serve_slice(url, config, piece, results, stats))
+    try:
+        dead = asyncio.run(_serve_slice(_ring([p[2] for p in reports], rank), config, piece, results, stats,
+                                        shard, stop))
+    finally:
+        shard.close()
     stats.t_requests = time.perf_counter() - t0
     stats.n_prompts = len(piece.prompts)
     stats.n_ok = int(results.ok.sum())
+    stats.extra["dead_endpoints"] = dead
     _mpi.barrier(comm)  # the slowest rank sets the end of the request phase
     phase("requests")
 
@@ -184,24 +289,36 @@ def run(config: RunConfig, comm=None) -> int:
     stats.t_gather = time.perf_counter() - t0
     stats.cpu_s = time.process_time()
     all_stats = gather_stats(stats, comm)
+    stop_reasons = _mpi.gather(stop.reason, comm)
     phase("gather")
 
     code = None
     if root:
+        if len(finished):
+            everything = ResultColumns.concat([finished, everything]).in_index_order()
+        complete = bool(everything.done.all())
         attrs = {
             "model": config.client.model,
             "n_ranks": size,
-            "complete": True,
+            "complete": complete,
+            "attempt": plan.attempt,
+            "n_resumed": plan.n_finished,
             "params": config.params(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        with create_result_file(config.output, len(prompt_set), n) as out:
+        with create_result_file(config.output, len(prompt_set), plan.n) as out:
             out.write_rows(prompt_set.prompts, prompt_set.custom_ids, everything)
             out.write_ranks(all_stats)
             phase("write")
             times["total"] = _mpi.wtime() - t_start
             attrs.update({f"time_{k}_s": v for k, v in times.items()})
             out.set_attrs(attrs)
-        _say(config, format_summary(everything, all_stats, times, os.path.abspath(config.output)))
-        code = EXIT_OK if bool(np.all(everything.ok)) else EXIT_PROMPTS_FAILED
+        if complete:
+            remove_run_dir(plan.run_dir)
+            code = EXIT_OK if bool(np.all(everything.ok)) else EXIT_PROMPTS_FAILED
+        else:
+            code = EXIT_RESUME
+        why = next((r for r in stop_reasons if r), None)
+        _say(config, format_summary(everything, all_stats, times, os.path.abspath(config.output),
+                                    resumed=plan.n_finished, stopped=why))
     return _mpi.bcast(code, comm)

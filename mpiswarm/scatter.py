@@ -13,15 +13,11 @@ from .wire import pack_string_slices, unpack_strings
 
 @dataclass
 class RankSlice:
-    """The rows one rank serves: global rows ``start .. start + len(prompts) - 1``."""
+    """The rows one rank serves: their global row numbers, prompts and sampling overrides."""
 
-    start: int
+    index: np.ndarray  # int64
     prompts: list[str]
     overrides: list[str]
-
-    @property
-    def index(self) -> np.ndarray:
-        return np.arange(self.start, self.start + len(self.prompts), dtype=np.int64)
 
 
 def _scatter_strings(strings: list[str] | None, bounds: np.ndarray | None, comm) -> list[str]:
@@ -35,19 +31,30 @@ def _scatter_strings(strings: list[str] | None, bounds: np.ndarray | None, comm)
     return unpack_strings(my_bytes, my_lengths)
 
 
-def scatter_rows(prompt_set: PromptSet | None, comm=None) -> RankSlice:
-    """Give each rank its contiguous slice of ``prompt_set`` (read on the root; ``None`` elsewhere).
+def scatter_rows(prompt_set: PromptSet | None, todo: np.ndarray | None = None, comm=None) -> RankSlice:
+    """Give each rank a contiguous slice of the rows ``todo`` (all rows when ``None``).
 
-    Slice sizes differ by at most one row; per-row sampling overrides travel with their rows.
+    ``prompt_set`` and ``todo`` are given on the root (``None`` elsewhere). Slice sizes differ
+    by at most one row; per-row sampling overrides travel with their rows.
     """
     rank, size = _mpi.rank_and_size(comm)
     root = rank == _mpi.ROOT
-    bounds = contiguous_bounds(len(prompt_set), size) if root else None
-    has_overrides = _mpi.bcast(bool(root and any(prompt_set.overrides)), comm)
-    start = _mpi.scatter(bounds[:-1].tolist() if root else None, comm)
-    prompts = _scatter_strings(prompt_set.prompts if root else None, bounds, comm)
+    prompts = overrides = bounds = None
+    if root:
+        if todo is None:
+            todo = np.arange(len(prompt_set), dtype=np.int64)
+            prompts, overrides = prompt_set.prompts, prompt_set.overrides
+        else:
+            todo = np.asarray(todo, dtype=np.int64)
+            rows = todo.tolist()
+            prompts = [prompt_set.prompts[i] for i in rows]
+            overrides = [prompt_set.overrides[i] for i in rows]
+        bounds = contiguous_bounds(len(todo), size)
+    has_overrides = _mpi.bcast(bool(root and any(overrides)), comm)
+    index = _mpi.scatterv(todo, np.diff(bounds) if root else None, np.int64, comm)
+    my_prompts = _scatter_strings(prompts, bounds, comm)
     if has_overrides:
-        overrides = _scatter_strings(prompt_set.overrides if root else None, bounds, comm)
+        my_overrides = _scatter_strings(overrides, bounds, comm)
     else:
-        overrides = [""] * len(prompts)
-    return RankSlice(start, prompts, overrides)
+        my_overrides = [""] * len(my_prompts)
+    return RankSlice(index, my_prompts, my_overrides)

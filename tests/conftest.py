@@ -25,19 +25,29 @@ def subprocess_env() -> dict:
     return env
 
 
-def run_mpiswarm(n_ranks: int, args: list, timeout: float = 120.0, cwd=None) -> subprocess.CompletedProcess:
-    """``mpiexec -n N python -m mpiswarm ARGS`` with a hard deadline: a hang fails the test and
-    the whole process group we started is killed."""
+def start_mpiswarm(n_ranks: int, args: list, cwd=None) -> subprocess.Popen:
+    """Start ``mpiexec -n N python -m mpiswarm ARGS`` in a session of its own (so the whole
+    job — mpiexec, its proxies and every rank — can be signalled as one process group)."""
     cmd = mpiswarm_command(n_ranks, [str(a) for a in args])
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
                             env=subprocess_env(), start_new_session=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 120.0) -> subprocess.CompletedProcess:
+    """Wait for a job from :func:`start_mpiswarm`; past ``timeout`` kill its process group and fail."""
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
         pytest.fail(f"mpiswarm did not finish within {timeout} s\nstdout:\n{out}\nstderr:\n{err}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def run_mpiswarm(n_ranks: int, args: list, timeout: float = 120.0, cwd=None) -> subprocess.CompletedProcess:
+    """``mpiexec -n N python -m mpiswarm ARGS`` with a hard deadline: a hang fails the test and
+    the whole process group we started is killed."""
+    return finish(start_mpiswarm(n_ranks, args, cwd), timeout)
 
 
 @pytest.fixture

@@ -107,6 +107,7 @@ class Metrics:
         self.preemptions = 0  # the simulator admits by sequence count, so never preempts
         self.success: Counter[str] = Counter()
         self.http_requests = 0
+        self.prompts_received = 0
         self.e2e = Histogram()
         self.queue_time = Histogram()
 
@@ -145,6 +146,8 @@ class Metrics:
                self.queue_time.lines(name, lb))
         single("mpiswarm_sim:http_requests_total", "counter",
                "HTTP calls to the completion routes, whatever their outcome.", self.http_requests)
+        single("mpiswarm_sim:prompts_received_total", "counter",
+               "Prompts in well-formed completion calls, whether answered or not.", self.prompts_received)
         out.append("")
         return "\n".join(out)
 
@@ -536,6 +539,7 @@ class Endpoint:
         max_tokens = _int_param(body, "max_tokens", 16, 1)
         n, seed, stop = _sampling_params(body)
         prompts = _prompts(body.get("prompt"))
+        self.metrics.prompts_received += len(prompts)
         prompt_tokens = [count_tokens(p) for p in prompts]
         self._check_context(prompt_tokens, max_tokens)
         answers = [expected_completion(p, seed=seed, j=j, max_tokens=max_tokens, stop=stop)
@@ -554,6 +558,7 @@ class Endpoint:
             prompt = chat_prompt(messages)
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
+        self.metrics.prompts_received += 1
         prompt_tokens = [count_tokens(prompt)]
         max_tokens = _int_param(body, "max_completion_tokens", None, 1)
         if max_tokens is None:

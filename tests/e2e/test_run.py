@@ -196,23 +196,22 @@ def test_endpoint_that_never_becomes_healthy(tmp_path, sim_factory):
     assert [sim_counter(u) for u in sim.urls] == [0, 0]
 
 
-def test_failed_call_fails_its_rows_exit_3(tmp_path, sim_factory):
-    """Before fault isolation lands, a list that fails with HTTP 400 fails its own rows only."""
+def test_over_long_prompt_fails_alone_exit_3(tmp_path, sim_factory):
+    """A list that fails with HTTP 400 is bisected until only the bad prompt fails."""
     rows = make_rows(40)
     rows[13]["prompt"] = "long " * 400  # ~500 tokens > max_model_len 256
     sim = sim_factory("--count", 2, "--time-scale", 0, "--max-model-len", 256)
     out = tmp_path / "out.h5"
     res = run_mpiswarm(2, ["run", write_jsonl(tmp_path / "in.jsonl", rows), "-o", out, *endpoint_args(sim),
-                           "--batch-size", 5, "--max-tokens", 8])
+                           "--max-tokens", 8])
     assert res.returncode == 3, res.stderr
     data = read_results(out)
-    failed = np.flatnonzero(~data["ok"]).tolist()
-    assert failed == [10, 11, 12, 13, 14]  # the call that carried row 13
-    for i in failed:
-        assert data["error"][i].startswith("HTTP 400: This model's maximum context length is 256 tokens")
-        assert data["completion"][i] == ""
-    good = [r for i, r in enumerate(rows) if i not in failed]
-    assert [data["completion"][i] for i in range(40) if i not in failed] == [
-        expected_completion(r["prompt"], max_tokens=8)[0] for r in good]
-    assert data["attrs"]["n_ok"] == 35 and data["attrs"]["complete"]
-    assert "35 ok, 5 failed" in res.stdout and "5 x HTTP 400" in res.stdout
+    assert np.flatnonzero(~data["ok"]).tolist() == [13]
+    assert data["error"][13].startswith("HTTP 400: This model's maximum context length is 256 tokens")
+    assert data["completion"][13] == ""
+    assert [data["completion"][i] for i in range(40) if i != 13] == [
+        expected_completion(r["prompt"], max_tokens=8)[0] for i, r in enumerate(rows) if i != 13]
+    assert data["attrs"]["n_ok"] == 39 and data["attrs"]["complete"]
+    assert "39 ok, 1 failed" in res.stdout and "1 x HTTP 400" in res.stdout
+    assert data["ranks"]["n_bisections"].tolist()[0] > 0 and data["ranks"]["n_bisections"].tolist()[1] == 0
+    assert not (tmp_path / "out.h5.run").exists()

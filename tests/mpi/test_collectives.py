@@ -35,10 +35,9 @@ def comm_info():
 def test_scatter_gives_each_rank_its_contiguous_slice(n_rows, with_overrides):
     comm, rank, size = comm_info()
     full = prompt_set(n_rows, with_overrides)
-    piece = scatter_rows(full if rank == 0 else None, comm)
+    piece = scatter_rows(full if rank == 0 else None, comm=comm)
     bounds = contiguous_bounds(n_rows, size)
     a, b = int(bounds[rank]), int(bounds[rank + 1])
-    assert piece.start == a
     assert piece.prompts == full.prompts[a:b]  # ranks with zero rows get an empty slice
     assert piece.overrides == full.overrides[a:b]
     assert piece.index.tolist() == list(range(a, b))
@@ -49,15 +48,16 @@ def test_scatter_gives_each_rank_its_contiguous_slice(n_rows, with_overrides):
 def test_gather_returns_every_row_in_input_order(n_rows, n):
     comm, rank, size = comm_info()
     full = prompt_set(n_rows)
-    piece = scatter_rows(full if rank == 0 else None, comm)
+    piece = scatter_rows(full if rank == 0 else None, comm=comm)
     res = ResultColumns.pending(piece.index, n, rank)
     for i, prompt in enumerate(piece.prompts):
         for j in range(n):
             res.completion[i * n + j] = f"{prompt[::-1]}|{j}|ü"
             res.finish_reason[i * n + j] = "length" if j else "stop"
-        res.ok[i] = (piece.start + i) % 4 != 1
-        res.error[i] = "" if res.ok[i] else f"err {piece.start + i} ☃"
-        res.prompt_tokens[i] = piece.start + i
+        row = int(piece.index[i])
+        res.ok[i] = row % 4 != 1
+        res.error[i] = "" if res.ok[i] else f"err {row} ☃"
+        res.prompt_tokens[i] = row
     everything = gather_results(res, comm)
     if rank != 0:
         assert everything is None
@@ -70,6 +70,20 @@ def test_gather_returns_every_row_in_input_order(n_rows, n):
     assert everything.prompt_tokens.tolist() == list(range(n_rows))
     bounds = contiguous_bounds(n_rows, size)
     assert everything.rank.tolist() == np.repeat(np.arange(size), np.diff(bounds)).tolist()
+
+
+@pytest.mark.parametrize("n_rows", [0, 5, 50])
+def test_scatter_a_subset_of_rows(n_rows):
+    """A resumed job scatters only the rows still to do."""
+    comm, rank, size = comm_info()
+    full = prompt_set(n_rows, with_overrides=True)
+    todo = np.arange(0, n_rows, 3)
+    piece = scatter_rows(full if rank == 0 else None, todo if rank == 0 else None, comm=comm)
+    bounds = contiguous_bounds(len(todo), size)
+    mine = todo[bounds[rank]:bounds[rank + 1]].tolist()
+    assert piece.index.tolist() == mine
+    assert piece.prompts == [full.prompts[i] for i in mine]
+    assert piece.overrides == [full.overrides[i] for i in mine]
 
 
 def test_gather_sorts_rows_served_out_of_order():

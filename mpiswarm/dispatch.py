@@ -1,0 +1,185 @@
+"""A rank's calls, sent with ``concurrency`` in flight, and what happens when they fail.
+
+* transient failures (5xx, 429, timeouts, dropped connections) are retried with the
+  :class:`~mpiswarm.retry.RetryPolicy`'s backoff;
+* a list that fails with a client error (400/422, e.g. one prompt over ``max_model_len``) is
+  bisected until the bad prompts are isolated: only they fail, each with its error;
+* an endpoint that keeps failing, or whose ``/health`` turns bad, is declared dead and the rank
+  carries on with the next live endpoint of the job (ring order from its own); when none is
+  left, its remaining rows stay unanswered for a resume;
+* a stop request (SIGTERM, ``--time-limit``) lets no new call start and cancels those in flight.
+
+Every finished call is reported to ``on_finished(rows)`` (the checkpoint). No MPI here.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from contextlib import AsyncExitStack
+from typing import Callable
+
+import openai
+
+from .client import ClientOptions, EndpointClient, describe_error, place_chat, place_completions
+from .partition import CallPlan
+from .records import RankStats, ResultColumns
+from .retry import CLIENT_ERROR, TRANSIENT, RetryPolicy, classify
+
+UNANSWERED_DEAD = "not answered: every endpoint is down (run the same command again to resume)"
+UNANSWERED_STOPPED = "not answered: the job was stopped before this prompt (run the same command again to resume)"
+# errors of one call: the openai client's, and a reply that does not parse
+_CALL_ERRORS = (openai.APIError, ValueError, KeyError, TypeError)
+
+
+class AllEndpointsDown(Exception):
+    """No live endpoint is left for this rank."""
+
+
+class EndpointPool:
+    """The endpoints a rank may use: its own first, then the others in ring order."""
+
+    def __init__(self, urls: list[str], options: ClientOptions, stack: AsyncExitStack):
+        self.urls = list(dict.fromkeys(urls))
+        self.options = options
+        self._stack = stack
+        self._clients: dict[str, EndpointClient] = {}
+        self.dead: dict[str, str] = {}  # url -> why
+
+    async def current(self) -> EndpointClient:
+        for url in self.urls:
+            if url not in self.dead:
+                client = self._clients.get(url)
+                if client is None:
+                    client = self._clients[url] = await self._stack.enter_async_context(
+                        EndpointClient(url, self.options))
+                return client
+        raise AllEndpointsDown
+
+    def mark_dead(self, client: EndpointClient, why: str) -> bool:
+        """Declare ``client``'s endpoint dead; False if it already was."""
+        if client.base_url in self.dead:
+            return False
+        self.dead[client.base_url] = why
+        return True
+
+
+class Dispatcher:
+    """Sends one rank's planned calls and fills ``results``; see the module docstring."""
+
+    def __init__(self, pool: EndpointPool, results: ResultColumns, stats: RankStats, *,
+                 policy: RetryPolicy | None = None, on_finished: Callable | None = None,
+                 sleep=asyncio.sleep, rng: random.Random | None = None):
+        self.pool = pool
+        self.results = results
+        self.stats = stats
+        self.policy = policy or RetryPolicy()
+        self.on_finished = on_finished or (lambda rows: None)
+        self.sleep = sleep
+        self.rng = rng or random.Random()
+        self._decoded: dict[str, dict] = {"": {}}
+
+    def params(self, base: dict, overrides: str) -> dict:
+        decoded = self._decoded.get(overrides)
+        if decoded is None:
+            decoded = self._decoded[overrides] = json.loads(overrides)
+        return {**base, **decoded} if decoded else base
+
+    # -- one call, with its retries, bisection and failover ------------------------------
+    async def _attempt(self, client: EndpointClient, rows, prompts, params) -> None:
+        """One HTTP call for ``rows``; places the answers or raises."""
+        self.stats.n_calls += 1
+        if self.pool.options.api == "chat":
+            data, latency = await client.chat(prompts[rows[0]], params)
+            place_chat(data, rows[0], params.get("n", 1), self.results, latency)
+        else:
+            data, latency = await client.complete([prompts[r] for r in rows], params)
+            place_completions(data, rows, params.get("n", 1), self.results, latency)
+        usage = data.get("usage") or {}
+        self.stats.prompt_tokens += usage.get("prompt_tokens") or 0
+        self.stats.completion_tokens += usage.get("completion_tokens") or 0
+
+    async def send(self, rows, prompts: list[str], params: dict) -> None:
+        """Answer ``rows`` (local positions), however many attempts and endpoints it takes."""
+        attempt, first_try = 0, time.monotonic()
+        while True:
+            try:
+                client = await self.pool.current()
+            except AllEndpointsDown:
+                self.results.fail(rows, UNANSWERED_DEAD, final=False)
+                return
+            attempt += 1
+            t0 = time.monotonic()
+            try:
+                await self._attempt(client, rows, prompts, params)
+                self.on_finished(rows)
+                return
+            except asyncio.CancelledError:
+                raise
+            except _CALL_ERRORS as exc:
+                kind = classify(exc)
+                self.stats.n_failed_calls += 1
+                reason = describe_error(exc, self.pool.options.timeout_for(len(rows) * params.get("n", 1)))
+            if kind == CLIENT_ERROR and len(rows) > 1:
+                self.stats.n_bisections += 1
+                half = len(rows) // 2
+                await self.send(rows[:half], prompts, params)
+                await self.send(rows[half:], prompts, params)
+                return
+            if kind != TRANSIENT:  # a bad prompt, isolated; or an error no retry can fix
+                self.results.fail(rows, reason, time.monotonic() - t0, final=True)
+                self.on_finished(rows)
+                return
+            delay = self.policy.delay(attempt, self.rng)
+            gave_up = not self.policy.should_retry(attempt, time.monotonic() - first_try, delay)
+            if gave_up or await client.is_down():
+                why = f"{attempt} attempts failed (last: {reason})" if gave_up else f"down after: {reason}"
+                if self.pool.mark_dead(client, why):
+                    self.stats.n_failovers += 1
+                attempt, first_try = 0, time.monotonic()
+                continue
+            self.stats.n_retries += 1
+            await self.sleep(delay)
+
+    # -- all calls ---------------------------------------------------------------------
+    def _units(self, plans: list[CallPlan], base: dict):
+        """(rows, params) of every call: lists as planned, or one row a call for chat."""
+        chat = self.pool.options.api == "chat"
+        for plan in plans:
+            params = self.params(base, plan.overrides)
+            if chat:
+                for row in plan.rows:
+                    yield [row], params
+            else:
+                yield plan.rows, params
+
+    async def run(self, prompts: list[str], plans: list[CallPlan], base_params: dict,
+                  stop: asyncio.Event | None = None) -> None:
+        """Send every planned call, ``calls_in_flight()`` at a time, until done or ``stop``."""
+        units = self._units(plans, base_params)
+        stop = stop or asyncio.Event()
+
+        async def worker():
+            for rows, params in units:  # one shared generator: each call is taken by one worker
+                if stop.is_set():
+                    return
+                await self.send(rows, prompts, params)
+
+        workers = asyncio.gather(*(worker() for _ in range(self.pool.options.calls_in_flight())))
+        stopper = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([workers, stopper], return_when=asyncio.FIRST_COMPLETED)
+        if not workers.done():  # stopped: calls in flight are abandoned, their rows resent on resume
+            workers.cancel()
+            try:
+                await workers
+            except asyncio.CancelledError:
+                pass
+        stopper.cancel()
+        self._mark_unfinished()
+
+    def _mark_unfinished(self) -> None:
+        res = self.results
+        for row in range(len(res)):
+            if not res.done[row] and res.error[row] == "not attempted":
+                res.error[row] = UNANSWERED_STOPPED

@@ -1,0 +1,212 @@
+"""Fault tolerance end to end: no prompt lost (tier 3, simulated faults and real signals)."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mpiswarm.sim import expected_completion
+from mpiswarm.store import read_results
+
+from ..conftest import finish, run_mpiswarm, sim_counter, start_mpiswarm, write_jsonl
+from .test_run import MODEL, assert_rows, endpoint_args, make_rows
+
+EXIT_RESUME = 75
+
+
+def job_args(tmp_path, rows, sim, *extra):
+    return ["run", write_jsonl(tmp_path / "in.jsonl", rows), "-o", tmp_path / "out.h5", *endpoint_args(sim),
+            "--max-tokens", 8, *extra]
+
+
+def prompts_received(sim) -> int:
+    return int(sum(sim_counter(u, "mpiswarm_sim:prompts_received_total") for u in sim.urls))
+
+
+def test_random_500s_429s_and_dropped_connections(tmp_path, sim_factory):
+    """5% of calls fail with 500, 2% drop the connection, some 429: every prompt answered, exit 0."""
+    rows = make_rows(400)
+    sim = sim_factory("--count", 4, "--time-scale", 0, "--error-rate", 0.12, "--error-kinds", "500,500,429,drop",
+                      "--fault-seed", 11)
+    res = run_mpiswarm(4, job_args(tmp_path, rows, sim, "--batch-size", 5, "--concurrency", 4))
+    assert res.returncode == 0, res.stdout + res.stderr
+    data = read_results(tmp_path / "out.h5")
+    assert_rows(data, rows, max_tokens=8)
+    retries = data["ranks"]["n_retries"]
+    assert retries.sum() > 0 and (data["ranks"]["n_failovers"] == 0).all()
+    assert data["ranks"]["n_calls"].sum() == 80 + retries.sum()
+    assert f"{retries.sum()} retries" in res.stdout
+
+
+def test_endpoint_crashing_mid_run_is_covered_by_the_others(tmp_path, sim_factory):
+    """One of four endpoints crashes after its second call: its rank fails over, nothing is lost."""
+    rows = make_rows(200)
+    sim = sim_factory("--count", 4, "--time-scale", 0, "--crash-after", 2, "--fault-endpoints", 2)
+    res = run_mpiswarm(4, job_args(tmp_path, rows, sim, "--batch-size", 10, "--concurrency", 1))
+    assert res.returncode == 0, res.stdout + res.stderr
+    data = read_results(tmp_path / "out.h5")
+    assert_rows(data, rows, max_tokens=8)
+    ranks = data["ranks"]
+    assert ranks["n_failovers"].tolist() == [0, 0, 1, 0]
+    assert json.loads(ranks["extra"][2])["dead_endpoints"].keys() == {sim.urls[2]}
+    assert "1 endpoint(s) declared dead" in res.stdout
+    served_by_crashed = sim_counter(sim.urls[2], "vllm:request_success_total")
+    assert served_by_crashed == 20  # its two calls of 10 before the crash
+
+
+def test_slow_starting_endpoint(tmp_path, sim_factory):
+    rows = make_rows(40)
+    sim = sim_factory("--count", 2, "--time-scale", 0, "--slow-start", 3, "--fault-endpoints", 1)
+    t0 = time.monotonic()
+    res = run_mpiswarm(2, job_args(tmp_path, rows, sim, "--health-timeout", 60))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert time.monotonic() - t0 > 3
+    assert_rows(read_results(tmp_path / "out.h5"), rows, max_tokens=8)
+
+
+def test_four_over_long_prompts_among_400(tmp_path, sim_factory):
+    rows = make_rows(400)
+    bad = [17, 101, 250, 399]
+    for i in bad:
+        rows[i]["prompt"] = f"too long {i} " + "word " * 300
+    sim = sim_factory("--count", 4, "--time-scale", 0, "--max-model-len", 256, "--shuffle-choices")
+    res = run_mpiswarm(4, job_args(tmp_path, rows, sim))
+    assert res.returncode == 3, res.stdout + res.stderr
+    data = read_results(tmp_path / "out.h5")
+    assert np.flatnonzero(~data["ok"]).tolist() == bad
+    for i in bad:
+        assert "maximum context length is 256 tokens" in data["error"][i]
+    good = [r for i, r in enumerate(rows) if i not in bad]
+    assert [data["completion"][i] for i in range(400) if i not in bad] == [
+        expected_completion(r["prompt"], max_tokens=8)[0] for r in good]
+    assert data["attrs"]["complete"] and "396 ok, 4 failed" in res.stdout
+
+
+def _shard_rows(run_dir: Path) -> int:
+    total = 0
+    for shard in run_dir.glob("*.jsonl"):
+        for line in shard.read_bytes().splitlines():
+            try:
+                total += len(json.loads(line)["index"])
+            except ValueError:
+                pass
+    return total
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_kill_9_at_a_random_moment_then_resume(tmp_path, sim_factory, seed):
+    """kill -9 of the whole job, then the same command: the file is completed in order, and no
+    more prompts are sent again than the calls in flight could carry."""
+    rng = random.Random(seed)
+    rows = make_rows(600)
+    batch, concurrency, ranks = 10, 2, 4
+    sim = sim_factory("--count", ranks, "--time-scale", 1.0, "--max-num-seqs", 8)
+    args = job_args(tmp_path, rows, sim, "--batch-size", batch, "--concurrency", concurrency)
+    run_dir = tmp_path / "out.h5.run"
+    job = start_mpiswarm(ranks, args)
+    deadline = time.monotonic() + 60
+    target = rng.randint(20, 300)
+    while _shard_rows(run_dir) < target if run_dir.exists() else True:
+        assert job.poll() is None and time.monotonic() < deadline, "the job ended before the kill"
+        time.sleep(0.05)
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait(30)
+    job.communicate()
+    saved = _shard_rows(run_dir)
+    sent_before = prompts_received(sim)
+    assert not (tmp_path / "out.h5").exists() and 0 < saved < 600
+
+    res = run_mpiswarm(ranks, args)
+    assert res.returncode == 0, res.stdout + res.stderr
+    data = read_results(tmp_path / "out.h5")
+    assert_rows(data, rows, max_tokens=8)
+    assert data["attrs"]["n_resumed"] == saved and data["attrs"]["attempt"] == 1
+    resent = prompts_received(sim) - 600
+    assert 0 <= resent <= ranks * concurrency * batch, (resent, sent_before, saved)
+    assert not run_dir.exists()
+    print(f"seed {seed}: killed with {saved} rows saved, {sent_before} sent; resent {resent} prompts")
+
+
+def test_sigterm_writes_partial_file_then_resume(tmp_path, sim_factory):
+    rows = make_rows(600)
+    sim = sim_factory("--count", 2, "--time-scale", 1.0, "--max-num-seqs", 4)
+    args = job_args(tmp_path, rows, sim, "--batch-size", 8, "--concurrency", 2)
+    job = start_mpiswarm(2, args)
+    run_dir = tmp_path / "out.h5.run"
+    deadline = time.monotonic() + 60
+    while not run_dir.exists() or _shard_rows(run_dir) < 40:
+        assert job.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    t0 = time.monotonic()
+    os.killpg(job.pid, signal.SIGTERM)  # what PBS does at the walltime
+    res = finish(job, timeout=60)
+    assert time.monotonic() - t0 < 15
+    assert res.returncode == EXIT_RESUME, res.stdout + res.stderr
+    assert "SIGTERM received" in res.stdout and "run the same command again to resume" in res.stdout
+    data = read_results(tmp_path / "out.h5")
+    assert not data["attrs"]["complete"]
+    answered = np.flatnonzero(data["ok"])
+    assert 40 <= len(answered) < 600
+    for i in answered:
+        assert data["completion"][i] == expected_completion(rows[i]["prompt"], max_tokens=8)[0]
+    assert all("not answered" in e for e in data["error"][~data["ok"]])
+    assert run_dir.exists()
+
+    res = run_mpiswarm(2, args)
+    assert res.returncode == 0, res.stdout + res.stderr
+    data = read_results(tmp_path / "out.h5")
+    assert_rows(data, rows, max_tokens=8)
+    assert data["attrs"]["complete"] and data["attrs"]["n_resumed"] >= len(answered)
+
+
+def test_time_limit_then_resume_and_changed_options_refused(tmp_path, sim_factory):
+    rows = make_rows(300)
+    sim = sim_factory("--count", 2, "--time-scale", 1.0, "--max-num-seqs", 4)
+    args = job_args(tmp_path, rows, sim, "--batch-size", 8, "--time-limit", 1.5)
+    t0 = time.monotonic()
+    res = run_mpiswarm(2, args)
+    assert res.returncode == EXIT_RESUME, res.stdout + res.stderr
+    assert "--time-limit reached" in res.stdout
+    partial = read_results(tmp_path / "out.h5")
+    assert not partial["attrs"]["complete"] and 0 < partial["ok"].sum() < 300
+
+    changed = run_mpiswarm(2, job_args(tmp_path, rows, sim, "--batch-size", 8, "--max-tokens", 9))
+    assert changed.returncode == 2
+    assert "cannot resume: its options differ (sampling); use --restart to start over" in changed.stderr
+
+    for _ in range(20):  # the same command, again and again, finishes the job
+        res = run_mpiswarm(2, args)
+        if res.returncode != EXIT_RESUME:
+            break
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert_rows(read_results(tmp_path / "out.h5"), rows, max_tokens=8)
+
+    (tmp_path / "out.h5").unlink()
+    assert run_mpiswarm(2, args).returncode == EXIT_RESUME  # a new run dir (the old one is gone)
+    res = run_mpiswarm(2, job_args(tmp_path, rows, sim, "--batch-size", 8, "--max-tokens", 9, "--restart"))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert_rows(read_results(tmp_path / "out.h5"), rows, max_tokens=9)
+    assert "resumed" not in res.stdout
+
+
+def test_every_endpoint_down_stops_resumable(tmp_path, sim_factory):
+    rows = make_rows(100)
+    sim = sim_factory("--count", 2, "--time-scale", 0, "--crash-after", 1)
+    args = job_args(tmp_path, rows, sim, "--batch-size", 10, "--concurrency", 1)
+    res = run_mpiswarm(2, args)
+    assert res.returncode == EXIT_RESUME, res.stdout + res.stderr
+    assert "every endpoint is down" in res.stdout
+    data = read_results(tmp_path / "out.h5")
+    assert not data["attrs"]["complete"] and data["ok"].sum() == 20
+    sim.stop()
+    revived = sim_factory("--count", 2, "--time-scale", 0, "--port", sim.ports[0])
+    res = run_mpiswarm(2, args)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert_rows(read_results(tmp_path / "out.h5"), rows, max_tokens=8)
+    assert prompts_received(revived) == 80
