@@ -29,6 +29,30 @@ def prompts_received(sim) -> int:
     return int(sum(sim_counter(u, "mpiswarm_sim:prompts_received_total") for u in sim.urls))
 
 
+def test_five_percent_500s_two_percent_drops_on_every_endpoint(tmp_path, sim_factory):
+    """The issue's figure: 5% of calls fail with 500 and 2% drop the connection, everywhere."""
+    rows = make_rows(800)
+    sim = sim_factory("--count", 4, "--time-scale", 0, "--error-rate", 0.07,
+                      "--error-kinds", "500,500,500,500,500,drop,drop", "--fault-seed", 3)
+    res = run_mpiswarm(4, job_args(tmp_path, rows, sim, "--batch-size", 4, "--concurrency", 4))
+    assert res.returncode == 0, res.stdout + res.stderr
+    data = read_results(tmp_path / "out.h5")
+    assert_rows(data, rows, max_tokens=8)
+    assert data["ranks"]["n_retries"].sum() > 0
+    print(f"5%/2% faults: {data['ranks']['n_calls'].sum()} calls, {data['ranks']['n_retries'].sum()} retries")
+
+
+def test_timeouts_are_retried(tmp_path, sim_factory):
+    rows = make_rows(40)
+    sim = sim_factory("--count", 2, "--time-scale", 0, "--error-rate", 0.25, "--error-kinds", "timeout",
+                      "--fault-seed", 2)
+    res = run_mpiswarm(2, job_args(tmp_path, rows, sim, "--batch-size", 4, "--request-timeout", 0.5))
+    assert res.returncode == 0, res.stdout + res.stderr
+    data = read_results(tmp_path / "out.h5")
+    assert_rows(data, rows, max_tokens=8)
+    assert data["ranks"]["n_retries"].sum() > 0
+
+
 def test_random_500s_429s_and_dropped_connections(tmp_path, sim_factory):
     """5% of calls fail with 500, 2% drop the connection, some 429: every prompt answered, exit 0."""
     rows = make_rows(400)
