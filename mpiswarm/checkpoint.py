@@ -2,10 +2,11 @@
 
 ``OUT.h5.run/`` holds ``manifest.json`` (what the run is: the input's SHA-256, the row count and
 a fingerprint of every option that changes answers) and one append-only shard per rank and
-attempt, ``rank00003-attempt002.jsonl``. Each finished call appends one JSON line with its
-finished rows (answered, or failed for good), written with a single ``write`` so a kill leaves
-at most one torn last line, which loading skips. The directory is removed once the final file
-is written. No MPI here.
+attempt, ``rank00003-attempt002.shard``. Each finished call appends one record with its finished
+rows (answered, or failed for good): a small header, then the columns as raw arrays and the
+strings in the wire format of :mod:`mpiswarm.wire`, with a CRC-32. One ``write`` per record, so a
+kill leaves at most one torn last record, which loading skips. The directory is removed once
+the final file is written. No MPI here.
 """
 from __future__ import annotations
 
@@ -13,13 +14,16 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import time
+import zlib
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from .inputs import InputError
 from .records import ResultColumns
+from .wire import pack_strings, unpack_strings
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -97,11 +101,60 @@ def open_run_dir(output: str, manifest: Manifest, restart: bool) -> tuple[str, M
 
 
 def shard_path(run_dir: str, rank: int, attempt: int) -> str:
-    return os.path.join(run_dir, f"rank{rank:05d}-attempt{attempt:03d}.jsonl")
+    return os.path.join(run_dir, f"rank{rank:05d}-attempt{attempt:03d}.shard")
+
+
+_MAGIC = b"MSW1"
+_HEAD = struct.Struct("<4sQI")  # magic, payload bytes, CRC-32 of the payload
+# (name, dtype) of the numeric columns, in record order; then the string columns
+_NUMERIC = (("index", np.int64), ("ok", np.bool_), ("rank", np.int32), ("prompt_tokens", np.int64),
+            ("completion_tokens", np.int64), ("latency_s", np.float64))
+_STRINGS = ("error", "completion", "finish_reason")
+
+
+def encode_record(results: ResultColumns, rows: list[int]) -> bytes:
+    """The shard record of local ``rows`` of ``results``."""
+    n = results.n
+    flat = [r * n + j for r in rows for j in range(n)] if n > 1 else rows
+    parts = [struct.pack("<QQ", len(rows), n)]
+    parts += [np.ascontiguousarray(getattr(results, name)[rows], dtype=dtype).tobytes() for name, dtype in _NUMERIC]
+    for name in _STRINGS:
+        column = getattr(results, name)
+        buffer, lengths = pack_strings([column[k] for k in (rows if name == "error" else flat)])
+        parts += [struct.pack("<Q", len(buffer)), lengths.tobytes(), buffer.tobytes()]
+    payload = b"".join(parts)
+    return _HEAD.pack(_MAGIC, len(payload), zlib.crc32(payload)) + payload
+
+
+def decode_records(data: bytes) -> list[dict]:
+    """Every whole record in a shard's bytes (a torn or corrupt tail is dropped)."""
+    records, pos = [], 0
+    while pos + _HEAD.size <= len(data):
+        magic, size, crc = _HEAD.unpack_from(data, pos)
+        payload = data[pos + _HEAD.size : pos + _HEAD.size + size]
+        if magic != _MAGIC or len(payload) != size or zlib.crc32(payload) != crc:
+            break
+        pos += _HEAD.size + size
+        k, n = struct.unpack_from("<QQ", payload)
+        at = 16
+        record = {"n": n}
+        for name, dtype in _NUMERIC:
+            width = np.dtype(dtype).itemsize * k
+            record[name] = np.frombuffer(payload, dtype=dtype, count=k, offset=at)
+            at += width
+        for name in _STRINGS:
+            count = k if name == "error" else k * n
+            (nbytes,) = struct.unpack_from("<Q", payload, at)
+            lengths = np.frombuffer(payload, dtype=np.int64, count=count, offset=at + 8)
+            at += 8 + 8 * count
+            record[name] = unpack_strings(payload[at : at + nbytes], lengths)
+            at += nbytes
+        records.append(record)
+    return records
 
 
 class ShardWriter:
-    """Appends finished rows of one rank to its shard, one JSON line per call."""
+    """Appends finished rows of one rank to its shard, one record per call."""
 
     def __init__(self, path: str):
         self.path = path
@@ -110,24 +163,11 @@ class ShardWriter:
 
     def append(self, results: ResultColumns, rows) -> None:
         """Record ``rows`` (local positions) of ``results`` that are finished."""
-        done = [r for r in rows if results.done[r]]
-        if not done:
+        done = results.done
+        finished = [r for r in rows if done[r]]
+        if not finished:
             return
-        n = results.n
-        flat = [r * n + j for r in done for j in range(n)]
-        record = {
-            "index": results.index[done].tolist(),
-            "ok": results.ok[done].tolist(),
-            "error": [results.error[r] for r in done],
-            "completion": [results.completion[k] for k in flat],
-            "finish_reason": [results.finish_reason[k] for k in flat],
-            "rank": results.rank[done].tolist(),
-            "prompt_tokens": results.prompt_tokens[done].tolist(),
-            "completion_tokens": results.completion_tokens[done].tolist(),
-            "latency_s": results.latency_s[done].tolist(),
-        }
-        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
-        os.write(self._fd, line.encode("utf-8", "surrogatepass"))  # one write: a kill tears at most this line
+        os.write(self._fd, encode_record(results, finished))  # one write: a kill tears at most this record
         if time.monotonic() - self._synced > FSYNC_EVERY_S:
             os.fsync(self._fd)
             self._synced = time.monotonic()
@@ -141,39 +181,18 @@ class ShardWriter:
 
 def load_finished(run_dir: str, n: int) -> ResultColumns:
     """Every finished row recorded in the run directory's shards (first record of a row wins)."""
-    columns = {k: [] for k in ("index", "ok", "error", "completion", "finish_reason", "rank", "prompt_tokens",
-                               "completion_tokens", "latency_s")}
+    parts = []
     for name in sorted(os.listdir(run_dir)):
-        if not name.endswith(".jsonl"):
-            continue
-        with open(os.path.join(run_dir, name), "rb") as fh:
-            for line in fh:
-                try:
-                    record = json.loads(line.decode("utf-8", "surrogatepass"))
-                except ValueError:  # the torn last line of a killed writer
-                    continue
-                for key, values in columns.items():
-                    values.extend(record[key])
-    index = np.asarray(columns["index"], dtype=np.int64)
-    keep = np.sort(np.unique(index, return_index=True)[1])
-    flat = (keep[:, None] * n + np.arange(n)).ravel().tolist()
-
-    def numeric(name, dtype):
-        return np.asarray(columns[name], dtype=dtype)[keep]
-
-    return ResultColumns(
-        index=index[keep],
-        n=n,
-        completion=[columns["completion"][k] for k in flat],
-        finish_reason=[columns["finish_reason"][k] for k in flat],
-        error=[columns["error"][k] for k in keep.tolist()],
-        ok=numeric("ok", bool),
-        done=np.ones(len(keep), dtype=bool),
-        rank=numeric("rank", np.int32),
-        prompt_tokens=numeric("prompt_tokens", np.int64),
-        completion_tokens=numeric("completion_tokens", np.int64),
-        latency_s=numeric("latency_s", np.float64),
-    ).in_index_order()
+        if name.endswith(".shard"):
+            with open(os.path.join(run_dir, name), "rb") as fh:
+                parts += decode_records(fh.read())
+    if any(p["n"] != n for p in parts):
+        raise InputError(f"{run_dir}: checkpoints hold a different n; use --restart to start over")
+    everything = ResultColumns.concat([ResultColumns.pending(np.zeros(0, np.int64), n, 0)] + [
+        ResultColumns(n=n, done=np.ones(len(p["index"]), bool), **{k: v for k, v in p.items() if k != "n"})
+        for p in parts])
+    _, first = np.unique(everything.index, return_index=True)
+    return everything.take(np.sort(first)).in_index_order()
 
 
 def remove_run_dir(run_dir: str) -> None:

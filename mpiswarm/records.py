@@ -80,22 +80,25 @@ class ResultColumns:
             **{c: np.concatenate([getattr(p, c) for p in parts]) for c in NUMERIC_COLUMNS},
         )
 
+    def take(self, positions: np.ndarray) -> "ResultColumns":
+        """The rows at ``positions`` (an integer array), in that order."""
+        positions = np.asarray(positions, dtype=np.int64)
+        n = self.n
+        flat = (positions[:, None] * n + np.arange(n)).ravel().tolist()
+        rows = positions.tolist()
+        return ResultColumns(
+            n=n,
+            completion=[self.completion[k] for k in flat],
+            finish_reason=[self.finish_reason[k] for k in flat],
+            error=[self.error[k] for k in rows],
+            **{c: np.asarray(getattr(self, c))[positions] for c in NUMERIC_COLUMNS},
+        )
+
     def in_index_order(self) -> "ResultColumns":
         """The same rows sorted by ``index`` (a no-op when they already are)."""
         if len(self.index) < 2 or bool(np.all(self.index[1:] > self.index[:-1])):
             return self
-        order = np.argsort(self.index, kind="stable")
-        n = self.n
-        flat = (order[:, None] * n + np.arange(n)).ravel().tolist()
-        order_list = order.tolist()
-        return ResultColumns(
-            index=self.index[order],
-            n=n,
-            completion=[self.completion[k] for k in flat],
-            finish_reason=[self.finish_reason[k] for k in flat],
-            error=[self.error[k] for k in order_list],
-            **{c: getattr(self, c)[order] for c in NUMERIC_COLUMNS if c != "index"},
-        )
+        return self.take(np.argsort(self.index, kind="stable"))
 
 
 @dataclass

@@ -13,7 +13,8 @@ import numpy as np
 import openai
 import pytest
 
-from mpiswarm.checkpoint import Manifest, ShardWriter, load_finished, open_run_dir, shard_path
+from mpiswarm.checkpoint import (Manifest, ShardWriter, decode_records, encode_record, load_finished, open_run_dir,
+                                 shard_path)
 from mpiswarm.client import ClientOptions
 from mpiswarm.dispatch import UNANSWERED_DEAD, UNANSWERED_STOPPED, Dispatcher, EndpointPool
 from mpiswarm.inputs import InputError
@@ -175,8 +176,10 @@ def test_shards_round_trip_and_skip_a_torn_line(tmp_path):
     writer.append(res, range(2))
     writer.append(res, [2, 3])
     writer.close()
+    torn = encode_record(res, [0])
     with open(shard_path(str(tmp_path), 2, 0), "wb") as fh:
-        fh.write(b'{"index": [1, 2')  # a writer killed mid-line
+        fh.write(torn[: len(torn) - 3])  # a writer killed mid-record
+    assert decode_records(torn[:-3]) == [] and len(decode_records(torn + torn[:5])) == 1
     loaded = load_finished(str(tmp_path), 2)
     assert loaded.index.tolist() == [3, 5, 7, 9]
     assert loaded.completion == ["c ☃", "d", "", "", "a", "b", "\ud800", "h"]
