@@ -116,3 +116,34 @@ def abort_on_exception(exc: BaseException, comm=None) -> None:
 def rank_and_size(comm=None) -> tuple[int, int]:
     comm = world(comm)
     return comm.Get_rank(), comm.Get_size()
+
+
+class Mailbox:
+    """Non-blocking point-to-point byte messages, polled from an event loop.
+
+    With the ``mpich`` wheel one-sided operations make no progress while the target is busy
+    outside MPI; polling ``Iprobe`` from every rank's event loop does (DESIGN.md §3).
+    """
+
+    def __init__(self, comm=None):
+        self.comm = world(comm)
+        self._sends: list[tuple[MPI.Request, bytes]] = []
+
+    def send(self, dest: int, tag: int, payload: bytes = b"") -> None:
+        """Start sending ``payload``; the buffer is kept until the send completes."""
+        self._sends.append((self.comm.Isend([payload, MPI.BYTE], dest=dest, tag=tag), payload))
+        self._sends = [(r, b) for r, b in self._sends if not r.Test()]
+
+    def poll(self, tag: int, source: int = MPI.ANY_SOURCE) -> tuple[int, bytes] | None:
+        """One waiting message ``(source, payload)`` with ``tag``, or None."""
+        status = MPI.Status()
+        if not self.comm.Iprobe(source=source, tag=tag, status=status):
+            return None
+        payload = bytearray(status.Get_count(MPI.BYTE))
+        self.comm.Recv([payload, MPI.BYTE], source=status.Get_source(), tag=tag)
+        return status.Get_source(), bytes(payload)
+
+    def flush(self) -> None:
+        """Wait until every send has completed."""
+        MPI.Request.Waitall([r for r, _ in self._sends])
+        self._sends.clear()

@@ -81,6 +81,12 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="prompts per HTTP call (default: the rank's whole slice in one call)")
     t.add_argument("--concurrency", type=_positive_int, default=None,
                    help="calls in flight per rank (default 4 for lists, 128 for chat)")
+    t.add_argument("--schedule", choices=("dynamic", "static"), default="dynamic",
+                   help="dynamic (default): ranks that run dry get more work from rank 0 in shrinking "
+                   "chunks; static: one contiguous slice per rank")
+    t.add_argument("--max-num-seqs", type=_positive_int, default=256,
+                   help="sequences each engine runs at once (vLLM's --max-num-seqs, default 256): the "
+                   "dynamic schedule keeps about twice that in flight per rank")
     t.add_argument("--request-timeout", type=_positive_float, default=600.0,
                    help="seconds a call may take, plus 0.5 s per prompt in it (default 600)")
     f = p.add_argument_group("fault tolerance")
@@ -91,7 +97,11 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                    "(exit 75: run again to resume); set it a few minutes under the walltime")
     f.add_argument("--restart", action="store_true",
                    help="discard an earlier interrupted attempt's checkpoints and start over")
-    p.add_argument("-q", "--quiet", action="store_true", help="print no summary")
+    p.add_argument("--progress", choices=("auto", "bar", "log", "none"), default="auto",
+                   help="live progress on rank 0: a bar on a terminal, else a log line (default auto)")
+    p.add_argument("--progress-interval", type=_positive_float, default=None,
+                   help="seconds between progress lines (default 10; 0.25 for the bar)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print no summary and no progress")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,7 +142,8 @@ def config_from_args(args):
         input=args.input, output=args.output, client=client, sampling=sampling,
         endpoint=args.endpoint or DEFAULT_ENDPOINT, hostfile=args.hostfile, base_port=args.base_port,
         health_timeout=args.health_timeout, time_limit=args.time_limit, restart=args.restart,
-        retry=RetryPolicy(max_attempts=args.max_attempts), quiet=args.quiet,
+        retry=RetryPolicy(max_attempts=args.max_attempts), schedule=args.schedule, max_num_seqs=args.max_num_seqs,
+        progress=args.progress, progress_interval=args.progress_interval, quiet=args.quiet,
     )
 
 

@@ -9,7 +9,7 @@
   left, its remaining rows stay unanswered for a resume;
 * a stop request (SIGTERM, ``--time-limit``) lets no new call start and cancels those in flight.
 
-Every finished call is reported to ``on_finished(rows)`` (the checkpoint). No MPI here.
+Every finished call is reported to ``on_finished(results, rows)`` (the checkpoint). No MPI here.
 """
 from __future__ import annotations
 
@@ -20,10 +20,11 @@ import time
 from contextlib import AsyncExitStack
 from typing import Callable
 
+import numpy as np
 import openai
 
+from .balance import Chunk
 from .client import ClientOptions, EndpointClient, describe_error, place_chat, place_completions
-from .partition import CallPlan
 from .records import RankStats, ResultColumns
 from .retry import CLIENT_ERROR, TRANSIENT, RetryPolicy, classify
 
@@ -66,18 +67,20 @@ class EndpointPool:
 
 
 class Dispatcher:
-    """Sends one rank's planned calls and fills ``results``; see the module docstring."""
+    """Sends one rank's calls, taken from a :class:`~mpiswarm.control.WorkSource`, and fills
+    each chunk's results; see the module docstring."""
 
-    def __init__(self, pool: EndpointPool, results: ResultColumns, stats: RankStats, *,
-                 policy: RetryPolicy | None = None, on_finished: Callable | None = None,
-                 sleep=asyncio.sleep, rng: random.Random | None = None):
+    def __init__(self, pool: EndpointPool, stats: RankStats, *, policy: RetryPolicy | None = None,
+                 on_finished: Callable | None = None, sleep=asyncio.sleep, rng: random.Random | None = None):
         self.pool = pool
-        self.results = results
         self.stats = stats
         self.policy = policy or RetryPolicy()
-        self.on_finished = on_finished or (lambda rows: None)
+        self.on_finished = on_finished or (lambda results, rows: None)
         self.sleep = sleep
         self.rng = rng or random.Random()
+        self.n_finished = 0  # rows finished for good (answered or failed)
+        self.n_answered = 0
+        self.all_down = False
         self._decoded: dict[str, dict] = {"": {}}
 
     def params(self, base: dict, overrides: str) -> dict:
@@ -86,34 +89,45 @@ class Dispatcher:
             decoded = self._decoded[overrides] = json.loads(overrides)
         return {**base, **decoded} if decoded else base
 
+    def progress(self) -> tuple[int, int]:
+        return self.n_finished, self.n_answered
+
+    def _finished(self, results: ResultColumns, rows) -> None:
+        self.n_finished += len(rows)
+        self.n_answered += int(results.ok[rows if isinstance(rows, list) else slice(rows.start, rows.stop)].sum())
+        self.on_finished(results, rows)
+
     # -- one call, with its retries, bisection and failover ------------------------------
-    async def _attempt(self, client: EndpointClient, rows, prompts, params) -> None:
-        """One HTTP call for ``rows``; places the answers or raises."""
+    async def _attempt(self, client: EndpointClient, chunk: Chunk, rows, params) -> None:
+        """One HTTP call for ``rows`` of ``chunk``; places the answers or raises."""
         self.stats.n_calls += 1
+        n = params.get("n", 1)
         if self.pool.options.api == "chat":
-            data, latency = await client.chat(prompts[rows[0]], params)
-            place_chat(data, rows[0], params.get("n", 1), self.results, latency)
+            data, latency = await client.chat(chunk.prompts[rows[0]], params)
+            place_chat(data, rows[0], n, chunk.results, latency)
         else:
-            data, latency = await client.complete([prompts[r] for r in rows], params)
-            place_completions(data, rows, params.get("n", 1), self.results, latency)
+            data, latency = await client.complete([chunk.prompts[r] for r in rows], params)
+            place_completions(data, rows, n, chunk.results, latency)
         usage = data.get("usage") or {}
         self.stats.prompt_tokens += usage.get("prompt_tokens") or 0
         self.stats.completion_tokens += usage.get("completion_tokens") or 0
 
-    async def send(self, rows, prompts: list[str], params: dict) -> None:
-        """Answer ``rows`` (local positions), however many attempts and endpoints it takes."""
+    async def send(self, chunk: Chunk, rows, params: dict) -> None:
+        """Answer ``rows`` of ``chunk``, however many attempts and endpoints it takes."""
+        results = chunk.results
         attempt, first_try = 0, time.monotonic()
         while True:
             try:
                 client = await self.pool.current()
             except AllEndpointsDown:
-                self.results.fail(rows, UNANSWERED_DEAD, final=False)
+                self.all_down = True
+                results.fail(rows, UNANSWERED_DEAD, final=False)
                 return
             attempt += 1
             t0 = time.monotonic()
             try:
-                await self._attempt(client, rows, prompts, params)
-                self.on_finished(rows)
+                await self._attempt(client, chunk, rows, params)
+                self._finished(results, rows)
                 return
             except asyncio.CancelledError:
                 raise
@@ -124,12 +138,12 @@ class Dispatcher:
             if kind == CLIENT_ERROR and len(rows) > 1:
                 self.stats.n_bisections += 1
                 half = len(rows) // 2
-                await self.send(rows[:half], prompts, params)
-                await self.send(rows[half:], prompts, params)
+                await self.send(chunk, rows[:half], params)
+                await self.send(chunk, rows[half:], params)
                 return
             if kind != TRANSIENT:  # a bad prompt, isolated; or an error no retry can fix
-                self.results.fail(rows, reason, time.monotonic() - t0, final=True)
-                self.on_finished(rows)
+                results.fail(rows, reason, time.monotonic() - t0, final=True)
+                self._finished(results, rows)
                 return
             delay = self.policy.delay(attempt, self.rng)
             gave_up = not self.policy.should_retry(attempt, time.monotonic() - first_try, delay)
@@ -143,32 +157,29 @@ class Dispatcher:
             await self.sleep(delay)
 
     # -- all calls ---------------------------------------------------------------------
-    def _units(self, plans: list[CallPlan], base: dict):
-        """(rows, params) of every call: lists as planned, or one row a call for chat."""
-        chat = self.pool.options.api == "chat"
-        for plan in plans:
-            params = self.params(base, plan.overrides)
-            if chat:
-                for row in plan.rows:
-                    yield [row], params
-            else:
-                yield plan.rows, params
-
-    async def run(self, prompts: list[str], plans: list[CallPlan], base_params: dict,
-                  stop: asyncio.Event | None = None) -> None:
-        """Send every planned call, ``calls_in_flight()`` at a time, until done or ``stop``."""
-        units = self._units(plans, base_params)
+    async def run(self, source, base_params: dict, stop: asyncio.Event | None = None) -> None:
+        """Send calls from ``source``, ``calls_in_flight()`` at a time, until it runs dry or
+        ``stop`` is set; then every row not finished carries why."""
         stop = stop or asyncio.Event()
+        chat = self.pool.options.api == "chat"
 
         async def worker():
-            for rows, params in units:  # one shared generator: each call is taken by one worker
-                if stop.is_set():
+            while not stop.is_set() and not self.all_down:
+                got = await source.next_call()
+                if got is None:
                     return
-                await self.send(rows, prompts, params)
+                chunk, plan = got
+                params = self.params(base_params, plan.overrides)
+                if chat:
+                    for row in plan.rows:
+                        await self.send(chunk, [row], params)
+                else:
+                    await self.send(chunk, plan.rows, params)
 
         workers = asyncio.gather(*(worker() for _ in range(self.pool.options.calls_in_flight())))
         stopper = asyncio.ensure_future(stop.wait())
         await asyncio.wait([workers, stopper], return_when=asyncio.FIRST_COMPLETED)
+        source.stop()
         if not workers.done():  # stopped: calls in flight are abandoned, their rows resent on resume
             workers.cancel()
             try:
@@ -176,10 +187,10 @@ class Dispatcher:
             except asyncio.CancelledError:
                 pass
         stopper.cancel()
-        self._mark_unfinished()
-
-    def _mark_unfinished(self) -> None:
-        res = self.results
-        for row in range(len(res)):
-            if not res.done[row] and res.error[row] == "not attempted":
-                res.error[row] = UNANSWERED_STOPPED
+        await source.drain()
+        for chunk in source.chunks:
+            res = chunk.results
+            reason = UNANSWERED_DEAD if self.all_down else UNANSWERED_STOPPED
+            for row in np.flatnonzero(~res.done).tolist():
+                if res.error[row] == "not attempted":
+                    res.error[row] = reason

@@ -21,7 +21,9 @@ import numpy as np
 from . import _mpi
 from .checkpoint import Manifest, ShardWriter, fingerprint, load_finished, open_run_dir, remove_run_dir, shard_path
 from .client import ClientOptions, EndpointClient, EndpointUnavailable
-from .dispatch import Dispatcher, EndpointPool
+from .balance import Chunk, call_cap, guided_size
+from .control import Control, Pool, WorkSource
+from .dispatch import UNANSWERED_STOPPED, Dispatcher, EndpointPool
 from .endpoints import check_template, endpoint_from_hostfile, expand_endpoint, parse_hostfile
 from .gather import gather_results, gather_stats
 from .inputs import InputError, PromptSet, read_prompts
@@ -30,6 +32,7 @@ from .records import RankStats, ResultColumns
 from .retry import RetryPolicy
 from .scatter import RankSlice, scatter_rows
 from .store import create_result_file
+from .progress import ProgressPrinter
 from .summary import format_summary
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:8000/v1"
@@ -40,6 +43,8 @@ EXIT_USAGE = 2  # usage or input error: nothing sent, no output file
 EXIT_PROMPTS_FAILED = 3  # finished; some prompts failed, each with its error
 EXIT_ENDPOINT_DOWN = 4  # an endpoint never became healthy: nothing sent, no output file
 EXIT_RESUME = 75  # interrupted (signal, --time-limit, every endpoint down): run the same command to resume
+#: the dynamic schedule scatters 1/INITIAL_SHARE_FACTOR of the rows at once, the rest on request
+INITIAL_SHARE_FACTOR = 4
 
 
 @dataclass
@@ -57,6 +62,10 @@ class RunConfig:
     time_limit: float | None = None  # seconds from the start: stop sending, write what is answered
     restart: bool = False  # ignore (delete) an earlier attempt's run directory
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    schedule: str = "dynamic"  # or "static": one contiguous slice per rank, nothing moves after
+    max_num_seqs: int = 256  # the engines' concurrent sequences: sizes calls to keep them full
+    progress: str = "auto"  # bar, log, none; auto: a bar on a terminal, else a log line
+    progress_interval: float | None = None
     quiet: bool = False
 
     def answer_options(self) -> dict:
@@ -78,6 +87,8 @@ class RunConfig:
             "base_port": self.base_port,
             "health_timeout": self.health_timeout,
             "time_limit": self.time_limit,
+            "schedule": self.schedule,
+            "max_num_seqs": self.max_num_seqs,
             "retry": dataclasses.asdict(self.retry),
             "input": os.path.abspath(self.input),
         }
@@ -205,19 +216,40 @@ class StopRequest:
             self._loop = self._event = None
 
 
-async def _serve_slice(urls: list[str], config: RunConfig, piece: RankSlice, results: ResultColumns,
-                       stats: RankStats, shard: ShardWriter, stop: StopRequest) -> dict:
-    """Send the rank's calls; returns the endpoints declared dead (url -> why)."""
-    plans = plan_calls(piece.overrides, config.client.batch_size)
+async def _serve(urls: list[str], config: RunConfig, piece: RankSlice, plan: Plan, stats: RankStats,
+                 shard: ShardWriter, stop: StopRequest, pool: Pool | None, printer: ProgressPrinter | None,
+                 comm) -> tuple[list[Chunk], dict]:
+    """Send this rank's calls (and, on the root, serve the control plane).
+    Returns the chunks this rank held, with their results, and the endpoints declared dead."""
+    rank, size = _mpi.rank_and_size(comm)
+    control = Control(_mpi.Mailbox(comm), rank, size, plan.n)
+    control.pool = pool
+    concurrency = config.client.calls_in_flight()
+    dynamic = config.schedule == "dynamic"
+    cap = call_cap(config.max_num_seqs, concurrency) if dynamic else None
+    source = WorkSource(batch_size=config.client.batch_size, concurrency=concurrency, cap=cap,
+                        fetch=control.fetch if dynamic else None, low_water=cap or 0)
+    source.add(Chunk.new(piece.index, piece.prompts, piece.overrides, plan.n, rank))
+    event = stop.event()
     async with AsyncExitStack() as stack:
-        pool = EndpointPool(urls, config.client, stack)
-        dispatcher = Dispatcher(pool, results, stats, policy=config.retry,
-                                on_finished=lambda rows: shard.append(results, rows))
+        endpoints = EndpointPool(urls, config.client, stack)
+        dispatcher = Dispatcher(endpoints, stats, policy=config.retry, on_finished=shard.append)
         try:
-            await dispatcher.run(piece.prompts, plans, config.sampling, stop.event())
+            work = asyncio.ensure_future(dispatcher.run(source, config.sampling, event))
+            if rank == _mpi.ROOT:
+                await control.serve(dispatcher.progress, work, event, printer.update if printer else None)
+                if printer:
+                    printer.close(control.counts)
+            else:
+                await control.report(dispatcher.progress, work)
+            await work  # its exception, if any, reaches the abort guard
         finally:
             stop.detach()
-        return pool.dead
+    if pool is not None and len(leftover := pool.leftover()):  # never handed out: left for a resume
+        chunk = control.chunk(leftover, [""] * len(leftover), None)
+        chunk.results.fail(range(len(leftover)), UNANSWERED_STOPPED, final=False)
+        source.chunks.append(chunk)
+    return source.chunks, endpoints.dead
 
 
 def _ring(urls: list[str], rank: int) -> list[str]:
@@ -262,23 +294,34 @@ def run(config: RunConfig, comm=None) -> int:
     phase("health")
     stats.t_health = times["health"]
 
-    todo = None
-    if root and plan.n_finished:
-        todo = np.setdiff1d(np.arange(plan.n_rows, dtype=np.int64), finished.index, assume_unique=True)
-    piece = scatter_rows(prompt_set, todo, comm=comm)
+    todo = initial = pool = None
+    if root:
+        todo = np.arange(plan.n_rows, dtype=np.int64)
+        if plan.n_finished:
+            todo = np.setdiff1d(todo, finished.index, assume_unique=True)
+        initial = todo
+        if config.schedule == "dynamic":  # a first share now, the rest on request
+            initial = todo[: guided_size(len(todo), 1, factor=INITIAL_SHARE_FACTOR)]
+            pool = Pool(prompt_set, todo[len(initial):], size,
+                        minimum=config.client.calls_in_flight())
+    piece = scatter_rows(prompt_set, initial, comm=comm)
     phase("scatter")
     stats.t_scatter = times["scatter"]
 
-    results = ResultColumns.pending(piece.index, plan.n, rank)
+    printer = None
+    if root and not config.quiet and config.progress != "none":
+        printer = ProgressPrinter(plan.n_rows, plan.n_finished, mode=config.progress,
+                                  interval=config.progress_interval)
     shard = ShardWriter(shard_path(plan.run_dir, rank, plan.attempt))
     t0 = time.perf_counter()
     try:
-        dead = asyncio.run(_serve_slice(_ring([p[2] for p in reports], rank), config, piece, results, stats,
-                                        shard, stop))
+        chunks, dead = asyncio.run(_serve(_ring([p[2] for p in reports], rank), config, piece, plan, stats,
+                                          shard, stop, pool, printer, comm))
     finally:
         shard.close()
+    results = ResultColumns.concat([c.results for c in chunks])
     stats.t_requests = time.perf_counter() - t0
-    stats.n_prompts = len(piece.prompts)
+    stats.n_prompts = int(results.done.sum())
     stats.n_ok = int(results.ok.sum())
     stats.extra["dead_endpoints"] = dead
     _mpi.barrier(comm)  # the slowest rank sets the end of the request phase

@@ -6,6 +6,7 @@ keeps any string Python can hold round-trippable.
 """
 from __future__ import annotations
 
+import struct
 from itertools import accumulate
 
 import numpy as np
@@ -40,3 +41,31 @@ def pack_string_slices(strings: list[str], bounds: np.ndarray) -> tuple[np.ndarr
     byte_counts = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
     lengths = np.fromiter(map(len, strings), dtype=np.int64, count=len(strings))
     return np.frombuffer(b"".join(parts), dtype=np.uint8), lengths, byte_counts
+
+
+_ROWS_HEAD = struct.Struct("<QQ")  # rows, whether overrides follow
+
+
+def pack_rows(index: np.ndarray, prompts: list[str], overrides: list[str] | None) -> bytes:
+    """One message holding rows: global index, prompts and (optionally) their overrides."""
+    parts = [_ROWS_HEAD.pack(len(index), overrides is not None), np.ascontiguousarray(index, np.int64).tobytes()]
+    for strings in (prompts, overrides) if overrides is not None else (prompts,):
+        buffer, lengths = pack_strings(strings)
+        parts += [lengths.tobytes(), struct.pack("<Q", len(buffer)), buffer.tobytes()]
+    return b"".join(parts)
+
+
+def unpack_rows(payload: bytes) -> tuple[np.ndarray, list[str], list[str]]:
+    """Inverse of :func:`pack_rows`; overrides are '' when the message had none."""
+    k, has_overrides = _ROWS_HEAD.unpack_from(payload)
+    at = _ROWS_HEAD.size
+    index = np.frombuffer(payload, dtype=np.int64, count=k, offset=at).copy()
+    at += 8 * k
+    columns = []
+    for _ in range(2 if has_overrides else 1):
+        lengths = np.frombuffer(payload, dtype=np.int64, count=k, offset=at)
+        (nbytes,) = struct.unpack_from("<Q", payload, at + 8 * k)
+        at += 8 * k + 8
+        columns.append(unpack_strings(payload[at : at + nbytes], lengths))
+        at += nbytes
+    return index, columns[0], columns[1] if has_overrides else [""] * k

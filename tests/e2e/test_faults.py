@@ -59,7 +59,7 @@ def test_random_500s_429s_and_dropped_connections(tmp_path, sim_factory):
     rows = make_rows(400)
     sim = sim_factory("--count", 4, "--time-scale", 0, "--error-rate", 0.12, "--error-kinds", "500,500,429,drop",
                       "--fault-seed", 11)
-    res = run_mpiswarm(4, job_args(tmp_path, rows, sim, "--batch-size", 5, "--concurrency", 4))
+    res = run_mpiswarm(4, job_args(tmp_path, rows, sim, "--batch-size", 5, "--concurrency", 4, "--schedule", "static"))
     assert res.returncode == 0, res.stdout + res.stderr
     data = read_results(tmp_path / "out.h5")
     assert_rows(data, rows, max_tokens=8)
@@ -73,7 +73,8 @@ def test_endpoint_crashing_mid_run_is_covered_by_the_others(tmp_path, sim_factor
     """One of four endpoints crashes after its second call: its rank fails over, nothing is lost."""
     rows = make_rows(200)
     sim = sim_factory("--count", 4, "--time-scale", 0, "--crash-after", 2, "--fault-endpoints", 2)
-    res = run_mpiswarm(4, job_args(tmp_path, rows, sim, "--batch-size", 10, "--concurrency", 1))
+    res = run_mpiswarm(4, job_args(tmp_path, rows, sim, "--batch-size", 10, "--concurrency", 1,
+                                   "--schedule", "static"))
     assert res.returncode == 0, res.stdout + res.stderr
     data = read_results(tmp_path / "out.h5")
     assert_rows(data, rows, max_tokens=8)

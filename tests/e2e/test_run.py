@@ -48,7 +48,7 @@ def test_four_ranks_every_row_in_order(tmp_path, sim_factory, batch_size, calls_
     """Choices shuffled by the endpoint and calls answered out of order: rows still land in order."""
     rows = make_rows(400)
     sim = sim_factory("--count", 4, "--time-scale", 0.02, "--shuffle-choices", "--jitter", 0.05)
-    extra = ["--batch-size", batch_size, "--concurrency", 4] if batch_size else []
+    extra = ["--schedule", "static"] + (["--batch-size", batch_size, "--concurrency", 4] if batch_size else [])
     out = tmp_path / "out.h5"
     res = run_mpiswarm(4, ["run", write_jsonl(tmp_path / "in.jsonl", rows), "-o", out, *endpoint_args(sim),
                            "--seed", 7, *extra])
@@ -72,6 +72,34 @@ def test_four_ranks_every_row_in_order(tmp_path, sim_factory, batch_size, calls_
     assert str(out) in res.stdout
     assert [p.name for p in tmp_path.iterdir()] == ["in.jsonl", "out.h5"] or sorted(
         p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.h5"]
+
+
+def test_dynamic_schedule_feeds_the_fast_endpoints(tmp_path, sim_factory):
+    """One endpoint at a quarter speed: the dynamic schedule gives it less work, rows stay in order."""
+    rows = make_rows(1200)
+    sim = sim_factory("--count", 4, "--time-scale", 1.0, "--speeds", "1,1,1,0.25", "--max-num-seqs", 32)
+    out = tmp_path / "out.h5"
+    res = run_mpiswarm(4, ["run", write_jsonl(tmp_path / "in.jsonl", rows), "-o", out, *endpoint_args(sim),
+                           "--max-tokens", 8, "--max-num-seqs", 32, "--progress", "log", "--progress-interval", 0.5])
+    assert res.returncode == 0, res.stderr
+    data = read_results(out)
+    assert_rows(data, rows, max_tokens=8)
+    served = np.bincount(data["rank"], minlength=4)
+    assert served.sum() == 1200 and served[3] < 0.6 * served[:3].min(), served
+    assert data["ranks"]["n_prompts"].tolist() == served.tolist()
+    assert data["attrs"]["params"]["schedule"] == "dynamic"
+    lines = [l for l in res.stdout.splitlines() if l.startswith("mpiswarm: ") and "prompts (" in l]
+    assert lines and lines[-1].startswith("mpiswarm: 1,200/1,200 prompts (100.0%)")
+
+
+def test_progress_bar_mode(tmp_path, sim_factory):
+    rows = make_rows(50)
+    sim = sim_factory("--count", 2, "--time-scale", 0.5)
+    res = run_mpiswarm(2, ["run", write_jsonl(tmp_path / "in.jsonl", rows), "-o", tmp_path / "o.h5",
+                           *endpoint_args(sim), "--progress", "bar"])
+    assert res.returncode == 0, res.stderr
+    bars = [l for l in res.stdout.splitlines() if l.startswith("[")]  # "\r" reads as a line break here
+    assert bars and bars[-1].startswith("[" + "#" * 30 + "] 100.0% 50/50 | ") and "prompts/s | ETA" in bars[-1]
 
 
 def test_n2_and_per_row_overrides(tmp_path, sim_factory):
@@ -100,7 +128,7 @@ def test_chat_api_one_call_per_prompt(tmp_path, sim_factory):
     sim = sim_factory("--count", 2, "--time-scale", 0.01, "--jitter", 0.02)
     out = tmp_path / "out.h5"
     res = run_mpiswarm(2, ["run", write_jsonl(tmp_path / "in.jsonl", rows), "-o", out, *endpoint_args(sim),
-                           "--api", "chat", "--max-tokens", 9, "--concurrency", 8])
+                           "--api", "chat", "--max-tokens", 9, "--concurrency", 8, "--schedule", "static"])
     assert res.returncode == 0, res.stderr
     data = read_results(out)
     for i, row in enumerate(rows):
@@ -118,7 +146,7 @@ def test_txt_input_more_ranks_than_prompts(tmp_path, sim_factory):
     path.write_text("\n".join(prompts) + "\n", encoding="utf-8")
     sim = sim_factory("--count", 3, "--time-scale", 0)
     out = tmp_path / "out.h5"
-    res = run_mpiswarm(3, ["run", path, "-o", out, *endpoint_args(sim), "--max-tokens", 5])
+    res = run_mpiswarm(3, ["run", path, "-o", out, *endpoint_args(sim), "--max-tokens", 5, "--schedule", "static"])
     assert res.returncode == 0, res.stderr
     data = read_results(out)
     assert_rows(data, [{"prompt": p} for p in prompts], max_tokens=5)
@@ -136,7 +164,7 @@ def test_openai_batch_rows_and_hostfile(tmp_path, sim_factory):
     hostfile.write_text(f"# two agents\n127.0.0.1\t{sim.ports[1]}\trole=a\n127.0.0.1:{sim.ports[0]}\n")
     out = tmp_path / "out.h5"
     res = run_mpiswarm(2, ["run", write_jsonl(tmp_path / "in.jsonl", batch), "-o", out, "--model", MODEL,
-                           "--hostfile", hostfile])
+                           "--hostfile", hostfile, "--schedule", "static"])
     assert res.returncode == 0, res.stderr
     data = read_results(out)
     assert_rows(data, [dict(r, max_tokens=4 + i % 2) for i, r in enumerate(rows)])

@@ -15,10 +15,11 @@ import pytest
 
 from mpiswarm.checkpoint import (Manifest, ShardWriter, decode_records, encode_record, load_finished, open_run_dir,
                                  shard_path)
+from mpiswarm.balance import Chunk
 from mpiswarm.client import ClientOptions
+from mpiswarm.control import WorkSource
 from mpiswarm.dispatch import UNANSWERED_DEAD, UNANSWERED_STOPPED, Dispatcher, EndpointPool
 from mpiswarm.inputs import InputError
-from mpiswarm.partition import plan_calls
 from mpiswarm.records import RankStats, ResultColumns
 from mpiswarm.retry import CLIENT_ERROR, FATAL, TRANSIENT, RetryPolicy, classify
 from mpiswarm.sim import SimConfig, expected_completion, run_in_thread
@@ -59,25 +60,28 @@ class Recorder:
 
 
 def dispatch(urls, prompts, *, batch_size=None, concurrency=2, policy=None, stop_first=False, max_tokens=8):
-    results = ResultColumns.pending(np.arange(len(prompts)), 1, 0)
+    """Run a Dispatcher over one static chunk of ``prompts``; returns what happened."""
+    chunk = Chunk.new(np.arange(len(prompts)), prompts, [""] * len(prompts), 1, 0)
     stats = RankStats(rank=0, host="h", endpoint=urls[0])
     finished = []
     sleep = Recorder()
     options = ClientOptions(model="sim-model", batch_size=batch_size, concurrency=concurrency)
 
     async def go():
+        source = WorkSource(batch_size=batch_size, concurrency=concurrency, cap=None)
+        source.add(chunk)
         async with AsyncExitStack() as stack:
             pool = EndpointPool(urls, options, stack)
-            d = Dispatcher(pool, results, stats, policy=policy, on_finished=finished.extend, sleep=sleep,
-                           rng=random.Random(1))
+            d = Dispatcher(pool, stats, policy=policy, on_finished=lambda res, rows: finished.extend(rows),
+                           sleep=sleep, rng=random.Random(1))
             stop = asyncio.Event()
             if stop_first:
                 stop.set()
-            await d.run(prompts, plan_calls([""] * len(prompts), batch_size), {"max_tokens": max_tokens}, stop)
+            await d.run(source, {"max_tokens": max_tokens}, stop)
             return pool.dead
 
     dead = asyncio.run(go())
-    return results, stats, sorted(finished), sleep.delays, dead
+    return chunk.results, stats, sorted(finished), sleep.delays, dead
 
 
 PROMPTS = [f"prompt number {i} ☃" for i in range(40)]

@@ -1,0 +1,206 @@
+"""The run's control plane: work chunks from rank 0 on request, progress back to rank 0.
+
+It lives inside each rank's event loop, beside the HTTP calls, and speaks through
+:class:`mpiswarm._mpi.Mailbox` (non-blocking sends, ``Iprobe`` polling), so it progresses while
+every rank is busy with HTTP. Protocol:
+
+* a rank whose queue runs low sends ``REQUEST``; rank 0 answers ``WORK`` with the next guided
+  chunk, or an empty ``WORK`` when nothing is left (or the job is stopping);
+* every rank sends ``PROGRESS`` (rows finished, rows answered) about once a second, and ``DONE``
+  when it will send nothing more; rank 0 leaves its loop once every rank is done.
+
+A rank never sends ``DONE`` with a request outstanding, so every chunk rank 0 hands out is
+received, and every row ends up in exactly one rank's results.
+"""
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+from typing import Callable
+
+import numpy as np
+
+from ._mpi import Mailbox
+from .balance import Chunk, RowQueue, guided_size, next_call_size
+from .inputs import PromptSet
+from .wire import pack_rows, unpack_rows
+
+TAG_REQUEST, TAG_WORK, TAG_PROGRESS, TAG_DONE = 71, 72, 73, 74
+ROOT_POLL_S = 0.001
+WORKER_POLL_S = 0.001
+PROGRESS_EVERY_S = 1.0
+_COUNTS = struct.Struct("<qq")  # rows finished, rows answered
+
+
+class WorkSource:
+    """Where a rank's calls come from: its queue, refilled by ``fetch`` when it runs low.
+
+    ``fetch`` is a coroutine returning the next :class:`Chunk` or None when no more work will
+    come. Without ``fetch`` the source is static: what was added is all there is.
+    """
+
+    def __init__(self, *, batch_size: int | None, concurrency: int, cap: int | None,
+                 fetch: Callable | None = None, low_water: int = 0):
+        self.queue = RowQueue()
+        self.chunks: list[Chunk] = []
+        self.batch_size = batch_size
+        self.concurrency = concurrency
+        self.cap = cap
+        self._fetch = fetch
+        self.low_water = low_water
+        self.exhausted = fetch is None
+        self.stopped = False
+        self._pending: asyncio.Future | None = None
+
+    def add(self, chunk: Chunk) -> None:
+        self.chunks.append(chunk)
+        self.queue.add(chunk)
+
+    def _arrived(self, future: asyncio.Future) -> None:
+        self._pending = None
+        chunk = None if future.cancelled() else future.result()
+        if chunk is None:
+            self.exhausted = True
+        else:
+            self.add(chunk)
+
+    def _maybe_fetch(self) -> None:
+        if self.exhausted or self.stopped or self._pending is not None or self.queue.queued > self.low_water:
+            return
+        self._pending = asyncio.ensure_future(self._fetch())
+        self._pending.add_done_callback(self._arrived)
+
+    async def next_call(self):
+        """``(chunk, plan)`` for the next call, or None when this rank has no more work."""
+        while not self.stopped:
+            self._maybe_fetch()
+            if self.queue.queued:
+                final = self.exhausted or self.stopped
+                size = next_call_size(self.queue.queued, batch_size=self.batch_size,
+                                      concurrency=self.concurrency, cap=self.cap, final=final)
+                return self.queue.take(size)
+            if self._pending is None:
+                return None
+            await asyncio.wait([self._pending])
+        return None
+
+    def stop(self) -> None:
+        """Ask for no more work (what was asked for still arrives: see :meth:`drain`)."""
+        self.stopped = True
+
+    async def drain(self) -> None:
+        """Wait for an outstanding fetch, so its chunk is counted (unanswered) in the results."""
+        if self._pending is not None:
+            await asyncio.wait([self._pending])
+
+
+class Pool:
+    """Rank 0's rows not handed out yet, given away in guided chunks."""
+
+    def __init__(self, prompt_set: PromptSet | None, todo: np.ndarray, n_ranks: int, minimum: int):
+        self.prompt_set = prompt_set
+        self.todo = todo
+        self.next = 0
+        self.n_ranks = n_ranks
+        self.minimum = minimum
+        self.open = True
+
+    @property
+    def remaining(self) -> int:
+        return len(self.todo) - self.next if self.open else 0
+
+    def take(self) -> tuple[np.ndarray, list[str], list[str] | None]:
+        k = guided_size(self.remaining, self.n_ranks, minimum=self.minimum)
+        index = self.todo[self.next : self.next + k]
+        self.next += k
+        rows = index.tolist()
+        ps = self.prompt_set
+        overrides = [ps.overrides[i] for i in rows] if any(ps.overrides[i] for i in rows) else None
+        return index, [ps.prompts[i] for i in rows], overrides
+
+    def leftover(self) -> np.ndarray:
+        """Rows never handed out (after a stop); none will be from now on."""
+        self.open = False
+        rest = self.todo[self.next :]
+        self.next = len(self.todo)
+        return rest
+
+
+class Control:
+    """One rank's side of the control plane (see the module docstring)."""
+
+    def __init__(self, mailbox: Mailbox, rank: int, size: int, n: int):
+        self.mailbox = mailbox
+        self.rank = rank
+        self.size = size
+        self.n = n
+        self.counts = np.zeros((size, 2), dtype=np.int64)  # root: rows finished, answered, per rank
+        self.done = np.zeros(size, dtype=bool)
+        self.pool: Pool | None = None
+
+    # -- work ----------------------------------------------------------------------------
+    def chunk(self, index, prompts, overrides) -> Chunk:
+        return Chunk.new(index, prompts, overrides or [""] * len(index), self.n, self.rank)
+
+    async def fetch(self) -> Chunk | None:
+        """The next chunk for this rank (None: no more)."""
+        if self.rank == 0:
+            if not self.pool.remaining:
+                return None
+            return self.chunk(*self.pool.take())
+        self.mailbox.send(0, TAG_REQUEST)
+        while True:
+            got = self.mailbox.poll(TAG_WORK, source=0)
+            if got is not None:
+                index, prompts, overrides = unpack_rows(got[1])
+                return self.chunk(index, prompts, overrides) if len(index) else None
+            await asyncio.sleep(WORKER_POLL_S)
+
+    def _serve_requests(self) -> None:
+        while (got := self.mailbox.poll(TAG_REQUEST)) is not None:
+            source = got[0]
+            if self.pool.remaining:
+                index, prompts, overrides = self.pool.take()
+                self.mailbox.send(source, TAG_WORK, pack_rows(index, prompts, overrides))
+            else:
+                self.mailbox.send(source, TAG_WORK, pack_rows(np.zeros(0, np.int64), [], None))
+
+    # -- progress --------------------------------------------------------------------------
+    def _collect(self) -> None:
+        for tag in (TAG_PROGRESS, TAG_DONE):
+            while (got := self.mailbox.poll(tag)) is not None:
+                source, payload = got
+                self.counts[source] = _COUNTS.unpack(payload)
+                if tag == TAG_DONE:
+                    self.done[source] = True
+
+    async def report(self, finished: Callable[[], tuple[int, int]], until: asyncio.Future) -> None:
+        """Non-root: send progress every second until ``until`` is done, then ``DONE``."""
+        while not until.done():
+            self.mailbox.send(0, TAG_PROGRESS, _COUNTS.pack(*finished()))
+            await asyncio.wait([until], timeout=PROGRESS_EVERY_S)
+        self.mailbox.send(0, TAG_DONE, _COUNTS.pack(*finished()))
+        self.mailbox.flush()
+
+    async def serve(self, finished: Callable[[], tuple[int, int]], own_work: asyncio.Future, stop: asyncio.Event,
+                    on_tick: Callable[[np.ndarray], None] | None = None) -> None:
+        """Root: hand out chunks and gather progress until every rank (itself included) is done.
+        Once ``stop`` is set, requests are answered with no more work."""
+        tick = time.monotonic()
+        while True:
+            if self.pool is not None:
+                if stop.is_set():
+                    self.pool.open = False
+                self._serve_requests()
+            self._collect()
+            self.counts[0] = finished()
+            self.done[0] = own_work.done()
+            if self.done.all():
+                break
+            now = time.monotonic()
+            if on_tick is not None and now - tick >= 0.25:
+                on_tick(self.counts)
+                tick = now
+            await asyncio.sleep(ROOT_POLL_S)
+        self.mailbox.flush()

@@ -1,0 +1,64 @@
+"""Chunk and call sizing, the row queue, and progress formatting (tier 1: no MPI)."""
+import io
+
+import numpy as np
+
+from mpiswarm.balance import Chunk, RowQueue, call_cap, guided_size, next_call_size
+from mpiswarm.progress import ProgressPrinter, format_bar, format_duration, progress_figures
+from mpiswarm.wire import pack_rows, unpack_rows
+
+
+def test_guided_chunks_shrink_and_cover_everything():
+    remaining, sizes = 10_000, []
+    while remaining:
+        sizes.append(guided_size(remaining, 4, minimum=8))
+        remaining -= sizes[-1]
+    assert sum(sizes) == 10_000 and sizes[0] == 1250
+    assert sizes == sorted(sizes, reverse=True) and sizes[-1] <= 8
+    assert guided_size(0, 4) == 0 and guided_size(3, 4, minimum=8) == 3
+
+
+def test_call_sizes():
+    assert call_cap(256, 16) == 32 and call_cap(1, 64) == 1
+    assert next_call_size(1000, batch_size=None, concurrency=4, cap=None, final=True) == 1000  # static: one call
+    assert next_call_size(1000, batch_size=7, concurrency=4, cap=32, final=False) == 7
+    assert next_call_size(1000, batch_size=None, concurrency=4, cap=32, final=False) == 32
+    assert next_call_size(40, batch_size=None, concurrency=4, cap=32, final=True) == 10  # the tail, shared
+
+
+def test_row_queue_keeps_override_groups_apart():
+    q = RowQueue()
+    a = Chunk.new(np.arange(5), list("abcde"), ["", "x", "", "x", ""], 1, 0)
+    b = Chunk.new(np.arange(5, 8), list("fgh"), [""] * 3, 1, 0)
+    q.add(a)
+    q.add(b)
+    assert q.queued == 8
+    taken = []
+    while (got := q.take(2)) is not None:
+        chunk, plan = got
+        taken.append((chunk is a, list(plan.rows), plan.overrides))
+    assert taken == [(True, [0, 2], ""), (True, [4], ""), (True, [1, 3], "x"), (False, [0, 1], ""),
+                     (False, [2], "")]
+    assert q.queued == 0
+
+
+def test_rows_message_round_trip():
+    index = np.array([3, 1, 4], dtype=np.int64)
+    assert [x.tolist() if hasattr(x, "tolist") else x for x in unpack_rows(pack_rows(index, ["a", "ü", ""], None))] \
+        == [[3, 1, 4], ["a", "ü", ""], ["", "", ""]]
+    got = unpack_rows(pack_rows(index, ["a", "b", "c"], ["", '{"n":2}', ""]))
+    assert got[2] == ["", '{"n":2}', ""]
+
+
+def test_progress_formatting_and_printer():
+    assert format_duration(3725) == "1:02:05" and format_duration(65) == "01:05"
+    assert format_duration(float("inf")) == "--:--"
+    rate, eta = progress_figures(done=600, total=1000, elapsed=2.0, done_at_start=200)
+    assert rate == 200 and eta == 2.0
+    assert format_bar(500, 3, 1000, 250.0, 2.0, width=10) == \
+        "[#####.....]  50.0% 500/1,000 | 250.0 prompts/s | ETA 00:02 | 3 failed"
+    out = io.StringIO()
+    printer = ProgressPrinter(100, already_done=20, mode="log", interval=3600, stream=out)
+    printer.update(np.array([[10, 9], [5, 5]]))  # within the interval: nothing
+    printer.close(np.array([[50, 49], [30, 30]]))
+    assert out.getvalue().startswith("mpiswarm: 100/100 prompts (100.0%) after ") and "1 failed" in out.getvalue()
