@@ -3,7 +3,7 @@
 Chunks handed out by rank 0 follow guided self-scheduling: each is a share of what is left
 (``remaining / (factor * ranks)``), so early chunks are large (few messages) and the last ones
 small (no long tail). A rank splits its queued rows into calls sized to keep its engine full
-(about ``2 * max_num_seqs`` prompts in flight) without flooding its waiting queue, and into even
+(about ``1.5 * max_num_seqs`` prompts in flight) without flooding its waiting queue, and into even
 shares of what is left at the end of the run.
 """
 from __future__ import annotations
@@ -24,9 +24,13 @@ def guided_size(remaining: int, n_ranks: int, factor: float = 2.0, minimum: int 
     return min(remaining, max(minimum, math.ceil(remaining / (factor * n_ranks))))
 
 
+IN_FLIGHT_PER_SEQ = 1.5  # prompts in flight per engine slot: full, with a short waiting queue
+
+
 def call_cap(max_num_seqs: int, concurrency: int) -> int:
-    """Prompts per call so that ``concurrency`` calls keep ~2 x ``max_num_seqs`` in flight."""
-    return max(1, math.ceil(2 * max_num_seqs / concurrency))
+    """Prompts per call so that ``concurrency`` calls keep the engine full: about
+    ``IN_FLIGHT_PER_SEQ * max_num_seqs`` in flight, never a waiting queue that explodes."""
+    return max(1, math.ceil(IN_FLIGHT_PER_SEQ * max_num_seqs / concurrency))
 
 
 @dataclass

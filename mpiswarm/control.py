@@ -4,8 +4,9 @@ It lives inside each rank's event loop, beside the HTTP calls, and speaks throug
 :class:`mpiswarm._mpi.Mailbox` (non-blocking sends, ``Iprobe`` polling), so it progresses while
 every rank is busy with HTTP. Protocol:
 
-* a rank whose queue runs low sends ``REQUEST``; rank 0 answers ``WORK`` with the next guided
-  chunk, or an empty ``WORK`` when nothing is left (or the job is stopping);
+* a rank whose queue runs low sends ``REQUEST`` (with its progress); rank 0 answers ``WORK``
+  with the next guided chunk, a "wait" (ask again shortly: the rank holds enough, or the others
+  will finish what is left sooner), or an empty chunk when nothing is left (or the job stops);
 * every rank sends ``PROGRESS`` (rows finished, rows answered) about once a second, and ``DONE``
   when it will send nothing more; rank 0 leaves its loop once every rank is done.
 
@@ -29,8 +30,11 @@ from .wire import pack_rows, unpack_rows
 TAG_REQUEST, TAG_WORK, TAG_PROGRESS, TAG_DONE = 71, 72, 73, 74
 ROOT_POLL_S = 0.001
 WORKER_POLL_S = 0.001
-PROGRESS_EVERY_S = 1.0
+PROGRESS_EVERY_S = 0.25  # also what rank 0's estimate of each rank's rate is made of
 _COUNTS = struct.Struct("<qq")  # rows finished, rows answered
+WAIT = object()  # "no chunk for you now, ask again"
+_WAIT_MESSAGE = b"W"
+WAIT_S = 0.05
 
 
 class WorkSource:
@@ -96,24 +100,41 @@ class WorkSource:
 
 
 class Pool:
-    """Rank 0's rows not handed out yet, given away in guided chunks."""
+    """Rank 0's rows not handed out yet, given away in guided chunks, with an eye on each rank's
+    rate so that no rank takes work it would still be chewing on when the others are done."""
 
-    def __init__(self, prompt_set: PromptSet | None, todo: np.ndarray, n_ranks: int, minimum: int):
+    def __init__(self, prompt_set: PromptSet | None, todo: np.ndarray, n_ranks: int, minimum: int,
+                 limit: int, handed: np.ndarray | None = None):
         self.prompt_set = prompt_set
         self.todo = todo
         self.next = 0
         self.n_ranks = n_ranks
         self.minimum = minimum
+        self.limit = limit  # rows a rank may hold unfinished: what keeps its engine full, and no more
         self.open = True
+        self.handed = np.zeros(n_ranks, np.int64) if handed is None else handed.astype(np.int64)
+        self.start = time.monotonic()
 
     @property
     def remaining(self) -> int:
         return len(self.todo) - self.next if self.open else 0
 
-    def take(self) -> tuple[np.ndarray, list[str], list[str] | None]:
-        k = guided_size(self.remaining, self.n_ranks, minimum=self.minimum)
+    def size_for(self, rank: int, finished: np.ndarray) -> int:
+        """Rows for ``rank``'s next chunk: a guided share, cut so that the rank, at the rate it
+        has shown, finishes them no later than all ranks together finish everything left."""
+        outstanding = np.maximum(self.handed - finished, 0)
+        k = min(guided_size(self.remaining, self.n_ranks, minimum=self.minimum), self.limit - outstanding[rank])
+        elapsed = time.monotonic() - self.start
+        rates = finished / elapsed if elapsed > 0 else np.zeros(self.n_ranks)
+        if k > 0 and rates[rank] > 0 and (rates > 0).all():
+            time_left = (self.remaining + outstanding.sum()) / rates.sum()
+            k = min(k, int(rates[rank] * time_left - outstanding[rank]))
+        return int(k) if k >= min(self.minimum, self.remaining) else 0
+
+    def take(self, rank: int, k: int) -> tuple[np.ndarray, list[str], list[str] | None]:
         index = self.todo[self.next : self.next + k]
-        self.next += k
+        self.next += len(index)
+        self.handed[rank] += len(index)
         rows = index.tolist()
         ps = self.prompt_set
         overrides = [ps.overrides[i] for i in rows] if any(ps.overrides[i] for i in rows) else None
@@ -138,33 +159,51 @@ class Control:
         self.counts = np.zeros((size, 2), dtype=np.int64)  # root: rows finished, answered, per rank
         self.done = np.zeros(size, dtype=bool)
         self.pool: Pool | None = None
+        self.progress: Callable[[], tuple[int, int]] = lambda: (0, 0)  # this rank's (finished, answered)
 
     # -- work ----------------------------------------------------------------------------
     def chunk(self, index, prompts, overrides) -> Chunk:
         return Chunk.new(index, prompts, overrides or [""] * len(index), self.n, self.rank)
 
+    def _hand_out(self, rank: int):
+        """Root: the next chunk for ``rank`` as (index, prompts, overrides); :data:`WAIT` when
+        it should ask again later (it holds enough, or others will finish the rest sooner);
+        None when nothing is left."""
+        if not self.pool.remaining:
+            return None
+        k = self.pool.size_for(rank, self.counts[:, 0])
+        return self.pool.take(rank, k) if k else WAIT
+
     async def fetch(self) -> Chunk | None:
         """The next chunk for this rank (None: no more)."""
-        if self.rank == 0:
-            if not self.pool.remaining:
-                return None
-            return self.chunk(*self.pool.take())
-        self.mailbox.send(0, TAG_REQUEST)
         while True:
-            got = self.mailbox.poll(TAG_WORK, source=0)
-            if got is not None:
-                index, prompts, overrides = unpack_rows(got[1])
-                return self.chunk(index, prompts, overrides) if len(index) else None
+            if self.rank == 0:
+                self.counts[0] = self.progress()
+                got = self._hand_out(0)
+            else:
+                got = await self._ask_root()
+            if got is not WAIT:
+                return None if got is None else self.chunk(*got)
+            await asyncio.sleep(WAIT_S)
+
+    async def _ask_root(self):
+        self.mailbox.send(0, TAG_REQUEST, _COUNTS.pack(*self.progress()))
+        while (got := self.mailbox.poll(TAG_WORK, source=0)) is None:
             await asyncio.sleep(WORKER_POLL_S)
+        if got[1] == _WAIT_MESSAGE:
+            return WAIT
+        index, prompts, overrides = unpack_rows(got[1])
+        return (index, prompts, overrides) if len(index) else None
 
     def _serve_requests(self) -> None:
         while (got := self.mailbox.poll(TAG_REQUEST)) is not None:
             source = got[0]
-            if self.pool.remaining:
-                index, prompts, overrides = self.pool.take()
-                self.mailbox.send(source, TAG_WORK, pack_rows(index, prompts, overrides))
+            self.counts[source] = _COUNTS.unpack(got[1])  # fresh: the chunk's size depends on it
+            rows = self._hand_out(source)
+            if rows is WAIT:
+                self.mailbox.send(source, TAG_WORK, _WAIT_MESSAGE)
             else:
-                self.mailbox.send(source, TAG_WORK, pack_rows(np.zeros(0, np.int64), [], None))
+                self.mailbox.send(source, TAG_WORK, pack_rows(*(rows or (np.zeros(0, np.int64), [], None))))
 
     # -- progress --------------------------------------------------------------------------
     def _collect(self) -> None:

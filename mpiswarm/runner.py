@@ -27,7 +27,7 @@ from .dispatch import UNANSWERED_STOPPED, Dispatcher, EndpointPool
 from .endpoints import check_template, endpoint_from_hostfile, expand_endpoint, parse_hostfile
 from .gather import gather_results, gather_stats
 from .inputs import InputError, PromptSet, read_prompts
-from .partition import plan_calls
+from .partition import contiguous_bounds
 from .records import RankStats, ResultColumns
 from .retry import RetryPolicy
 from .scatter import RankSlice, scatter_rows
@@ -44,7 +44,7 @@ EXIT_PROMPTS_FAILED = 3  # finished; some prompts failed, each with its error
 EXIT_ENDPOINT_DOWN = 4  # an endpoint never became healthy: nothing sent, no output file
 EXIT_RESUME = 75  # interrupted (signal, --time-limit, every endpoint down): run the same command to resume
 #: the dynamic schedule scatters 1/INITIAL_SHARE_FACTOR of the rows at once, the rest on request
-INITIAL_SHARE_FACTOR = 4
+INITIAL_SHARE_FACTOR = 8
 
 
 @dataclass
@@ -234,6 +234,7 @@ async def _serve(urls: list[str], config: RunConfig, piece: RankSlice, plan: Pla
     async with AsyncExitStack() as stack:
         endpoints = EndpointPool(urls, config.client, stack)
         dispatcher = Dispatcher(endpoints, stats, policy=config.retry, on_finished=shard.append)
+        control.progress = dispatcher.progress
         try:
             work = asyncio.ensure_future(dispatcher.run(source, config.sampling, event))
             if rank == _mpi.ROOT:
@@ -302,8 +303,10 @@ def run(config: RunConfig, comm=None) -> int:
         initial = todo
         if config.schedule == "dynamic":  # a first share now, the rest on request
             initial = todo[: guided_size(len(todo), 1, factor=INITIAL_SHARE_FACTOR)]
-            pool = Pool(prompt_set, todo[len(initial):], size,
-                        minimum=config.client.calls_in_flight())
+            concurrency = config.client.calls_in_flight()
+            cap = call_cap(config.max_num_seqs, concurrency)
+            pool = Pool(prompt_set, todo[len(initial):], size, minimum=concurrency, limit=cap * (concurrency + 1),
+                        handed=np.diff(contiguous_bounds(len(initial), size)))
     piece = scatter_rows(prompt_set, initial, comm=comm)
     phase("scatter")
     stats.t_scatter = times["scatter"]

@@ -218,7 +218,7 @@ def test_time_limit_then_resume_and_changed_options_refused(tmp_path, sim_factor
 def test_every_endpoint_down_stops_resumable(tmp_path, sim_factory):
     rows = make_rows(100)
     sim = sim_factory("--count", 2, "--time-scale", 0, "--crash-after", 1)
-    args = job_args(tmp_path, rows, sim, "--batch-size", 10, "--concurrency", 1)
+    args = job_args(tmp_path, rows, sim, "--batch-size", 10, "--concurrency", 1, "--schedule", "static")
     res = run_mpiswarm(2, args)
     assert res.returncode == EXIT_RESUME, res.stdout + res.stderr
     assert "every endpoint is down" in res.stdout

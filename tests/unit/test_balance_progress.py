@@ -19,7 +19,7 @@ def test_guided_chunks_shrink_and_cover_everything():
 
 
 def test_call_sizes():
-    assert call_cap(256, 16) == 32 and call_cap(1, 64) == 1
+    assert call_cap(256, 16) == 24 and call_cap(1, 64) == 1  # 1.5 x max_num_seqs in flight
     assert next_call_size(1000, batch_size=None, concurrency=4, cap=None, final=True) == 1000  # static: one call
     assert next_call_size(1000, batch_size=7, concurrency=4, cap=32, final=False) == 7
     assert next_call_size(1000, batch_size=None, concurrency=4, cap=32, final=False) == 32
@@ -62,3 +62,21 @@ def test_progress_formatting_and_printer():
     printer.update(np.array([[10, 9], [5, 5]]))  # within the interval: nothing
     printer.close(np.array([[50, 49], [30, 30]]))
     assert out.getvalue().startswith("mpiswarm: 100/100 prompts (100.0%) after ") and "1 failed" in out.getvalue()
+
+
+def test_pool_keeps_a_slow_rank_from_holding_the_tail():
+    from mpiswarm.control import Pool
+    from mpiswarm.inputs import PromptSet
+
+    ps = PromptSet("mem", [f"p{i}" for i in range(10_000)], [str(i) for i in range(10_000)], [""] * 10_000)
+    pool = Pool(ps, np.arange(10_000), n_ranks=4, minimum=4, limit=300)
+    # no rate known yet: guided, but never more unfinished rows than the limit
+    assert pool.size_for(0, np.zeros(4)) == 300
+    pool.handed[:] = [300, 300, 300, 300]
+    pool.start -= 2.0  # two seconds in: ranks 0-2 finished 800 rows each, rank 3 only 200
+    finished = np.array([800, 800, 800, 200])
+    pool.handed[:] = [1000, 1000, 1000, 400]
+    pool.next = 10_000 - 1000  # 1,000 rows left in the pool
+    assert pool.size_for(0, finished) == 100  # a guided share (125), cut to the limit of unfinished rows
+    # rank 3 (100/s) holds 200 unfinished rows = 2 s, as long as everything left takes everyone
+    assert pool.size_for(3, finished) == 0
