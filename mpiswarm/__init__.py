@@ -1,2 +1,15 @@
 """mpiswarm: prompts to many vLLM endpoints with MPI, answers into one ordered HDF5 file."""
 __version__ = "0.1.0"
+
+
+def read_results(path, as_frame=None):
+    """Read a result file: a pandas DataFrame (one row per prompt, one column per row dataset,
+    lists in ``completion``/``finish_reason`` when n > 1; attributes and the per-rank table in
+    ``df.attrs``) when pandas is installed, else the dict of :func:`mpiswarm.store.read_results`.
+    ``as_frame=True``/``False`` forces one or the other; see :mod:`mpiswarm.frame`."""
+    from .frame import read_results as _read
+
+    return _read(path, as_frame)
+
+
+__all__ = ["__version__", "read_results"]

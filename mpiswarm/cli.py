@@ -117,7 +117,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--prompts", default=None, help="prompt file (default: the shipped example set)")
     demo.add_argument("--time-scale", type=float, default=1.0,
                       help="simulated engine time scale (default 1: vLLM-like timing; 0: instant)")
+    for tool in _tools().values():
+        tool.add_parser(sub)
     return parser
+
+
+def _tools() -> dict:
+    """The result-file tools (MPI-free): subcommand name -> module with add_parser and main."""
+    from . import export, inspect, scaling
+
+    return {"inspect": inspect, "export": export, "scaling": scaling}
 
 
 def config_from_args(args):
@@ -181,4 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         from .demo import run_demo
 
         return run_demo(args)
+    tools = _tools()
+    if args.command in tools:
+        return _guarded(tools[args.command].main, args)
     raise AssertionError(args.command)  # pragma: no cover - argparse enforces the choices

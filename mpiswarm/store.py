@@ -12,15 +12,17 @@ output path holds either a whole file or nothing new.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from contextlib import contextmanager
-from dataclasses import fields
+from dataclasses import dataclass, fields
 
 import h5py
 import numpy as np
 
 from . import __version__
+from .inputs import InputError
 from .records import RankStats, ResultColumns
 
 STR = h5py.string_dtype("utf-8")
@@ -144,3 +146,126 @@ def read_results(path: str | os.PathLike) -> dict:
                 name: (ds.asstr()[()] if ds.dtype == object else ds[()]) for name, ds in f["ranks"].items()
             }
     return out
+
+
+# --- Reading helpers for the result-file tools (inspect, export, scaling, data frames) ---
+
+#: Datasets holding one entry per row (``completion`` and ``finish_reason`` may be (N, n)).
+ROW_DATASETS = ("custom_id", "prompt", "completion", "finish_reason", "ok", "error", "rank",
+                "prompt_tokens", "completion_tokens", "latency_s")
+#: The root attribute that marks a result file, and the datasets every result file holds.
+_MARK_ATTR = "mpiswarm_version"
+_REQUIRED = ("prompt", "completion", "custom_id", "ok", "error")
+#: Rows a stopped job never finished carry an ``error`` starting with one of these (the
+#: dispatcher's "not answered: …" messages and the pending rows' "not attempted").
+UNANSWERED_PREFIXES = ("not answered", "not attempted")
+#: Rows read at once by :func:`iter_rows` unless told otherwise.
+DEFAULT_CHUNK_ROWS = 4096
+
+
+class ResultFileError(InputError):
+    """The path is missing, not HDF5, or not an mpiswarm result file (the message is one line
+    and names the file)."""
+
+
+def is_unanswered(error: str) -> bool:
+    """Whether a row's ``error`` says it was never finished (a resume would send it again),
+    rather than failed for good."""
+    return error.startswith(UNANSWERED_PREFIXES)
+
+
+def _value(v):
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    return v
+
+
+@contextmanager
+def open_result_file(path: str | os.PathLike):
+    """Open ``path`` read-only as an mpiswarm result file, else raise :class:`ResultFileError`."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ResultFileError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise ResultFileError(f"{path}: is a directory, not an mpiswarm result file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError:
+        raise ResultFileError(f"{path}: not an mpiswarm result file (not HDF5)") from None
+    with f:
+        missing = [name for name in _REQUIRED if not isinstance(f.get(name), h5py.Dataset)]
+        if _MARK_ATTR not in f.attrs or missing:
+            why = f"no '{_MARK_ATTR}' attribute" if _MARK_ATTR not in f.attrs else f"no '{missing[0]}' dataset"
+            raise ResultFileError(f"{path}: not an mpiswarm result file ({why})")
+        yield f
+
+
+@dataclass
+class ResultInfo:
+    """A result file's metadata, without its rows: root attributes (``params`` decoded from
+    JSON), the ``ranks`` table (row r = rank r; ``extra`` decoded), the row count, the
+    completions per row ``n`` and the row datasets present."""
+
+    path: str
+    attrs: dict
+    ranks: dict
+    n_rows: int
+    n: int
+    columns: tuple
+
+    def time(self, phase: str) -> float:
+        """The wall-clock phase time ``time_<phase>_s`` (NaN if the file has none)."""
+        return float(self.attrs.get(f"time_{phase}_s", float("nan")))
+
+
+def read_info(path: str | os.PathLike) -> ResultInfo:
+    """The metadata of the result file at ``path`` (:class:`ResultFileError` if it is not one)."""
+    with open_result_file(path) as f:
+        attrs = {k: _value(v) for k, v in f.attrs.items()}
+        if isinstance(attrs.get("params"), str):
+            attrs["params"] = json.loads(attrs["params"])
+        ranks = {}
+        if isinstance(f.get("ranks"), h5py.Group):
+            for name, ds in f["ranks"].items():
+                ranks[name] = ds.asstr()[()] if ds.dtype == object else ds[()]
+            if "extra" in ranks:
+                ranks["extra"] = [json.loads(x) if x else {} for x in ranks["extra"]]
+        completion = f["completion"]
+        return ResultInfo(
+            path=os.fspath(path), attrs=attrs, ranks=ranks, n_rows=int(completion.shape[0]),
+            n=int(completion.shape[1]) if completion.ndim == 2 else 1,
+            columns=tuple(name for name in ROW_DATASETS if isinstance(f.get(name), h5py.Dataset)),
+        )
+
+
+def iter_rows(path: str | os.PathLike, columns=ROW_DATASETS, chunk_rows: int = DEFAULT_CHUNK_ROWS):
+    """Yield ``(start, {column: array})`` for consecutive blocks of at most ``chunk_rows`` rows
+    (strings as ``str``), so a file of any size is read a block at a time. ``completion``
+    and ``finish_reason`` blocks are (k, n) when the file has several completions per row."""
+    if chunk_rows < 1:
+        raise ValueError("chunk_rows must be >= 1")
+    with open_result_file(path) as f:
+        columns = [c for c in columns if isinstance(f.get(c), h5py.Dataset)]
+        datasets = {c: (f[c].asstr() if f[c].dtype == object else f[c]) for c in columns}
+        n_rows = f["prompt"].shape[0]
+        for start in range(0, n_rows, chunk_rows):
+            stop = min(start + chunk_rows, n_rows)
+            yield start, {c: ds[start:stop] for c, ds in datasets.items()}
+
+
+def prompt_fingerprint(path: str | os.PathLike, sample: int = 1024) -> str:
+    """A short digest of a result file's input: its row count and the prompts and custom_ids
+    of up to ``sample`` rows spread evenly over the file (first and last included). Equal
+    inputs give equal fingerprints; it reads at most ``sample`` rows."""
+    with open_result_file(path) as f:
+        n_rows = f["prompt"].shape[0]
+        rows = np.unique(np.linspace(0, n_rows - 1, num=min(sample, n_rows)).astype(np.int64)) if n_rows else []
+        digest = hashlib.blake2b(str(n_rows).encode(), digest_size=12)
+        prompts, ids = f["prompt"].asstr(), f["custom_id"].asstr()
+        for row in rows:
+            for text in (prompts[row], ids[row]):
+                data = text.encode("utf-8")
+                digest.update(len(data).to_bytes(8, "little") + data)
+        return digest.hexdigest()

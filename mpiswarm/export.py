@@ -1,0 +1,267 @@
+"""``mpiswarm export OUT.h5 --format jsonl|openai-batch|csv -o FILE``: the rows as text.
+
+* ``jsonl`` — one object a row, in row order: ``custom_id``, ``prompt``, ``completion``
+  (a list when the file holds several completions a prompt), ``finish_reason`` (likewise),
+  ``ok``, ``error``, ``rank``, ``prompt_tokens``, ``completion_tokens`` (null where unknown),
+  ``latency_s`` (null where the row was never sent).
+* ``openai-batch`` — OpenAI Batch API *output* lines (the ``BatchRequestOutput`` objects of
+  an output/error file): ``{"id": "batch_req_…", "custom_id", "response": {"status_code":
+  200, "request_id", "body": <a completion object>}, "error": null}`` for answered rows.
+  The body is a ``text_completion`` (``chat.completion`` for ``--api chat`` runs) for that
+  one prompt, its ``usage`` null where the per-prompt counts are unknown (list calls). A row
+  that failed with an HTTP status gets ``response`` with that status and OpenAI's error body
+  ``{"error": {"message", "type", "param", "code"}}`` and ``error: {"code", "message"}``; a
+  row that failed without one (timeout, connection) or was never answered (a stopped job:
+  code ``batch_expired``) gets ``response: null`` and ``error: {"code", "message"}``.
+  Ids are derived from the file and the row, so exporting twice gives the same bytes.
+* ``csv`` — a header, then one record a row (RFC 4180 quoting: commas, quotes and newlines
+  in prompts and completions survive ``csv.reader``); ``completion_0``, ``completion_1``, …
+  when the file holds several completions a prompt; empty cells where unknown.
+
+Rows stream a block at a time (:func:`mpiswarm.store.iter_rows`), never the whole file. The
+output is written under a temporary name beside ``FILE`` and renamed when complete; ``-o -``
+writes to standard output.
+"""
+from __future__ import annotations
+
+import calendar
+import csv
+import hashlib
+import json
+import math
+import os
+import re
+import sys
+import time
+
+from .inputs import InputError
+from .store import DEFAULT_CHUNK_ROWS, ROW_DATASETS, is_unanswered, iter_rows, read_info
+from .textout import atomic_text, check_directory, quiet_broken_pipe
+
+FORMATS = ("jsonl", "openai-batch", "csv")
+ROW_SELECTIONS = ("all", "ok", "failed")
+
+_HTTP_ERROR = re.compile(r"^HTTP (\d{3})(?::\s*(.*))?$", re.S)
+# JSON allows these raw inside strings, but str.splitlines() (and some JSONL readers) break on them.
+_LINE_BREAKERS = {"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"}
+
+
+def _json_line(obj) -> str:
+    text = json.dumps(obj, ensure_ascii=False, allow_nan=False)
+    for char, escaped in _LINE_BREAKERS.items():
+        if char in text:
+            text = text.replace(char, escaped)
+    return text + "\n"
+
+
+def _tokens(v: int):
+    return None if v < 0 else int(v)
+
+
+def _seconds(v: float):
+    return float(v) if math.isfinite(v) else None
+
+
+def _selected(block: dict, rows: str):
+    """Positions in ``block`` of the rows chosen by ``rows``."""
+    ok = block["ok"]
+    if rows == "ok":
+        return ok.nonzero()[0].tolist()
+    if rows == "failed":
+        return (~ok).nonzero()[0].tolist()
+    return range(len(ok))
+
+
+# --- jsonl --------------------------------------------------------------------------------
+
+def jsonl_lines(block: dict, positions, n: int):
+    c = block
+    for i in positions:
+        completion = c["completion"][i]
+        finish = c["finish_reason"][i]
+        yield _json_line({
+            "custom_id": c["custom_id"][i],
+            "prompt": c["prompt"][i],
+            "completion": completion.tolist() if n > 1 else completion,
+            "finish_reason": finish.tolist() if n > 1 else finish,
+            "ok": bool(c["ok"][i]),
+            "error": c["error"][i],
+            "rank": int(c["rank"][i]),
+            "prompt_tokens": _tokens(c["prompt_tokens"][i]),
+            "completion_tokens": _tokens(c["completion_tokens"][i]),
+            "latency_s": _seconds(c["latency_s"][i]),
+        })
+
+
+# --- openai-batch -------------------------------------------------------------------------
+
+def _created(attrs: dict, path: str) -> int:
+    """The file's ``created`` attribute as a Unix time (the file's mtime if absent)."""
+    text = attrs.get("created")
+    if isinstance(text, str):
+        for fmt in ("%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S"):
+            try:
+                parsed = time.strptime(text, fmt)
+            except ValueError:
+                continue
+            offset = parsed.tm_gmtoff or 0 if fmt.endswith("%z") else 0
+            return int(calendar.timegm(parsed)) - offset
+    return int(os.path.getmtime(path))
+
+
+def error_object(message: str) -> tuple[int | None, dict, dict | None]:
+    """``(http_status, batch_error, response_error_body)`` for a failed row's ``error``."""
+    m = _HTTP_ERROR.match(message)
+    if m:
+        status = int(m.group(1))
+        text = m.group(2) or message
+        if status == 429:
+            kind = "rate_limit_error"
+        elif status >= 500:
+            kind = "server_error"
+        elif status in (401, 403):
+            kind = "authentication_error"
+        else:
+            kind = "invalid_request_error"
+        code = "context_length_exceeded" if "maximum context length" in text else None
+        body = {"error": {"message": text, "type": kind, "param": None, "code": code}}
+        return status, {"code": code or kind, "message": text}, body
+    if is_unanswered(message):
+        return None, {"code": "batch_expired", "message": message}, None
+    if message.startswith("timeout"):
+        return None, {"code": "timeout", "message": message}, None
+    if message.startswith("connection error"):
+        return None, {"code": "connection_error", "message": message}, None
+    return None, {"code": "server_error", "message": message or "failed"}, None
+
+
+class BatchLines:
+    """OpenAI Batch output lines for the rows of one result file."""
+
+    def __init__(self, info):
+        a = info.attrs
+        self.model = a.get("model", "")
+        self.chat = (a.get("params") or {}).get("api") == "chat"
+        self.created = _created(a, info.path)
+        key = f"{a.get('created')}|{self.model}|{info.n_rows}|{(a.get('params') or {}).get('input')}"
+        self.key = hashlib.blake2b(key.encode(), digest_size=16).digest()
+        self.n = info.n
+
+    def ids(self, row: int) -> tuple[str, str, str]:
+        h = hashlib.blake2b(row.to_bytes(8, "little"), key=self.key, digest_size=44).hexdigest()
+        return f"batch_req_{h[:24]}", h[24:56], ("chatcmpl-" if self.chat else "cmpl-") + h[56:88]
+
+    def body(self, completion_id: str, texts, finishes, prompt_tokens: int, completion_tokens: int) -> dict:
+        if self.chat:
+            choices = [{"index": j, "message": {"role": "assistant", "content": t}, "logprobs": None,
+                        "finish_reason": f} for j, (t, f) in enumerate(zip(texts, finishes))]
+        else:
+            choices = [{"index": j, "text": t, "logprobs": None, "finish_reason": f}
+                       for j, (t, f) in enumerate(zip(texts, finishes))]
+        usage = None
+        if prompt_tokens >= 0 and completion_tokens >= 0:
+            usage = {"prompt_tokens": int(prompt_tokens), "completion_tokens": int(completion_tokens),
+                     "total_tokens": int(prompt_tokens + completion_tokens)}
+        return {"id": completion_id, "object": "chat.completion" if self.chat else "text_completion",
+                "created": self.created, "model": self.model, "choices": choices, "usage": usage}
+
+    def lines(self, start: int, block: dict, positions):
+        c = block
+        n = self.n
+        for i in positions:
+            batch_id, request_id, completion_id = self.ids(start + i)
+            if c["ok"][i]:
+                texts = c["completion"][i].tolist() if n > 1 else [c["completion"][i]]
+                finishes = c["finish_reason"][i].tolist() if n > 1 else [c["finish_reason"][i]]
+                body = self.body(completion_id, texts, finishes, c["prompt_tokens"][i], c["completion_tokens"][i])
+                response, error = {"status_code": 200, "request_id": request_id, "body": body}, None
+            else:
+                status, error, error_body = error_object(c["error"][i])
+                response = None if status is None else {"status_code": status, "request_id": request_id,
+                                                         "body": error_body}
+            yield _json_line({"id": batch_id, "custom_id": c["custom_id"][i], "response": response, "error": error})
+
+
+# --- csv ----------------------------------------------------------------------------------
+
+def csv_header(n: int) -> list[str]:
+    if n == 1:
+        return list(ROW_DATASETS)
+    return (["custom_id", "prompt"] + [f"completion_{j}" for j in range(n)]
+            + [f"finish_reason_{j}" for j in range(n)]
+            + [c for c in ROW_DATASETS if c not in ("custom_id", "prompt", "completion", "finish_reason")])
+
+
+def _clean(text: str) -> str:
+    # Python < 3.11's csv module cannot write NUL characters.
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
+def csv_records(block: dict, positions, n: int):
+    c = block
+    clean = _clean if sys.version_info < (3, 11) else (lambda s: s)
+    for i in positions:
+        if n == 1:
+            texts, finishes = [c["completion"][i]], [c["finish_reason"][i]]
+        else:
+            texts, finishes = c["completion"][i].tolist(), c["finish_reason"][i].tolist()
+        latency = c["latency_s"][i]
+        yield ([clean(c["custom_id"][i]), clean(c["prompt"][i])] + [clean(t) for t in texts] + finishes
+               + ["true" if c["ok"][i] else "false", clean(c["error"][i]), int(c["rank"][i]),
+                  "" if c["prompt_tokens"][i] < 0 else int(c["prompt_tokens"][i]),
+                  "" if c["completion_tokens"][i] < 0 else int(c["completion_tokens"][i]),
+                  repr(float(latency)) if math.isfinite(latency) else ""])
+
+
+# --- writing ------------------------------------------------------------------------------
+
+def export(path, fmt: str, output: str, rows: str = "all", chunk_rows: int = DEFAULT_CHUNK_ROWS) -> int:
+    """Write the rows of the result file at ``path`` to ``output`` in ``fmt``; returns the
+    number of rows written."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}")
+    info = read_info(path)
+    problem = check_directory(output)
+    if problem:
+        raise InputError(problem)
+    if output != "-" and os.path.exists(output) and os.path.samefile(path, output):
+        raise InputError(f"{output}: the export would overwrite the result file")
+    n = info.n
+    written = 0
+    with atomic_text(output) as fh:
+        writer = csv.writer(fh, lineterminator="\r\n") if fmt == "csv" else None
+        if writer:
+            writer.writerow(csv_header(n))
+        batch = BatchLines(info) if fmt == "openai-batch" else None
+        for start, block in iter_rows(path, chunk_rows=chunk_rows):
+            positions = _selected(block, rows)
+            if writer:
+                writer.writerows(csv_records(block, positions, n))
+            elif batch:
+                fh.writelines(batch.lines(start, block, positions))
+            else:
+                fh.writelines(jsonl_lines(block, positions, n))
+            written += len(positions)
+    return written
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("export", help="write a result file's rows as JSONL, OpenAI Batch output or CSV",
+                       description="Write a result file's rows, in row order, as JSONL, OpenAI Batch "
+                       "output lines or CSV. Streams the file a block of rows at a time.")
+    p.add_argument("file", help="an mpiswarm result file (.h5)")
+    p.add_argument("--format", choices=FORMATS, default="jsonl", help="default jsonl")
+    p.add_argument("-o", "--output", required=True, help="the file to write ('-': standard output)")
+    p.add_argument("--rows", choices=ROW_SELECTIONS, default="all",
+                   help="all rows (default), only answered ones (an OpenAI output file) or only the "
+                   "others (an OpenAI error file)")
+    p.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS, metavar="K",
+                   help=f"rows read at once (default {DEFAULT_CHUNK_ROWS})")
+
+
+@quiet_broken_pipe
+def main(args) -> int:
+    count = export(args.file, args.format, args.output, rows=args.rows, chunk_rows=max(1, args.chunk_rows))
+    if args.output != "-":
+        print(f"mpiswarm export: {count:,} rows to {os.path.abspath(args.output)} ({args.format})", file=sys.stderr)
+    return 0
