@@ -1,0 +1,364 @@
+"""The PBS job scripts (jobs/*.pbs) run with plain bash outside PBS: PBS_NODEFILE lists
+localhost, the servers are simulated vLLM endpoints, mpiexec is MPICH's Hydra.
+
+Every test checks that nothing the script started is left: the servers (by the PIDs the script
+writes to its log directory), every process of the script's session, and the ports.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mpiswarm.launch import find_mpiexec
+from mpiswarm.sim import expected_completion, find_free_port_block
+from mpiswarm.store import read_results
+
+from ..conftest import REPO, subprocess_env
+
+BATCH = REPO / "jobs" / "aurora_batch.pbs"
+SCALING = REPO / "jobs" / "aurora_scaling.pbs"
+SIM = f"{sys.executable} -m mpiswarm.sim"
+MAX_TOKENS = 8
+EXIT_UNHEALTHY = 4
+EXIT_RESUME = 75
+
+
+def make_rows(n: int) -> list[dict]:
+    return [{"custom_id": f"id-{i:04d}", "prompt": f"Q{i}: how many tiles {'has ' * (i % 4)}Aurora?"}
+            for i in range(n)]
+
+
+def job_env(tmp_path: Path, *, nodes: list[str], ppn: int, base: int, server: str, rows: list[dict],
+            **settings) -> dict:
+    """The brief's settings, relative paths (the script runs in tmp_path), and this checkout's
+    Python and mpiexec."""
+    (tmp_path / "nodes").write_text("".join(n + "\n" for n in nodes))
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    env = subprocess_env()
+    for name in [k for k in env if k.startswith(("PBS_", "MPISWARM_"))]:
+        del env[name]
+    mpiexec = find_mpiexec()
+    env["PATH"] = os.pathsep.join([os.path.dirname(mpiexec), env.get("PATH", "")])
+    env.update(
+        PBS_NODEFILE="nodes", MPISWARM_INPUT="in.jsonl", MPISWARM_OUTPUT="out.h5", MPISWARM_MODEL="sim-model",
+        MPISWARM_PPN=str(ppn), MPISWARM_BASE_PORT=str(base), MPISWARM_SERVER=server, MPISWARM_LOG_DIR="logs",
+        MPISWARM_CMD=f"{sys.executable} -m mpiswarm", MPISWARM_MPIEXEC=mpiexec,
+        MPISWARM_EXTRA_ARGS=f"--max-tokens {MAX_TOKENS}", MPISWARM_STOP_TIMEOUT="10",
+    )
+    env.update({k: str(v) for k, v in settings.items()})
+    return env
+
+
+class Job:
+    """``bash SCRIPT`` in a session of its own; ``finish`` waits with a deadline."""
+
+    def __init__(self, script: Path, tmp_path: Path, env: dict):
+        self.tmp_path = tmp_path
+        self.t0 = time.monotonic()
+        self.proc = subprocess.Popen(["bash", str(script)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def finish(self, timeout: float = 150.0) -> subprocess.CompletedProcess:
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            out, err = self.proc.communicate()
+            pytest.fail(f"the job did not finish within {timeout} s\nstdout:\n{out}\nstderr:\n{err}")
+        self.elapsed = time.monotonic() - self.t0
+        return subprocess.CompletedProcess(self.proc.args, self.proc.returncode, out, err)
+
+    def kill(self) -> None:
+        """Last resort (a failed test): the script's session, then every server it recorded."""
+        for pid in [self.pid, *server_pids(self.tmp_path)]:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def server_pids(tmp_path: Path) -> list[int]:
+    return [int(p.read_text()) for p in sorted((tmp_path / "logs").glob("server-*.pid"))]
+
+
+def alive(pid: int) -> bool:
+    """A process that exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def session_members(sid: int) -> list[str]:
+    """Live processes of session ``sid`` (the script's: mpiexec launchers, Hydra proxies, ranks)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # state ppid pgrp session ...
+        if int(fields[3]) == sid and fields[0] != "Z":
+            found.append(f"{entry.name}: {stat[:120]}")
+    return found
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def assert_nothing_left(job: Job, ports) -> None:
+    pids = server_pids(job.tmp_path)
+    assert pids, "the script wrote no server pid file"
+    deadline = time.monotonic() + 5  # the last exits may still be being reaped
+    while time.monotonic() < deadline and (any(map(alive, pids)) or session_members(job.pid)):
+        time.sleep(0.1)
+    assert not [p for p in pids if alive(p)], "servers left running"
+    assert not session_members(job.pid), "processes of the job left running"
+    assert not [p for p in ports if port_open(p)], "ports still open"
+
+
+@pytest.fixture
+def jobs():
+    """Start jobs; whatever a failed test leaves is killed afterwards."""
+    started = []
+
+    def start(script, tmp_path, env):
+        job = Job(script, tmp_path, env)
+        started.append(job)
+        return job
+
+    yield start
+    for job in started:
+        if job.proc.poll() is None or any(map(alive, server_pids(job.tmp_path))):
+            job.kill()
+
+
+def assert_answers(path: Path, rows: list[dict], ranks: int):
+    data = read_results(path)
+    assert data["attrs"]["complete"] and data["attrs"]["n_ranks"] == ranks
+    assert data["prompt"].tolist() == [r["prompt"] for r in rows]
+    assert data["custom_id"].tolist() == [r["custom_id"] for r in rows]
+    assert data["ok"].all(), data["error"][~data["ok"]][:3]
+    for i, row in enumerate(rows):
+        text, reason, _ = expected_completion(row["prompt"], max_tokens=MAX_TOKENS)
+        assert (data["completion"][i], data["finish_reason"][i]) == (text, reason), f"row {i}"
+    assert sorted(set(data["rank"].tolist())) == list(range(ranks))
+    return data
+
+
+def test_batch_job_answers_every_prompt_in_order_and_stops_its_servers(tmp_path, jobs):
+    rows = make_rows(60)
+    base = find_free_port_block(2)
+    env = job_env(tmp_path, nodes=["localhost"], ppn=2, base=base, rows=rows,
+                  server=f"{SIM} --port {{port}} --time-scale 0")
+    job = jobs(BATCH, tmp_path, env)
+    res = job.finish()
+    assert res.returncode == 0, res.stdout + res.stderr
+    data = assert_answers(tmp_path / "out.h5", rows, ranks=2)
+    # one server per rank: rank i of the node talks to the server on port base + i
+    assert data["ranks"]["endpoint"].tolist() == [f"http://127.0.0.1:{base + i}/v1" for i in range(2)]
+    assert "every prompt answered" in res.stderr
+    for port in (base, base + 1):  # logs kept, one a server
+        log = (tmp_path / "logs" / f"server-localhost-{port}.log").read_text()
+        assert f"mpiswarm.sim listening on http://127.0.0.1:{port}/v1" in log
+    launcher = (tmp_path / "logs" / "launcher-localhost.log").read_text()
+    assert "mpiswarm-server: ready localhost" in launcher and "mpiswarm-server: stopped localhost" in launcher
+    assert_nothing_left(job, [base, base + 1])
+
+
+def test_servers_that_never_become_healthy_fail_the_job_within_the_deadline(tmp_path, jobs):
+    """Tile 0 keeps answering 503 (a model that never finishes loading), tile 1's server dies."""
+    base = find_free_port_block(2)
+    server = (f"if [ {{tile}} = 0 ]; then exec {SIM} --port {{port}} --slow-start 600; "
+              "else echo 'cannot load the model' >&2; exit 3; fi")
+    env = job_env(tmp_path, nodes=["localhost"], ppn=2, base=base, rows=make_rows(5), server=server,
+                  MPISWARM_HEALTH_TIMEOUT=4)
+    job = jobs(BATCH, tmp_path, env)
+    res = job.finish(timeout=60)
+    assert res.returncode == EXIT_UNHEALTHY, res.stdout + res.stderr
+    assert job.elapsed < 4 + 20
+    err = res.stderr
+    assert f"servers not healthy within 4 s: localhost:{base + 1} localhost:{base}" in err
+    assert f"down localhost {base}: /health did not answer within 4 s" in err
+    assert f"down localhost {base + 1}: the server exited with code 3" in err
+    assert f"localhost:{base + 1}| cannot load the model" in err  # the end of its log
+    assert not (tmp_path / "out.h5").exists()
+    assert "mpiswarm run" not in err  # never started
+    assert_nothing_left(job, [base, base + 1])
+
+
+@pytest.mark.parametrize("to_session", [False, True], ids=["to-script", "to-session"])
+def test_sigterm_reaches_mpiswarm_which_writes_a_partial_file_then_a_resubmission_resumes(
+        tmp_path, jobs, to_session):
+    """What PBS does at the walltime: SIGTERM to every process of the job (to-session; mpiexec
+    gets it twice, directly and from the script), or to the script alone, which must pass it on."""
+    rows = make_rows(300)
+    base = find_free_port_block(2)
+    slow = f"{SIM} --port {{port}} --time-scale 1 --max-num-seqs 4"
+    env = job_env(tmp_path, nodes=["localhost"], ppn=2, base=base, rows=rows, server=slow,
+                  MPISWARM_EXTRA_ARGS=f"--max-tokens {MAX_TOKENS} --batch-size 8")
+    job = jobs(BATCH, tmp_path, env)
+    shards = tmp_path / "out.h5.run"
+    deadline = time.monotonic() + 90
+    while not (shards.is_dir() and sum(p.stat().st_size for p in shards.iterdir() if p.is_file()) > 2000):
+        assert job.proc.poll() is None, job.finish().stderr
+        assert time.monotonic() < deadline, "mpiswarm did not start answering"
+        time.sleep(0.1)
+    t0 = time.monotonic()
+    (os.killpg if to_session else os.kill)(job.pid, signal.SIGTERM)
+    res = job.finish(timeout=60)
+    assert time.monotonic() - t0 < 30
+    assert res.returncode == EXIT_RESUME, res.stdout + res.stderr
+    assert "SIGTERM received: passing SIGTERM to mpiswarm" in res.stderr
+    assert "Submit the same job again" in res.stderr
+    data = read_results(tmp_path / "out.h5")
+    assert not data["attrs"]["complete"]
+    answered = [i for i in range(len(rows)) if data["ok"][i]]
+    assert 0 < len(answered) < len(rows)
+    for i in answered:
+        assert data["completion"][i] == expected_completion(rows[i]["prompt"], max_tokens=MAX_TOKENS)[0]
+    assert_nothing_left(job, [base, base + 1])
+
+    base = find_free_port_block(2)  # the same job again: it resumes
+    env.update(MPISWARM_BASE_PORT=str(base), MPISWARM_SERVER=f"{SIM} --port {{port}} --time-scale 0")
+    again = jobs(BATCH, tmp_path, env)
+    res = again.finish()
+    assert res.returncode == 0, res.stdout + res.stderr
+    data = assert_answers(tmp_path / "out.h5", rows, ranks=2)
+    assert data["attrs"]["n_resumed"] >= len(answered)
+    assert_nothing_left(again, [base, base + 1])
+
+
+def test_a_server_that_dies_during_the_run_is_reported(tmp_path, jobs):
+    """Tile 1's server exits 8 s after its start, while tile 0's slow server keeps mpiswarm busy:
+    mpiswarm fails over to the live endpoint (or, if the death beat its health check, exits 4);
+    either way the job names the server that died."""
+    rows = make_rows(800)
+    base = find_free_port_block(2)
+    server = (f"if [ {{tile}} = 0 ]; then exec {SIM} --port {{port}} --time-scale 1 --max-num-seqs 4; "
+              f"else exec timeout 8 {SIM} --port {{port}} --time-scale 1 --max-num-seqs 4; fi")
+    env = job_env(tmp_path, nodes=["localhost"], ppn=2, base=base, rows=rows, server=server,
+                  MPISWARM_EXTRA_ARGS=f"--max-tokens {MAX_TOKENS} --batch-size 8")
+    job = jobs(BATCH, tmp_path, env)
+    res = job.finish(timeout=200)
+    assert res.returncode in (0, EXIT_UNHEALTHY), res.stdout + res.stderr
+    assert "servers lost during the job" in res.stderr
+    assert f"mpiswarm-server: died localhost {base + 1}: exited with code 124 while serving" in res.stderr
+    if res.returncode == 0:
+        assert_answers(tmp_path / "out.h5", rows, ranks=2)
+    assert_nothing_left(job, [base, base + 1])
+
+
+def test_sigterm_while_the_servers_load_stops_them(tmp_path, jobs):
+    base = find_free_port_block(2)
+    env = job_env(tmp_path, nodes=["localhost"], ppn=2, base=base, rows=make_rows(5),
+                  server=f"{SIM} --port {{port}} --slow-start 600")
+    job = jobs(BATCH, tmp_path, env)
+    logs = tmp_path / "logs"
+    deadline = time.monotonic() + 60
+    while len(list(logs.glob("server-*.pid"))) < 2 or not all(map(port_open, (base, base + 1))):
+        assert job.proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    os.kill(job.pid, signal.SIGTERM)
+    res = job.finish(timeout=60)
+    assert res.returncode == 128 + signal.SIGTERM, res.stdout + res.stderr
+    assert "SIGTERM received: stopping" in res.stderr
+    assert not (tmp_path / "out.h5").exists()
+    assert_nothing_left(job, [base, base + 1])
+
+
+# Two "nodes" on one machine: Hydra accepts localhost and 127.0.0.1 as two hosts. MPICH sees two
+# nodes, so both ranks have local rank 0 and talk to port BASE, which the first node's server
+# holds; the second node's server (the same port would clash) listens on BASE+1, and its
+# launcher's /health check on BASE passes through the first one's. What this shows is the
+# job's machinery on two nodes: two launchers, subsets by --hosts, one file per node count.
+TWO_NODE_SERVER = f"case {{node}} in localhost) p={{port}};; *) p=$(({{port}} + 1));; esac; exec {SIM} --port $p --time-scale 0"
+
+
+def mpiswarm_has(subcommand: str) -> bool:
+    res = subprocess.run([sys.executable, "-m", "mpiswarm", subcommand, "--help"], capture_output=True,
+                         env=subprocess_env(), timeout=60)
+    return res.returncode == 0
+
+
+def test_scaling_study_runs_each_node_count_and_asks_for_the_report(tmp_path, jobs):
+    rows = make_rows(40)
+    base = find_free_port_block(2)
+    env = job_env(tmp_path, nodes=["localhost", "localhost", "127.0.0.1"], ppn=1, base=base, rows=rows,
+                  server=TWO_NODE_SERVER)
+    job = jobs(SCALING, tmp_path, env)
+    res = job.finish(timeout=240)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "scaling study at 1 2 node(s)" in res.stderr
+    for n in (1, 2):
+        assert_answers(tmp_path / f"out_{n}nodes.h5", rows, ranks=n)
+    assert "--hosts localhost\\,127.0.0.1" in res.stderr  # the 2-node run, as logged (shell-quoted)
+    if mpiswarm_has("scaling"):
+        assert (tmp_path / "out_report.md").exists()
+    else:
+        assert "has no 'scaling' subcommand: no report" in res.stderr
+        assert "scaling out_1nodes.h5 out_2nodes.h5 -o out_report.md --plot out_scaling.png" in res.stderr
+    assert_nothing_left(job, [base, base + 1])
+
+
+def test_scaling_study_goes_on_without_a_node_whose_servers_fail(tmp_path, jobs):
+    """MPISWARM_MIN_NODES=1: the second node's server dies; the study runs at 1 node, skips 2."""
+    rows = make_rows(20)
+    base = find_free_port_block(1)
+    server = f"case {{node}} in localhost) exec {SIM} --port {{port}} --time-scale 0;; *) echo no GPU >&2; exit 3;; esac"
+    env = job_env(tmp_path, nodes=["localhost", "127.0.0.1"], ppn=1, base=base, rows=rows, server=server,
+                  MPISWARM_MIN_NODES=1, MPISWARM_HEALTH_TIMEOUT=30)
+    job = jobs(SCALING, tmp_path, env)
+    res = job.finish(timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"down 127.0.0.1 {base}: the server exited with code 3" in res.stderr
+    assert "going on without 127.0.0.1 (MPISWARM_MIN_NODES=1)" in res.stderr
+    assert "skipping 2 nodes: only 1 node(s) have healthy servers" in res.stderr
+    assert_answers(tmp_path / "out_1nodes.h5", rows, ranks=1)
+    assert not (tmp_path / "out_2nodes.h5").exists()
+    assert_nothing_left(job, [base])
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"MPISWARM_INPUT": "missing.jsonl"}, "MPISWARM_INPUT: no readable file missing.jsonl"),
+    ({"MPISWARM_PPN": "0"}, "MPISWARM_PPN must be an integer >= 1, got '0'"),
+    ({"PBS_NODEFILE": ""}, "PBS_NODEFILE is not set"),
+    ({"MPISWARM_EXTRA_ARGS": "--stop 'unbalanced"}, "unbalanced quotes in: --stop 'unbalanced"),
+    ({"MPISWARM_NODE_COUNTS": "1 4"}, "MPISWARM_NODE_COUNTS: 4 nodes, but the job has 1"),
+    ({"MPISWARM_NODE_COUNTS": "1,x"}, "MPISWARM_NODE_COUNTS: 'x' is not a node count"),
+])
+def test_bad_settings_fail_before_any_server_starts(tmp_path, settings, message):
+    env = job_env(tmp_path, nodes=["localhost"], ppn=1, base=find_free_port_block(1), rows=make_rows(2),
+                  server="exit 99", **settings)
+    res = subprocess.run(["bash", str(SCALING)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert message in res.stderr
+    assert not list(tmp_path.glob("logs/server-*"))
+
+
+def test_scripts_pass_shellcheck():
+    shellcheck = subprocess.run(["bash", "-c", "command -v shellcheck"], capture_output=True, text=True)
+    if shellcheck.returncode != 0:
+        pytest.skip("shellcheck is not installed (apt-get install shellcheck)")
+    res = subprocess.run(["shellcheck", "-x", "aurora_batch.pbs", "aurora_scaling.pbs", "lib.sh"],
+                         cwd=REPO / "jobs", capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
