@@ -167,7 +167,7 @@ def test_four_ranks_every_row_equals_its_servers_own_answer(tmp_path: Path, exac
     extra = [] if batch_size is None else ["--batch-size", batch_size, "--concurrency", CONCURRENCY]
     res = run_mpiswarm(n_ranks, ["run", write_jsonl(tmp_path / "in.jsonl", rows), "-o", out,
                                  *endpoint_args(exact_endpoints), "--max-tokens", max_tokens,
-                                 "--temperature", 0, *extra], timeout=RUN_TIMEOUT)
+                                 "--temperature", 0, "--schedule", "static", *extra], timeout=RUN_TIMEOUT)
     assert res.returncode == 0, res.stdout + res.stderr
     assert f"{n_rows} prompts on {n_ranks} ranks: {n_rows} ok, 0 failed" in res.stdout
 
@@ -216,6 +216,26 @@ def test_four_ranks_every_row_equals_its_servers_own_answer(tmp_path: Path, exac
 # --------------------------------------------------------------------------- 2. n and overrides
 
 
+def test_dynamic_schedule_every_row_equals_its_servers_own_answer(tmp_path: Path, exact_endpoints) -> None:
+    """The default (dynamic) schedule moves rows between ranks: each row still equals the
+    answer of the server of the rank that served it, in input order."""
+    n_ranks, n_rows = 4, 280
+    rows = make_rows(n_rows)
+    out = tmp_path / "out.h5"
+    res = run_mpiswarm(n_ranks, ["run", write_jsonl(tmp_path / "in.jsonl", rows), "-o", out,
+                                 *endpoint_args(exact_endpoints), "--max-tokens", 8, "--temperature", 0,
+                                 "--concurrency", CONCURRENCY, "--max-num-seqs", 8], timeout=RUN_TIMEOUT)
+    assert res.returncode == 0, res.stdout + res.stderr
+    data = read_results(out)
+    assert_rows_in_order(data, rows, out)
+    assert sorted(set(data["rank"].tolist())) == list(range(n_ranks))
+    assert data["ranks"]["n_calls"].sum() > n_ranks  # chunks, not one list per rank
+    for i, row in enumerate(rows):
+        single = alone(exact_endpoints[int(data["rank"][i])], row["prompt"],
+                       {"max_tokens": 8, "temperature": 0, "n": 1})
+        assert [(data["completion"][i], data["finish_reason"][i])] == choices(single), f"row {i}"
+
+
 def test_n2_and_per_row_overrides_equal_the_servers_own_answers(tmp_path: Path,
                                                                 exact_endpoints) -> None:
     """Sampled answers (``--n 2``, seeds, temperatures) and greedy rows with stop
@@ -241,7 +261,7 @@ def test_n2_and_per_row_overrides_equal_the_servers_own_answers(tmp_path: Path,
     out = tmp_path / "out.h5"
     res = run_mpiswarm(n_ranks, ["run", write_jsonl(tmp_path / "in.jsonl", rows), "-o", out,
                                  *endpoint_args(group), "--n", 2, "--max-tokens", 10,
-                                 "--temperature", 0.8, "--seed", 11, "--concurrency", 1],
+                                 "--temperature", 0.8, "--seed", 11, "--concurrency", 1, "--schedule", "static"],
                        timeout=RUN_TIMEOUT)
     assert res.returncode == 0, res.stdout + res.stderr
 
@@ -290,7 +310,7 @@ def test_chat_api_every_row_equals_the_servers_own_chat_answer(tmp_path: Path,
     res = run_mpiswarm(n_ranks, ["run", write_jsonl(tmp_path / "in.jsonl", rows), "-o", out,
                                  *endpoint_args(exact_endpoints), "--api", "chat",
                                  "--max-tokens", max_tokens, "--temperature", 0,
-                                 "--concurrency", CONCURRENCY], timeout=RUN_TIMEOUT)
+                                 "--concurrency", CONCURRENCY, "--schedule", "static"], timeout=RUN_TIMEOUT)
     assert res.returncode == 0, res.stdout + res.stderr
 
     data = read_results(out)
@@ -347,7 +367,6 @@ def test_an_overlong_prompt_in_a_call_of_its_own_fails_alone(tmp_path: Path,
     assert data["ranks"]["n_failed_calls"].tolist() == [1, 0]
 
 
-@pytest.mark.xfail(reason="needs per-prompt failure isolation (bisection), issue 4", strict=False)
 def test_an_overlong_prompt_inside_a_list_fails_only_itself(tmp_path: Path,
                                                             exact_endpoints) -> None:
     """llama-server fails the whole list with HTTP 400 when one prompt exceeds a slot's
@@ -360,7 +379,7 @@ def test_an_overlong_prompt_inside_a_list_fails_only_itself(tmp_path: Path,
     out = tmp_path / "out.h5"
     res = run_mpiswarm(n_ranks, ["run", write_jsonl(tmp_path / "in.jsonl", rows), "-o", out,
                                  *endpoint_args(exact_endpoints), "--max-tokens", 8,
-                                 "--temperature", 0], timeout=RUN_TIMEOUT)
+                                 "--temperature", 0, "--concurrency", CONCURRENCY], timeout=RUN_TIMEOUT)
     assert res.returncode == 3, res.stdout + res.stderr
     assert f"{n_rows - 1} ok, 1 failed" in res.stdout
 
