@@ -123,6 +123,7 @@ class RankStats:
     t_requests: float = 0.0
     t_gather: float = 0.0
     cpu_s: float = 0.0
+    max_rss_mb: float = 0.0  # peak resident memory of the rank's process
     extra: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:

@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import resource
 import signal
 import threading
 import time
@@ -334,6 +335,7 @@ def run(config: RunConfig, comm=None) -> int:
     everything = gather_results(results, comm)
     stats.t_gather = time.perf_counter() - t0
     stats.cpu_s = time.process_time()
+    stats.max_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     all_stats = gather_stats(stats, comm)
     stop_reasons = _mpi.gather(stop.reason, comm)
     phase("gather")
