@@ -1,4 +1,4 @@
-"""``mpiswarm`` command line: ``run`` (under mpiexec) and ``demo``.
+"""``mpiswarm`` command line: ``run`` (under mpiexec), ``demo``, ``inspect``, ``export``, ``scaling``.
 
 ``main()`` is the abort guard: usage and input errors exit 2 with one line and no traceback;
 any other exception on any rank aborts the whole MPI job with a message naming the rank and
@@ -66,6 +66,9 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base-port", type=int, default=8000, help="first port for {port} (default 8000)")
     p.add_argument("--health-timeout", type=_positive_float, default=120.0,
                    help="seconds to wait for the endpoint's /health (default 120)")
+    p.add_argument("--min-endpoints", type=_positive_int, default=None,
+                   help="go on when at least this many endpoints are healthy at the start; ranks whose "
+                   "endpoint is down use the others (default: every endpoint must be up)")
     s = p.add_argument_group("sampling (a JSONL row may override any of these for itself)")
     s.add_argument("--max-tokens", type=_positive_int, default=256, help="default 256")
     s.add_argument("--temperature", type=float, default=None)
@@ -150,7 +153,8 @@ def config_from_args(args):
     return RunConfig(
         input=args.input, output=args.output, client=client, sampling=sampling,
         endpoint=args.endpoint or DEFAULT_ENDPOINT, hostfile=args.hostfile, base_port=args.base_port,
-        health_timeout=args.health_timeout, time_limit=args.time_limit, restart=args.restart,
+        health_timeout=args.health_timeout, min_endpoints=args.min_endpoints, time_limit=args.time_limit,
+        restart=args.restart,
         retry=RetryPolicy(max_attempts=args.max_attempts), schedule=args.schedule, max_num_seqs=args.max_num_seqs,
         progress=args.progress, progress_interval=args.progress_interval, quiet=args.quiet,
     )

@@ -177,6 +177,7 @@ class EndpointClient:
         self._http = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=slots, max_keepalive_connections=slots),
             timeout=httpx.Timeout(self.options.request_timeout, connect=30.0),
+            trust_env=False,  # endpoints are in the job's network: an exported http_proxy must not apply
         )
         self._openai = openai.AsyncOpenAI(
             base_url=self.base_url,
@@ -227,7 +228,8 @@ class EndpointClient:
             return -1
         for card in cards:
             if card.get("id") == self.options.model or len(cards) == 1:
-                value = card.get("max_model_len")
+                # vLLM: max_model_len; llama.cpp's llama-server: meta.n_ctx (one slot's context)
+                value = card.get("max_model_len", (card.get("meta") or {}).get("n_ctx"))
                 return int(value) if isinstance(value, int) else -1
         return -1
 

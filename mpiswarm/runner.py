@@ -60,6 +60,7 @@ class RunConfig:
     hostfile: str | None = None
     base_port: int = 8000
     health_timeout: float = 120.0
+    min_endpoints: int | None = None  # None: every endpoint must be healthy at the start
     time_limit: float | None = None  # seconds from the start: stop sending, write what is answered
     restart: bool = False  # ignore (delete) an earlier attempt's run directory
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -87,6 +88,7 @@ class RunConfig:
             "hostfile": self.hostfile,
             "base_port": self.base_port,
             "health_timeout": self.health_timeout,
+            "min_endpoints": self.min_endpoints,
             "time_limit": self.time_limit,
             "schedule": self.schedule,
             "max_num_seqs": self.max_num_seqs,
@@ -219,7 +221,7 @@ class StopRequest:
 
 async def _serve(urls: list[str], config: RunConfig, piece: RankSlice, plan: Plan, stats: RankStats,
                  shard: ShardWriter, stop: StopRequest, pool: Pool | None, printer: ProgressPrinter | None,
-                 comm) -> tuple[list[Chunk], dict]:
+                 comm, down_at_start: dict) -> tuple[list[Chunk], dict]:
     """Send this rank's calls (and, on the root, serve the control plane).
     Returns the chunks this rank held, with their results, and the endpoints declared dead."""
     rank, size = _mpi.rank_and_size(comm)
@@ -234,6 +236,7 @@ async def _serve(urls: list[str], config: RunConfig, piece: RankSlice, plan: Pla
     event = stop.event()
     async with AsyncExitStack() as stack:
         endpoints = EndpointPool(urls, config.client, stack)
+        endpoints.dead.update(down_at_start)
         dispatcher = Dispatcher(endpoints, stats, policy=config.retry, on_finished=shard.append)
         control.progress = dispatcher.progress
         try:
@@ -286,13 +289,16 @@ def run(config: RunConfig, comm=None) -> int:
     why, stats.max_model_len = asyncio.run(_check_endpoint(url, config))
     reports = _mpi.allgather((rank, stats.host, url, why), comm)
     problems = [p for p in reports if p[3]]
-    if problems:
-        if root:
-            if plan.attempt == 0:  # nothing was sent: leave nothing behind
-                remove_run_dir(plan.run_dir)
-            for r, host, u, reason in problems:
-                print(f"mpiswarm: rank {r} on {host}: endpoint {u} unavailable: {reason}", flush=True)
+    healthy = len({p[2] for p in reports if not p[3]})
+    needed = len({p[2] for p in reports}) if config.min_endpoints is None else config.min_endpoints
+    if root:
+        for r, host, u, reason in problems:
+            print(f"mpiswarm: rank {r} on {host}: endpoint {u} unavailable: {reason}", flush=True)
+    if healthy < needed:
+        if root and plan.attempt == 0:  # nothing was sent: leave nothing behind
+            remove_run_dir(plan.run_dir)
         return EXIT_ENDPOINT_DOWN
+    down_at_start = {p[2]: f"not healthy at the start: {p[3]}" for p in problems}
     phase("health")
     stats.t_health = times["health"]
 
@@ -320,7 +326,7 @@ def run(config: RunConfig, comm=None) -> int:
     t0 = time.perf_counter()
     try:
         chunks, dead = asyncio.run(_serve(_ring([p[2] for p in reports], rank), config, piece, plan, stats,
-                                          shard, stop, pool, printer, comm))
+                                          shard, stop, pool, printer, comm, down_at_start))
     finally:
         shard.close()
     results = ResultColumns.concat([c.results for c in chunks])

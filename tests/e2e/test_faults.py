@@ -96,6 +96,19 @@ def test_slow_starting_endpoint(tmp_path, sim_factory):
     assert_rows(read_results(tmp_path / "out.h5"), rows, max_tokens=8)
 
 
+def test_min_endpoints_lets_the_job_go_on_without_a_dead_endpoint(tmp_path, sim_factory):
+    """One endpoint never comes up: with --min-endpoints 1 its rank uses the other one."""
+    rows = make_rows(60)
+    sim = sim_factory("--count", 2, "--time-scale", 0, "--slow-start", 600, "--fault-endpoints", 1)
+    res = run_mpiswarm(2, job_args(tmp_path, rows, sim, "--health-timeout", 2, "--min-endpoints", 1))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"endpoint {sim.urls[1]} unavailable" in res.stdout
+    data = read_results(tmp_path / "out.h5")
+    assert_rows(data, rows, max_tokens=8)
+    assert sim.urls[1] in json.loads(data["ranks"]["extra"][1])["dead_endpoints"]
+    assert prompts_received(sim) == 60 and sim_counter(sim.urls[1], "mpiswarm_sim:prompts_received_total") == 0
+
+
 def test_four_over_long_prompts_among_400(tmp_path, sim_factory):
     rows = make_rows(400)
     bad = [17, 101, 250, 399]
