@@ -31,10 +31,12 @@ TAG_REQUEST, TAG_WORK, TAG_PROGRESS, TAG_DONE = 71, 72, 73, 74
 ROOT_POLL_S = 0.001
 WORKER_POLL_S = 0.001
 PROGRESS_EVERY_S = 0.25  # also what rank 0's estimate of each rank's rate is made of
-_COUNTS = struct.Struct("<qq")  # rows finished, rows answered
+_COUNTS = struct.Struct("<qqd")  # rows finished, rows answered, typical seconds a call takes
 WAIT = object()  # "no chunk for you now, ask again"
 _WAIT_MESSAGE = b"W"
 WAIT_S = 0.05
+SLOW_CALLS = 2.0  # a rank's calls count as slow at this multiple of the quickest rank's
+MAX_WAIT_S = 30.0  # a safety net only: some rank always qualifies for the next chunk
 
 
 class WorkSource:
@@ -114,22 +116,46 @@ class Pool:
         self.open = True
         self.handed = np.zeros(n_ranks, np.int64) if handed is None else handed.astype(np.int64)
         self.start = time.monotonic()
+        self._waiting: dict[int, float] = {}  # rank -> when it was first told to wait
 
     @property
     def remaining(self) -> int:
         return len(self.todo) - self.next if self.open else 0
 
-    def size_for(self, rank: int, finished: np.ndarray) -> int:
-        """Rows for ``rank``'s next chunk: a guided share, cut so that the rank, at the rate it
-        has shown, finishes them no later than all ranks together finish everything left."""
+    def size_for(self, rank: int, finished: np.ndarray, active: np.ndarray | None = None,
+                 latency: np.ndarray | None = None) -> int:
+        """Rows for ``rank``'s next chunk (0: ask again later).
+
+        A guided share, never more than ``limit`` unfinished rows a rank, and — once every
+        rank has shown a rate — only if the rank, at its rate and with its calls' ``latency``,
+        finishes them before all ranks together finish everything left, or if it is the
+        fastest ``active`` rank.
+        A rank told to wait for ``MAX_WAIT_S`` gets its share anyway: the job never stalls.
+        """
         outstanding = np.maximum(self.handed - finished, 0)
         k = min(guided_size(self.remaining, self.n_ranks, minimum=self.minimum), self.limit - outstanding[rank])
-        elapsed = time.monotonic() - self.start
+        if k < min(self.minimum, self.remaining):
+            return 0
+        now = time.monotonic()
+        elapsed = now - self.start
         rates = finished / elapsed if elapsed > 0 else np.zeros(self.n_ranks)
-        if k > 0 and rates[rank] > 0 and (rates > 0).all():
-            time_left = (self.remaining + outstanding.sum()) / rates.sum()
-            k = min(k, int(rates[rank] * time_left - outstanding[rank]))
-        return int(k) if k >= min(self.minimum, self.remaining) else 0
+        active = np.ones(self.n_ranks, bool) if active is None else active
+        if rates[rank] > 0 and (rates[active] > 0).all() and now - self._waiting.get(rank, now) < MAX_WAIT_S:
+            time_left = (self.remaining + outstanding.sum()) / rates[active].sum()
+            fits = int(rates[rank] * time_left - outstanding[rank])
+            if latency is not None and latency[active].min() > 0:
+                # A call costs its latency however small it is: a rank whose calls take much
+                # longer than the others' gets nothing it could not finish by the projected end.
+                if latency[rank] > max(time_left, SLOW_CALLS * latency[active].min()):
+                    fits = 0
+            # The fastest active rank always qualifies (so the job never stalls); a slower one
+            # only for what it finishes in time: a small chunk still costs a slow engine its latency.
+            if fits < min(self.minimum, self.remaining) and rates[rank] < rates[active].max():
+                self._waiting.setdefault(rank, now)
+                return 0
+            k = max(min(k, fits), min(self.minimum, self.remaining)) if fits < k else k
+        self._waiting.pop(rank, None)
+        return int(k)
 
     def take(self, rank: int, k: int) -> tuple[np.ndarray, list[str], list[str] | None]:
         index = self.todo[self.next : self.next + k]
@@ -158,8 +184,9 @@ class Control:
         self.n = n
         self.counts = np.zeros((size, 2), dtype=np.int64)  # root: rows finished, answered, per rank
         self.done = np.zeros(size, dtype=bool)
+        self.latency = np.zeros(size)  # root: typical seconds a call takes, per rank
         self.pool: Pool | None = None
-        self.progress: Callable[[], tuple[int, int]] = lambda: (0, 0)  # this rank's (finished, answered)
+        self.progress: Callable[[], tuple] = lambda: (0, 0, 0.0)  # this rank: (finished, answered, latency)
 
     # -- work ----------------------------------------------------------------------------
     def chunk(self, index, prompts, overrides) -> Chunk:
@@ -171,14 +198,14 @@ class Control:
         None when nothing is left."""
         if not self.pool.remaining:
             return None
-        k = self.pool.size_for(rank, self.counts[:, 0])
+        k = self.pool.size_for(rank, self.counts[:, 0], ~self.done, self.latency)
         return self.pool.take(rank, k) if k else WAIT
 
     async def fetch(self) -> Chunk | None:
         """The next chunk for this rank (None: no more)."""
         while True:
             if self.rank == 0:
-                self.counts[0] = self.progress()
+                self._record(0, self.progress())
                 got = self._hand_out(0)
             else:
                 got = await self._ask_root()
@@ -198,7 +225,7 @@ class Control:
     def _serve_requests(self) -> None:
         while (got := self.mailbox.poll(TAG_REQUEST)) is not None:
             source = got[0]
-            self.counts[source] = _COUNTS.unpack(got[1])  # fresh: the chunk's size depends on it
+            self._record(source, _COUNTS.unpack(got[1]))  # fresh: the chunk's size depends on it
             rows = self._hand_out(source)
             if rows is WAIT:
                 self.mailbox.send(source, TAG_WORK, _WAIT_MESSAGE)
@@ -206,11 +233,15 @@ class Control:
                 self.mailbox.send(source, TAG_WORK, pack_rows(*(rows or (np.zeros(0, np.int64), [], None))))
 
     # -- progress --------------------------------------------------------------------------
+    def _record(self, rank: int, progress: tuple) -> None:
+        self.counts[rank] = progress[:2]
+        self.latency[rank] = progress[2]
+
     def _collect(self) -> None:
         for tag in (TAG_PROGRESS, TAG_DONE):
             while (got := self.mailbox.poll(tag)) is not None:
                 source, payload = got
-                self.counts[source] = _COUNTS.unpack(payload)
+                self._record(source, _COUNTS.unpack(payload))
                 if tag == TAG_DONE:
                     self.done[source] = True
 
@@ -233,7 +264,7 @@ class Control:
                     self.pool.open = False
                 self._serve_requests()
             self._collect()
-            self.counts[0] = finished()
+            self._record(0, finished())
             self.done[0] = own_work.done()
             if self.done.all():
                 break

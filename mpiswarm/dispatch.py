@@ -80,6 +80,7 @@ class Dispatcher:
         self.rng = rng or random.Random()
         self.n_finished = 0  # rows finished for good (answered or failed)
         self.n_answered = 0
+        self.latency = 0.0  # moving average of successful calls' durations
         self.all_down = False
         self._decoded: dict[str, dict] = {"": {}}
 
@@ -89,8 +90,9 @@ class Dispatcher:
             decoded = self._decoded[overrides] = json.loads(overrides)
         return {**base, **decoded} if decoded else base
 
-    def progress(self) -> tuple[int, int]:
-        return self.n_finished, self.n_answered
+    def progress(self) -> tuple[int, int, float]:
+        """(rows finished, rows answered, typical seconds a successful call takes)."""
+        return self.n_finished, self.n_answered, self.latency
 
     def _finished(self, results: ResultColumns, rows) -> None:
         self.n_finished += len(rows)
@@ -108,6 +110,7 @@ class Dispatcher:
         else:
             data, latency = await client.complete([chunk.prompts[r] for r in rows], params)
             place_completions(data, rows, n, chunk.results, latency)
+        self.latency = latency if not self.latency else 0.8 * self.latency + 0.2 * latency
         usage = data.get("usage") or {}
         self.stats.prompt_tokens += usage.get("prompt_tokens") or 0
         self.stats.completion_tokens += usage.get("completion_tokens") or 0

@@ -204,9 +204,9 @@ def test_four_ranks_every_row_equals_its_servers_own_answer(tmp_path: Path, exac
         assert ranks["completion_tokens"][r] == max_tokens * len(firsts)
         real = sum(singles[i]["usage"]["prompt_tokens"] for i in range(lo, hi))
         assert ranks["prompt_tokens"][r] < real
-    # /v1/models of llama-server carries no ``max_model_len`` (the context is
-    # ``meta.n_ctx``, 512 here): mpiswarm records -1, "unknown".
-    assert ranks["max_model_len"].tolist() == [-1] * n_ranks
+    # /v1/models of llama-server carries no ``max_model_len``: mpiswarm reads one slot's
+    # context from the card's ``meta.n_ctx`` instead.
+    assert ranks["max_model_len"].tolist() == [slot_context(exact_endpoints[0])] * n_ranks
 
     attrs = data["attrs"]
     assert attrs["complete"] and attrs["n_ok"] == attrs["n_prompts"] == n_rows
