@@ -59,6 +59,10 @@ def gather(obj, comm=None) -> list | None:
     return world(comm).gather(obj, root=ROOT)
 
 
+def allreduce_max(value: int, comm=None) -> int:
+    return world(comm).allreduce(value, op=MPI.MAX)
+
+
 def barrier(comm=None) -> None:
     world(comm).Barrier()
 

@@ -1,6 +1,10 @@
 """Every rank's results back to rank 0, in input order (``Gatherv`` of buffers plus lengths)."""
 from __future__ import annotations
 
+from typing import Iterator
+
+import numpy as np
+
 from . import _mpi
 from .records import NUMERIC_COLUMNS, STRING_COLUMNS, RankStats, ResultColumns
 from .wire import pack_strings, unpack_strings
@@ -22,6 +26,22 @@ def gather_results(local: ResultColumns, comm=None) -> ResultColumns | None:
     if not root:
         return None
     return ResultColumns(n=local.n, **numeric, **strings).in_index_order()
+
+
+def gather_in_rounds(local: ResultColumns, rows_per_round: int, comm=None) -> Iterator[ResultColumns]:
+    """Gather ``local`` from every rank a round at a time: each round, every rank sends its next
+    ``rows_per_round / ranks`` rows (in index order). The root gets each round's rows sorted by
+    index — at most ``rows_per_round`` rows in memory at once; the others get nothing. Every
+    rank must exhaust the iterator."""
+    _, size = _mpi.rank_and_size(comm)
+    local = local.in_index_order()
+    block = max(1, rows_per_round // size)
+    n_rounds = _mpi.allreduce_max(-(-len(local) // block), comm)
+    for k in range(n_rounds):
+        part = local.take(np.arange(k * block, min((k + 1) * block, len(local))))
+        got = gather_results(part, comm)
+        if got is not None:
+            yield got
 
 
 def gather_stats(stats: RankStats, comm=None) -> list[RankStats] | None:

@@ -14,7 +14,7 @@ import resource
 import signal
 import threading
 import time
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,7 +26,7 @@ from .balance import Chunk, call_cap, guided_size
 from .control import Control, Pool, WorkSource
 from .dispatch import UNANSWERED_STOPPED, Dispatcher, EndpointPool
 from .endpoints import check_template, endpoint_from_hostfile, expand_endpoint, parse_hostfile
-from .gather import gather_results, gather_stats
+from .gather import gather_in_rounds, gather_stats
 from .inputs import InputError, PromptSet, read_prompts
 from .partition import contiguous_bounds
 from .records import RankStats, ResultColumns
@@ -34,7 +34,7 @@ from .retry import RetryPolicy
 from .scatter import RankSlice, scatter_rows
 from .store import create_result_file
 from .progress import ProgressPrinter
-from .summary import format_summary
+from .summary import Tally, format_summary
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:8000/v1"
 
@@ -46,6 +46,8 @@ EXIT_ENDPOINT_DOWN = 4  # an endpoint never became healthy: nothing sent, no out
 EXIT_RESUME = 75  # interrupted (signal, --time-limit, every endpoint down): run the same command to resume
 #: the dynamic schedule scatters 1/INITIAL_SHARE_FACTOR of the rows at once, the rest on request
 INITIAL_SHARE_FACTOR = 8
+#: rows rank 0 gathers and writes at a time (bounded memory for jobs of millions of rows)
+GATHER_ROWS_PER_ROUND = 1 << 18
 
 
 @dataclass
@@ -337,42 +339,49 @@ def run(config: RunConfig, comm=None) -> int:
     _mpi.barrier(comm)  # the slowest rank sets the end of the request phase
     phase("requests")
 
+    # Gather and write in rounds: rank 0 never holds more than GATHER_ROWS_PER_ROUND new rows.
     t0 = time.perf_counter()
-    everything = gather_results(results, comm)
-    stats.t_gather = time.perf_counter() - t0
-    stats.cpu_s = time.process_time()
-    stats.max_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    all_stats = gather_stats(stats, comm)
-    stop_reasons = _mpi.gather(stop.reason, comm)
-    phase("gather")
-
-    code = None
-    if root:
-        if len(finished):
-            everything = ResultColumns.concat([finished, everything]).in_index_order()
-        complete = bool(everything.done.all())
-        attrs = {
-            "model": config.client.model,
-            "n_ranks": size,
-            "complete": complete,
-            "attempt": plan.attempt,
-            "n_resumed": plan.n_finished,
-            "params": config.params(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        with create_result_file(config.output, len(prompt_set), plan.n) as out:
-            out.write_rows(prompt_set.prompts, prompt_set.custom_ids, everything)
+    tally = Tally()
+    write_s = 0.0
+    with create_result_file(config.output, plan.n_rows, plan.n) if root else nullcontext() as out:
+        for part in [finished] if root and len(finished) else []:
+            out.write_rows(prompt_set.prompts, prompt_set.custom_ids, part)
+            tally.add(part)
+        for part in gather_in_rounds(results, GATHER_ROWS_PER_ROUND, comm):
+            w0 = time.perf_counter()
+            out.write_rows(prompt_set.prompts, prompt_set.custom_ids, part)
+            write_s += time.perf_counter() - w0
+            tally.add(part)
+        stats.t_gather = time.perf_counter() - t0 - write_s
+        stats.cpu_s = time.process_time()
+        stats.max_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+        all_stats = gather_stats(stats, comm)
+        stop_reasons = _mpi.gather(stop.reason, comm)
+        code = None
+        if root:
+            complete = tally.open == 0 and tally.rows == plan.n_rows
             out.write_ranks(all_stats)
-            phase("write")
+            phase("gather")
+            times["write"] = write_s
+            times["gather"] -= write_s
             times["total"] = _mpi.wtime() - t_start
-            attrs.update({f"time_{k}_s": v for k, v in times.items()})
-            out.set_attrs(attrs)
+            out.set_attrs({
+                "model": config.client.model,
+                "n_ranks": size,
+                "complete": complete,
+                "attempt": plan.attempt,
+                "n_resumed": plan.n_finished,
+                "params": config.params(),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                **{f"time_{k}_s": v for k, v in times.items()},
+            })
+    if root:
         if complete:
             remove_run_dir(plan.run_dir)
-            code = EXIT_OK if bool(np.all(everything.ok)) else EXIT_PROMPTS_FAILED
+            code = EXIT_OK if tally.ok == tally.rows else EXIT_PROMPTS_FAILED
         else:
             code = EXIT_RESUME
         why = next((r for r in stop_reasons if r), None)
-        _say(config, format_summary(everything, all_stats, times, os.path.abspath(config.output),
+        _say(config, format_summary(tally, all_stats, times, os.path.abspath(config.output),
                                     resumed=plan.n_finished, stopped=why))
     return _mpi.bcast(code, comm)

@@ -71,24 +71,30 @@ class ResultWriter:
         f.create_dataset("latency_s", shape=(n_rows,), dtype=np.float64, fillvalue=np.nan)
 
     def write_rows(self, prompts: list[str], custom_ids: list[str], results: ResultColumns) -> None:
-        """Write ``results`` (consecutive rows, in index order) with their prompts and ids."""
-        k = len(results)
-        if k == 0:
+        """Write ``results`` (rows sorted by index, any subset) with their prompts and ids;
+        ``prompts`` and ``custom_ids`` are the whole input's, indexed by row. Each run of
+        consecutive rows is one slice write per dataset."""
+        index = results.index
+        if len(index) == 0:
             return
-        start = int(results.index[0])
-        if len(prompts) != k or len(custom_ids) != k or int(results.index[-1]) != start + k - 1:
-            raise ValueError("write_rows takes consecutive rows with one prompt and custom_id each")
-        rows = slice(start, start + k)
-        shape = (k,) if self.n == 1 else (k, self.n)
-        f = self.file
-        f["prompt"][rows] = _strings(prompts)
-        f["custom_id"][rows] = _strings(custom_ids)
-        f["completion"][rows] = _strings(results.completion, shape)
-        f["finish_reason"][rows] = _strings(results.finish_reason, shape)
-        f["error"][rows] = _strings(results.error)
-        for name in ("ok", "rank", "prompt_tokens", "completion_tokens", "latency_s"):
-            f[name][rows] = getattr(results, name)
+        cuts = np.flatnonzero(np.diff(index) != 1) + 1
+        for a, b in zip([0, *cuts.tolist()], [*cuts.tolist(), len(index)]):
+            self._write_run(prompts, custom_ids, results, a, b)
         self.n_ok += int(results.ok.sum())
+
+    def _write_run(self, prompts, custom_ids, results: ResultColumns, a: int, b: int) -> None:
+        k, n = b - a, self.n
+        start = int(results.index[a])
+        rows = slice(start, start + k)
+        shape = (k,) if n == 1 else (k, n)
+        f = self.file
+        f["prompt"][rows] = _strings(prompts[rows])
+        f["custom_id"][rows] = _strings(custom_ids[rows])
+        f["completion"][rows] = _strings(results.completion[a * n : b * n], shape)
+        f["finish_reason"][rows] = _strings(results.finish_reason[a * n : b * n], shape)
+        f["error"][rows] = _strings(results.error[a:b])
+        for name in ("ok", "rank", "prompt_tokens", "completion_tokens", "latency_s"):
+            f[name][rows] = getattr(results, name)[a:b]
 
     def write_ranks(self, stats: list[RankStats]) -> None:
         """The per-rank statistics table, group ``ranks`` (row r = rank r)."""

@@ -8,16 +8,23 @@ from .records import RankStats, ResultColumns
 PHASES = ("read", "health", "scatter", "requests", "gather", "write", "total")
 
 
-def commonest_errors(errors, limit: int = 3) -> list[tuple[str, int]]:
-    """The ``limit`` most frequent non-empty error messages with their counts."""
-    return Counter(e for e in errors if e).most_common(limit)
+class Tally:
+    """What the summary needs of the rows, added up a round at a time."""
+
+    def __init__(self):
+        self.rows = self.ok = self.open = 0
+        self.errors: Counter = Counter()
+
+    def add(self, results: ResultColumns) -> None:
+        self.rows += len(results)
+        self.ok += int(results.ok.sum())
+        self.open += int((~results.done).sum())
+        self.errors.update(e for e, done in zip(results.error, results.done.tolist()) if e and done)
 
 
-def format_summary(results: ResultColumns, stats: list[RankStats], times: dict, output: str, *,
+def format_summary(tally: Tally, stats: list[RankStats], times: dict, output: str, *,
                    resumed: int = 0, stopped: str | None = None) -> str:
-    n = len(results)
-    n_ok = int(results.ok.sum())
-    n_open = int((~results.done).sum())
+    n, n_ok, n_open = tally.rows, tally.ok, tally.open
     calls = sum(s.n_calls for s in stats)
     failed_calls = sum(s.n_failed_calls for s in stats)
     retries = sum(s.n_retries for s in stats)
@@ -37,7 +44,7 @@ def format_summary(results: ResultColumns, stats: list[RankStats], times: dict, 
     dead = sorted({url for s in stats for url in s.extra.get("dead_endpoints", {})})
     if dead:
         lines.append(f"  down      {len(dead)} endpoint(s) declared dead, {failovers} failover(s): {', '.join(dead)}")
-    for message, count in commonest_errors(results.error[i] for i in range(n) if results.done[i]):
+    for message, count in tally.errors.most_common(3):
         lines.append(f"  error     {count} x {message}")
     if n_open:
         lines.append(f"  stopped   {stopped or 'every endpoint is down'}: {n_open} prompts not answered; "

@@ -106,3 +106,24 @@ def test_stats_and_local_rank():
         assert [s.endpoint for s in stats] == [f"e{r}" for r in range(size)]
         assert [s.n_calls for s in stats] == list(range(size))
     assert _mpi.local_rank(comm) == rank  # every rank is on this one node
+
+
+@pytest.mark.parametrize("rows_per_round", [1, 7, 1000])
+def test_gather_in_rounds_bounds_what_the_root_holds(rows_per_round):
+    """Rows served out of order, gathered a round at a time: the root sees every row once,
+    each round sorted and no larger than asked."""
+    from mpiswarm.gather import gather_in_rounds
+
+    comm, rank, size = comm_info()
+    mine = np.arange(rank, 53, size)[::-1].copy()
+    res = ResultColumns.pending(mine, 1, rank)
+    res.completion[:] = [f"answer {i}" for i in mine.tolist()]
+    seen = []
+    for part in gather_in_rounds(res, rows_per_round, comm):
+        assert rank == 0
+        assert len(part) <= max(rows_per_round, size)
+        assert part.index.tolist() == sorted(part.index.tolist())
+        assert part.completion == [f"answer {i}" for i in part.index.tolist()]
+        seen += part.index.tolist()
+    if rank == 0:
+        assert sorted(seen) == list(range(53))
