@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .atomic import write_text_atomically
 from .inputs import InputError
 from .records import ResultColumns
 from .wire import pack_strings, unpack_strings
@@ -49,15 +50,6 @@ class Manifest:
     options: dict
     attempt: int = 0
     format: int = FORMAT_VERSION
-
-
-def _write_json_atomically(path: str, obj) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=1, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def _mismatch(old: Manifest, new: Manifest) -> str | None:
@@ -96,7 +88,7 @@ def open_run_dir(output: str, manifest: Manifest, restart: bool) -> tuple[str, M
     else:
         os.makedirs(path, exist_ok=True)
         resumed = False
-    _write_json_atomically(manifest_path, asdict(manifest))
+    write_text_atomically(manifest_path, json.dumps(asdict(manifest), indent=1, sort_keys=True), fsync=True)
     return path, manifest, resumed
 
 

@@ -2,7 +2,6 @@
 seconds otherwise (PBS output files are not terminals). Pure formatting plus a small printer."""
 from __future__ import annotations
 
-import os
 import sys
 import time
 

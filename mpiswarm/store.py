@@ -22,6 +22,7 @@ import h5py
 import numpy as np
 
 from . import __version__
+from .atomic import atomic_path
 from .inputs import InputError
 from .records import RankStats, ResultColumns
 
@@ -38,17 +39,9 @@ def _strings(values: list[str], shape=None) -> np.ndarray:
 def atomic_h5(path: str | os.PathLike):
     """Open a new HDF5 file at a temporary name beside ``path``; rename it into place on
     success, remove it on failure."""
-    path = os.fspath(path)
-    directory, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             yield f
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class ResultWriter:

@@ -6,6 +6,8 @@ import os
 import sys
 from contextlib import contextmanager
 
+from .atomic import atomic_path
+
 STDOUT = "-"
 
 
@@ -17,16 +19,9 @@ def atomic_text(path: str):
         yield sys.stdout
         sys.stdout.flush()
         return
-    directory, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8", newline="") as fh:
             yield fh
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_text(path: str, text: str) -> None:

@@ -6,7 +6,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
@@ -86,3 +85,18 @@ def pytest_ignore_collect(collection_path, config):
             "with_mpi", default=False):
         return True
     return None
+
+
+def process_table() -> dict[int, tuple[list[str], str]]:
+    """Every process on the machine: pid -> (its /proc stat fields after the command name:
+    state, ppid, pgrp, session, …; the raw stat line). Linux only."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # ended while we looked
+            continue
+        table[int(entry.name)] = (stat.rsplit(")", 1)[1].split(), stat)
+    return table

@@ -5,12 +5,11 @@ import argparse
 import asyncio
 import errno
 import logging
-import os
 import signal
 import sys
-import tempfile
 from collections.abc import Sequence
 
+from ..atomic import write_text_atomically
 from .faults import FAULT_KINDS
 from .model import SimConfig
 from .server import EXIT_ADDRESS_IN_USE, LISTENING_PREFIX, SimServer
@@ -96,19 +95,6 @@ def config_from_args(ns: argparse.Namespace) -> SimConfig:
     )
 
 
-def write_atomically(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` so readers never see a partial file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".mpiswarm-sim-ready.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 async def serve(config: SimConfig, ns: argparse.Namespace) -> int:
     """Listen, announce the URLs, and serve until SIGTERM/SIGINT; returns the exit status."""
     loop = asyncio.get_running_loop()
@@ -124,7 +110,7 @@ async def serve(config: SimConfig, ns: argparse.Namespace) -> int:
         return EXIT_ADDRESS_IN_USE if exc.errno == errno.EADDRINUSE else 1
     try:
         if ns.ready_file:  # before the listening line, so whoever waits on the line finds the file
-            write_atomically(ns.ready_file, "".join(u + "\n" for u in urls))
+            write_text_atomically(ns.ready_file, "".join(u + "\n" for u in urls))
         print(LISTENING_PREFIX + " ".join(urls), flush=True)
         await stop.wait()
     finally:

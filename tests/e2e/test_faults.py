@@ -16,7 +16,7 @@ from mpiswarm.sim import expected_completion
 from mpiswarm.store import read_results
 
 from ..conftest import finish, run_mpiswarm, sim_counter, start_mpiswarm, write_jsonl
-from .test_run import MODEL, assert_rows, endpoint_args, make_rows
+from .test_run import assert_rows, endpoint_args, make_rows
 
 EXIT_RESUME = 75
 
@@ -202,7 +202,6 @@ def test_time_limit_then_resume_and_changed_options_refused(tmp_path, sim_factor
     rows = make_rows(300)
     sim = sim_factory("--count", 2, "--time-scale", 1.0, "--max-num-seqs", 4)
     args = job_args(tmp_path, rows, sim, "--batch-size", 8, "--time-limit", 1.5)
-    t0 = time.monotonic()
     res = run_mpiswarm(2, args)
     assert res.returncode == EXIT_RESUME, res.stdout + res.stderr
     assert "--time-limit reached" in res.stdout

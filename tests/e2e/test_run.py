@@ -2,7 +2,6 @@
 checking every row of the HDF5 file and the exit code (tier 3)."""
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
@@ -218,7 +217,7 @@ def test_endpoint_that_never_becomes_healthy(tmp_path, sim_factory):
                            "--health-timeout", 2])
     assert time.monotonic() - t0 < 60
     assert res.returncode == 4, res.stdout + res.stderr
-    assert f"rank 1 on " in res.stdout and f"endpoint {sim.urls[1]} unavailable: not healthy after 2 s" in res.stdout
+    assert "rank 1 on " in res.stdout and f"endpoint {sim.urls[1]} unavailable: not healthy after 2 s" in res.stdout
     assert "rank 0" not in res.stdout
     assert not out.exists()
     assert [sim_counter(u) for u in sim.urls] == [0, 0]

@@ -83,6 +83,7 @@ from typing import Any
 import pytest
 
 import llama_server  # tools/, put on sys.path by conftest.py
+from ..conftest import process_table
 import tiny_gguf
 
 TIMEOUT = 60.0
@@ -434,17 +435,7 @@ def test_factory_starts_servers_on_consecutive_ports_and_stops_them(llama_server
 
 def _children() -> set[int]:
     """PIDs of this process's child processes, zombies included."""
-    pids = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid():
-            pids.add(int(entry.name))
-    return pids
+    return {pid for pid, (fields, _) in process_table().items() if int(fields[1]) == os.getpid()}
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")

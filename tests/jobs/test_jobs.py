@@ -21,7 +21,7 @@ from mpiswarm.launch import find_mpiexec
 from mpiswarm.sim import expected_completion, find_free_port_block
 from mpiswarm.store import read_results
 
-from ..conftest import REPO, subprocess_env
+from ..conftest import REPO, process_table, subprocess_env
 
 BATCH = REPO / "jobs" / "aurora_batch.pbs"
 SCALING = REPO / "jobs" / "aurora_scaling.pbs"
@@ -104,18 +104,8 @@ def alive(pid: int) -> bool:
 
 def session_members(sid: int) -> list[str]:
     """Live processes of session ``sid`` (the script's: mpiexec launchers, Hydra proxies, ranks)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()  # state ppid pgrp session ...
-        if int(fields[3]) == sid and fields[0] != "Z":
-            found.append(f"{entry.name}: {stat[:120]}")
-    return found
+    return [f"{pid}: {stat[:120]}" for pid, (fields, stat) in process_table().items()
+            if int(fields[3]) == sid and fields[0] != "Z"]
 
 
 def port_open(port: int) -> bool:

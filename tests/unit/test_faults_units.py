@@ -4,7 +4,6 @@ The dispatcher runs against simulated endpoints in a thread; its sleep is inject
 tests never really wait for a backoff.
 """
 import asyncio
-import json
 import random
 from contextlib import AsyncExitStack
 

@@ -2,7 +2,6 @@
 import json
 import random
 
-import h5py
 import numpy as np
 import openai
 import pytest
