@@ -19,6 +19,7 @@ try:  # openai >= 3 ships on httpx2; older releases on httpx
 except ImportError:  # pragma: no cover - depends on the installed openai
     import httpx
 
+from .metrics import parse_prometheus
 from .records import ResultColumns
 
 HEALTH_POLL_S = 0.5
@@ -232,6 +233,14 @@ class EndpointClient:
                 value = card.get("max_model_len", (card.get("meta") or {}).get("n_ctx"))
                 return int(value) if isinstance(value, int) else -1
         return -1
+
+    async def metrics(self) -> dict[str, float] | None:
+        """The endpoint's ``/metrics``, parsed; None when it has none (or cannot be read)."""
+        try:
+            resp = await self._http.get(server_root(self.base_url) + "/metrics", timeout=10.0)
+        except httpx.HTTPError:
+            return None
+        return parse_prometheus(resp.text) if resp.status_code == 200 else None
 
     # -- calls --------------------------------------------------------------------------
     async def is_down(self) -> bool:

@@ -124,6 +124,13 @@ class RankStats:
     t_gather: float = 0.0
     cpu_s: float = 0.0
     max_rss_mb: float = 0.0  # peak resident memory of the rank's process
+    # what the rank's endpoint did during the request phase, from its /metrics (-1: not exported)
+    engine_prompt_tokens: float = -1.0
+    engine_generation_tokens: float = -1.0
+    engine_preemptions: float = -1.0
+    engine_requests: float = -1.0
+    engine_queue_time_s: float = -1.0
+    engine_e2e_latency_s: float = -1.0
     extra: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:

@@ -28,6 +28,7 @@ from .dispatch import UNANSWERED_STOPPED, Dispatcher, EndpointPool
 from .endpoints import check_template, endpoint_from_hostfile, expand_endpoint, parse_hostfile
 from .gather import gather_in_rounds, gather_stats
 from .inputs import InputError, PromptSet, read_prompts
+from .metrics import engine_deltas
 from .partition import contiguous_bounds
 from .records import RankStats, ResultColumns
 from .retry import RetryPolicy
@@ -167,14 +168,19 @@ def _endpoint_url(config: RunConfig, entries, comm) -> str:
     )
 
 
-async def _check_endpoint(url: str, config: RunConfig) -> tuple[str | None, int]:
-    """(why the endpoint is unusable or None, its max_model_len)."""
+async def _check_endpoint(url: str, config: RunConfig) -> tuple[str | None, int, dict | None]:
+    """(why the endpoint is unusable or None, its max_model_len, its /metrics before the run)."""
     async with EndpointClient(url, config.client) as client:
         try:
             await client.wait_healthy(config.health_timeout)
         except EndpointUnavailable as exc:
-            return str(exc), -1
-        return None, await client.max_model_len()
+            return str(exc), -1, None
+        return None, await client.max_model_len(), await client.metrics()
+
+
+async def _read_metrics(url: str, config: RunConfig) -> dict | None:
+    async with EndpointClient(url, config.client) as client:
+        return await client.metrics()
 
 
 class StopRequest:
@@ -288,7 +294,7 @@ def run(config: RunConfig, comm=None) -> int:
 
     url = _endpoint_url(config, plan.entries, comm)
     stats = RankStats(rank=rank, host=_mpi.hostname(), endpoint=url)
-    why, stats.max_model_len = asyncio.run(_check_endpoint(url, config))
+    why, stats.max_model_len, metrics_before = asyncio.run(_check_endpoint(url, config))
     reports = _mpi.allgather((rank, stats.host, url, why), comm)
     problems = [p for p in reports if p[3]]
     healthy = len({p[2] for p in reports if not p[3]})
@@ -336,6 +342,9 @@ def run(config: RunConfig, comm=None) -> int:
     stats.n_prompts = int(results.done.sum())
     stats.n_ok = int(results.ok.sum())
     stats.extra["dead_endpoints"] = dead
+    if metrics_before is not None:
+        for name, value in engine_deltas(metrics_before, asyncio.run(_read_metrics(url, config))).items():
+            setattr(stats, name, value)
     _mpi.barrier(comm)  # the slowest rank sets the end of the request phase
     phase("requests")
 

@@ -351,7 +351,7 @@ class Engine:
             self._n_waiting -= 1
             self._n_running += 1
             prefill += seq.prefill_tokens
-            self.metrics.queue_time.observe(now - seq.arrival)
+            self.metrics.queue_time.observe(max(0.0, now - seq.arrival))  # the engine clock may trail arrivals
         self.metrics.prompt_tokens += prefill
         self.max_running = max(self.max_running, self._n_running)
         return prefill

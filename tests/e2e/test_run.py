@@ -65,6 +65,10 @@ def test_four_ranks_every_row_in_order(tmp_path, sim_factory, batch_size, calls_
     assert data["ranks"]["n_calls"].tolist() == [calls_per_rank] * 4
     assert data["ranks"]["endpoint"].tolist() == [f"http://127.0.0.1:{p}/v1" for p in sim.ports]
     assert data["ranks"]["completion_tokens"].sum() > 0
+    # each endpoint's own /metrics, read before and after: it generated what its rank was told
+    assert data["ranks"]["engine_generation_tokens"].tolist() == data["ranks"]["completion_tokens"].tolist()
+    assert data["ranks"]["engine_requests"].tolist() == [100] * 4
+    assert (data["ranks"]["engine_queue_time_s"] >= 0).all() and (data["ranks"]["engine_preemptions"] == 0).all()
     for url in sim.urls:  # each endpoint reached, in a handful of calls
         assert sim_counter(url) == calls_per_rank
     assert "400 prompts on 4 ranks: 400 ok, 0 failed" in res.stdout

@@ -80,3 +80,25 @@ def test_pool_keeps_a_slow_rank_from_holding_the_tail():
     assert pool.size_for(0, finished) == 100  # a guided share (125), cut to the limit of unfinished rows
     # rank 3 (100/s) holds 200 unfinished rows = 2 s, as long as everything left takes everyone
     assert pool.size_for(3, finished) == 0
+
+
+def test_prometheus_parsing_and_engine_deltas():
+    from mpiswarm.metrics import engine_deltas, parse_prometheus
+
+    text = """# HELP vllm:generation_tokens_total Number of generation tokens processed.
+# TYPE vllm:generation_tokens_total counter
+vllm:generation_tokens_total{model_name="m",engine="0"} 100.0
+vllm:generation_tokens_total{model_name="m",engine="1"} 20
+vllm:request_queue_time_seconds_sum{model_name="m"} 1.5
+vllm:request_queue_time_seconds_bucket{le="+Inf",model_name="m"} 7
+vllm:num_requests_running{model_name="m"} 3
+plain_metric 4
+"""
+    parsed = parse_prometheus(text)
+    assert parsed["vllm:generation_tokens_total"] == 120
+    assert parsed["vllm:request_queue_time_seconds_sum"] == 1.5 and parsed["plain_metric"] == 4
+    later = dict(parsed, **{"vllm:generation_tokens_total": 170.0, "vllm:request_queue_time_seconds_sum": 2.0})
+    deltas = engine_deltas(parsed, later)
+    assert deltas["engine_generation_tokens"] == 50 and deltas["engine_queue_time_s"] == 0.5
+    assert deltas["engine_preemptions"] == -1  # not exported here
+    assert set(engine_deltas(None, later).values()) == {-1.0}
