@@ -317,10 +317,13 @@ def run(config: RunConfig, comm=None) -> int:
             todo = np.setdiff1d(todo, finished.index, assume_unique=True)
         initial = todo
         if config.schedule == "dynamic":  # a first share now, the rest on request
-            initial = todo[: guided_size(len(todo), 1, factor=INITIAL_SHARE_FACTOR)]
             concurrency = config.client.calls_in_flight()
-            cap = call_cap(config.max_num_seqs, concurrency)
-            pool = Pool(prompt_set, todo[len(initial):], size, minimum=concurrency, limit=cap * (concurrency + 1),
+            limit = call_cap(config.max_num_seqs, concurrency) * (concurrency + 1)
+            # Each rank starts with what keeps its engine full (a rank would fetch that much
+            # before any rate is known anyway), or an 8th of its even share if that is more.
+            per_rank = max(limit, guided_size(len(todo), size, factor=INITIAL_SHARE_FACTOR))
+            initial = todo[: per_rank * size]
+            pool = Pool(prompt_set, todo[len(initial):], size, minimum=concurrency, limit=limit,
                         handed=np.diff(contiguous_bounds(len(initial), size)))
     piece = scatter_rows(prompt_set, initial, comm=comm)
     phase("scatter")
