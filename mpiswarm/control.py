@@ -272,5 +272,8 @@ class Control:
             if on_tick is not None and now - tick >= 0.25:
                 on_tick(self.counts)
                 tick = now
-            await asyncio.sleep(ROOT_POLL_S)
+            if self.size == 1:  # nobody to serve: just follow its own work
+                await asyncio.wait([own_work], timeout=0.25)
+            else:
+                await asyncio.sleep(ROOT_POLL_S)
         self.mailbox.flush()

@@ -3,6 +3,7 @@ a failed prompt is a row with ``ok = False`` and its ``error``, never an excepti
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from itertools import chain
 
 import numpy as np
 
@@ -76,7 +77,7 @@ class ResultColumns:
         n = parts[0].n
         return cls(
             n=n,
-            **{c: sum((getattr(p, c) for p in parts), []) for c in STRING_COLUMNS},
+            **{c: list(chain.from_iterable(getattr(p, c) for p in parts)) for c in STRING_COLUMNS},
             **{c: np.concatenate([getattr(p, c) for p in parts]) for c in NUMERIC_COLUMNS},
         )
 
