@@ -86,6 +86,6 @@ def next_call_size(queued: int, *, batch_size: int | None, concurrency: int, cap
         return batch_size
     if cap is None:
         return max(1, queued)
-    if final:
-        return max(1, min(cap, math.ceil(queued / concurrency)))
+    if final:  # shrink towards even shares, but not into calls that each pay a latency for a few rows
+        return max(1, min(cap, max(math.ceil(queued / concurrency), cap // 4)))
     return cap

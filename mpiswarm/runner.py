@@ -238,7 +238,9 @@ async def _serve(urls: list[str], config: RunConfig, piece: RankSlice, plan: Pla
     concurrency = config.client.calls_in_flight()
     dynamic = config.schedule == "dynamic"
     cap = call_cap(config.max_num_seqs, concurrency) if dynamic else None
-    source = WorkSource(batch_size=config.client.batch_size, concurrency=concurrency, cap=cap,
+    # chat: one prompt a call, so the calls in flight are prompts in flight
+    batch_size = 1 if config.client.api == "chat" else config.client.batch_size
+    source = WorkSource(batch_size=batch_size, concurrency=concurrency, cap=cap,
                         fetch=control.fetch if dynamic else None, low_water=cap or 0)
     source.add(Chunk.new(piece.index, piece.prompts, piece.overrides, plan.n, rank))
     event = stop.event()

@@ -246,3 +246,16 @@ def test_over_long_prompt_fails_alone_exit_3(tmp_path, sim_factory):
     assert "39 ok, 1 failed" in res.stdout and "1 x HTTP 400" in res.stdout
     assert data["ranks"]["n_bisections"].tolist()[0] > 0 and data["ranks"]["n_bisections"].tolist()[1] == 0
     assert not (tmp_path / "out.h5.run").exists()
+
+
+def test_chat_concurrency_is_prompts_in_flight(tmp_path, sim_factory):
+    """--api chat sends one prompt a call with --concurrency of them in flight: 40 prompts at
+    concurrency 20 take about two call latencies, not forty."""
+    rows = make_rows(40)
+    sim = sim_factory("--count", 1, "--time-scale", 5.0)
+    res = run_mpiswarm(1, ["run", write_jsonl(tmp_path / "in.jsonl", rows), "-o", tmp_path / "o.h5",
+                           *endpoint_args(sim), "--api", "chat", "--max-tokens", 4, "--concurrency", 20])
+    assert res.returncode == 0, res.stderr
+    data = read_results(tmp_path / "o.h5")
+    one_call = float(np.median(data["latency_s"]))
+    assert data["attrs"]["time_requests_s"] < 6 * one_call, (data["attrs"]["time_requests_s"], one_call)

@@ -24,6 +24,7 @@ def test_call_sizes():
     assert next_call_size(1000, batch_size=7, concurrency=4, cap=32, final=False) == 7
     assert next_call_size(1000, batch_size=None, concurrency=4, cap=32, final=False) == 32
     assert next_call_size(40, batch_size=None, concurrency=4, cap=32, final=True) == 10  # the tail, shared
+    assert next_call_size(12, batch_size=None, concurrency=4, cap=32, final=True) == 8  # but not below cap // 4
 
 
 def test_row_queue_keeps_override_groups_apart():
