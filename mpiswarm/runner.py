@@ -236,7 +236,7 @@ async def _serve(urls: list[str], config: RunConfig, piece: RankSlice, plan: Pla
     control = Control(_mpi.Mailbox(comm), rank, size, plan.n)
     control.pool = pool
     concurrency = config.client.calls_in_flight()
-    dynamic = config.schedule == "dynamic"
+    dynamic = config.schedule == "dynamic" and size > 1  # one rank has nobody to balance with
     cap = call_cap(config.max_num_seqs, concurrency) if dynamic else None
     # chat: one prompt a call, so the calls in flight are prompts in flight
     batch_size = 1 if config.client.api == "chat" else config.client.batch_size
@@ -318,9 +318,10 @@ def run(config: RunConfig, comm=None) -> int:
         if plan.n_finished:
             todo = np.setdiff1d(todo, finished.index, assume_unique=True)
         initial = todo
-        if config.schedule == "dynamic":  # a first share now, the rest on request
+        if config.schedule == "dynamic" and size > 1:  # a first share now, the rest on request
             concurrency = config.client.calls_in_flight()
-            limit = call_cap(config.max_num_seqs, concurrency) * (concurrency + 1)
+            call = config.client.batch_size or call_cap(config.max_num_seqs, concurrency)
+            limit = call * (concurrency + 1)  # the calls in flight and one more queued
             # Each rank starts with what keeps its engine full (a rank would fetch that much
             # before any rate is known anyway), or an 8th of its even share if that is more.
             per_rank = max(limit, guided_size(len(todo), size, factor=INITIAL_SHARE_FACTOR))
