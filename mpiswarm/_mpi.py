@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import socket
 import sys
+import time
 import traceback
 
 import numpy as np
 from mpi4py import MPI
 
 ROOT = 0
+ABORT_GRACE_S = 0.2
 
 
 def world(comm=None):
@@ -112,9 +114,15 @@ def abort(message: str, code: int = 1, comm=None) -> None:
 
 
 def abort_on_exception(exc: BaseException, comm=None) -> None:
-    """The abort guard's action: traceback, then one line naming rank, host and cause."""
-    traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
-    abort(f"aborting the job: {type(exc).__name__}: {exc}", code=1, comm=comm)
+    """The abort guard's action: one line naming rank, host and cause, then the traceback —
+    written at once, since the launcher may stop forwarding output as soon as the job aborts."""
+    comm = world(comm)
+    line = f"mpiswarm: rank {comm.Get_rank()} on {hostname()}: aborting the job: {type(exc).__name__}: {exc}\n"
+    trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    sys.stderr.write(line + trace + line)
+    sys.stderr.flush()
+    time.sleep(ABORT_GRACE_S)  # lets the launcher's proxy read the pipe before MPI_Abort tears it down
+    comm.Abort(1)
 
 
 def rank_and_size(comm=None) -> tuple[int, int]:

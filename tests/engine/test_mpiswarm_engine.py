@@ -346,7 +346,7 @@ def test_an_overlong_prompt_in_a_call_of_its_own_fails_alone(tmp_path: Path,
     out = tmp_path / "out.h5"
     res = run_mpiswarm(n_ranks, ["run", write_jsonl(tmp_path / "in.jsonl", rows), "-o", out,
                                  *endpoint_args(exact_endpoints), "--max-tokens", 8,
-                                 "--temperature", 0, "--batch-size", 1,
+                                 "--temperature", 0, "--batch-size", 1, "--schedule", "static",
                                  "--concurrency", CONCURRENCY], timeout=RUN_TIMEOUT)
     assert res.returncode == 3, res.stdout + res.stderr
 
