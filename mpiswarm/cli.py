@@ -11,9 +11,9 @@ import os
 import sys
 
 from . import __version__
+from .exitcodes import EXIT_USAGE
 from .inputs import InputError, validate_sampling
 
-EXIT_USAGE = 2
 API_KEY_VARIABLES = ("MPISWARM_API_KEY", "OPENAI_API_KEY")
 # Launchers' rank variables, read before MPI starts so only one rank prints usage errors.
 _RANK_VARIABLES = ("PMI_RANK", "PMIX_RANK", "PALS_RANKID", "OMPI_COMM_WORLD_RANK", "MPI_LOCALRANKID")

@@ -26,6 +26,7 @@ from .balance import Chunk, call_cap, guided_size
 from .control import Control, Pool, WorkSource
 from .dispatch import UNANSWERED_STOPPED, Dispatcher, EndpointPool
 from .endpoints import check_template, endpoint_from_hostfile, expand_endpoint, parse_hostfile
+from .exitcodes import EXIT_ENDPOINT_DOWN, EXIT_OK, EXIT_PROMPTS_FAILED, EXIT_RESUME
 from .gather import gather_in_rounds, gather_stats
 from .inputs import InputError, PromptSet, read_prompts
 from .metrics import engine_deltas
@@ -39,12 +40,6 @@ from .summary import Tally, format_summary
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:8000/v1"
 
-# Exit codes (documented in the README).
-EXIT_OK = 0  # every prompt answered
-EXIT_USAGE = 2  # usage or input error: nothing sent, no output file
-EXIT_PROMPTS_FAILED = 3  # finished; some prompts failed, each with its error
-EXIT_ENDPOINT_DOWN = 4  # an endpoint never became healthy: nothing sent, no output file
-EXIT_RESUME = 75  # interrupted (signal, --time-limit, every endpoint down): run the same command to resume
 #: the dynamic schedule scatters 1/INITIAL_SHARE_FACTOR of the rows at once, the rest on request
 INITIAL_SHARE_FACTOR = 8
 #: rows rank 0 gathers and writes at a time (bounded memory for jobs of millions of rows)
@@ -72,6 +67,15 @@ class RunConfig:
     progress: str = "auto"  # bar, log, none; auto: a bar on a terminal, else a log line
     progress_interval: float | None = None
     quiet: bool = False
+
+    def balances(self, n_ranks: int) -> bool:
+        """Whether work moves between ranks (the dynamic schedule, with someone to move it to)."""
+        return self.schedule == "dynamic" and n_ranks > 1
+
+    def call_rows(self) -> int:
+        """Rows a call carries on the dynamic schedule: ``--batch-size``, else enough that the
+        calls in flight keep the engine full."""
+        return self.client.batch_size or call_cap(self.max_num_seqs, self.client.calls_in_flight())
 
     def answer_options(self) -> dict:
         """The options that change answers: a resume must use the same ones."""
@@ -236,8 +240,8 @@ async def _serve(urls: list[str], config: RunConfig, piece: RankSlice, plan: Pla
     control = Control(_mpi.Mailbox(comm), rank, size, plan.n)
     control.pool = pool
     concurrency = config.client.calls_in_flight()
-    dynamic = config.schedule == "dynamic" and size > 1  # one rank has nobody to balance with
-    cap = call_cap(config.max_num_seqs, concurrency) if dynamic else None
+    dynamic = config.balances(size)
+    cap = config.call_rows() if dynamic else None
     # chat: one prompt a call, so the calls in flight are prompts in flight
     batch_size = 1 if config.client.api == "chat" else config.client.batch_size
     source = WorkSource(batch_size=batch_size, concurrency=concurrency, cap=cap,
@@ -318,10 +322,9 @@ def run(config: RunConfig, comm=None) -> int:
         if plan.n_finished:
             todo = np.setdiff1d(todo, finished.index, assume_unique=True)
         initial = todo
-        if config.schedule == "dynamic" and size > 1:  # a first share now, the rest on request
+        if config.balances(size):  # a first share now, the rest on request
             concurrency = config.client.calls_in_flight()
-            call = config.client.batch_size or call_cap(config.max_num_seqs, concurrency)
-            limit = call * (concurrency + 1)  # the calls in flight and one more queued
+            limit = config.call_rows() * (concurrency + 1)  # the calls in flight and one more queued
             # Each rank starts with what keeps its engine full (a rank would fetch that much
             # before any rate is known anyway), or an 8th of its even share if that is more.
             per_rank = max(limit, guided_size(len(todo), size, factor=INITIAL_SHARE_FACTOR))
