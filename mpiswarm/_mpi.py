@@ -159,3 +159,26 @@ class Mailbox:
         """Wait until every send has completed."""
         MPI.Request.Waitall([r for r, _ in self._sends])
         self._sends.clear()
+
+
+def allreduce_argmax(counts: np.ndarray, comm=None) -> np.ndarray:
+    """For each entry of ``counts`` (one array per rank, same length), the rank whose count is
+    largest — the lowest such rank on a tie (``MPI_MAXLOC``). Every rank gets the result."""
+    comm = world(comm)
+    pairs = np.empty(len(counts), dtype=[("count", np.int32), ("rank", np.int32)])
+    pairs["count"] = counts
+    pairs["rank"] = comm.Get_rank()
+    best = np.empty_like(pairs)
+    comm.Allreduce([pairs, MPI.TWOINT], [best, MPI.TWOINT], op=MPI.MAXLOC)
+    return best["rank"].astype(np.int64)
+
+
+def alltoall(per_rank: list, comm=None) -> list:
+    """Element r of ``per_rank`` to rank r; returns what every rank sent here, in rank order
+    (pickled: for the few values that cross ranks in a tree reduction)."""
+    return world(comm).alltoall(per_rank)
+
+
+def allreduce_any(flag: bool, comm=None) -> bool:
+    """Whether ``flag`` is true on any rank."""
+    return bool(world(comm).allreduce(bool(flag), op=MPI.LOR))

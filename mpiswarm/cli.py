@@ -45,6 +45,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _at_least_two(text: str) -> int:
+    value = int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be >= 2, got {value}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -100,6 +107,14 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                    "(exit 75: run again to resume); set it a few minutes under the walltime")
     f.add_argument("--restart", action="store_true",
                    help="discard an earlier interrupted attempt's checkpoints and start over")
+    r = p.add_argument_group("tree reduction (after the answers: combine them K at a time, level by level)")
+    r.add_argument("--reduce-prompt", default=None, metavar="TEMPLATE",
+                   help="supervisor prompt combining a group of answers: {responses} (the group's answers "
+                   "joined by --joiner), {level}, {group}; \\n in it is a newline")
+    r.add_argument("--fanin", type=_at_least_two, default=8, help="answers combined per group (default 8)")
+    r.add_argument("--joiner", default="\\n---\\n", help="between a group's answers (default '\\n---\\n')")
+    r.add_argument("--reduce-max-tokens", type=_positive_int, default=None,
+                   help="max_tokens of a combined answer (default: --max-tokens)")
     p.add_argument("--progress", choices=("auto", "bar", "log", "none"), default="auto",
                    help="live progress on rank 0: a bar on a terminal, else a log line (default auto)")
     p.add_argument("--progress-interval", type=_positive_float, default=None,
@@ -145,6 +160,18 @@ def config_from_args(args):
         )
     except ValueError as exc:
         raise InputError(f"command line: {exc}") from None
+    reduce = None
+    if args.reduce_prompt is not None:
+        from .reduce import ReduceOptions
+        from .template import unescape
+        from .tree import check_reduce_template
+
+        template = unescape(args.reduce_prompt)
+        try:
+            check_reduce_template(template)
+        except ValueError as exc:
+            raise InputError(f"command line: {exc}") from None
+        reduce = ReduceOptions(template, args.fanin, unescape(args.joiner), args.reduce_max_tokens)
     api_key = next((os.environ[v] for v in API_KEY_VARIABLES if os.environ.get(v)), "EMPTY")
     client = ClientOptions(
         model=args.model, api=args.api, api_key=api_key, batch_size=args.batch_size,
@@ -156,7 +183,7 @@ def config_from_args(args):
         health_timeout=args.health_timeout, min_endpoints=args.min_endpoints, time_limit=args.time_limit,
         restart=args.restart,
         retry=RetryPolicy(max_attempts=args.max_attempts), schedule=args.schedule, max_num_seqs=args.max_num_seqs,
-        progress=args.progress, progress_interval=args.progress_interval, quiet=args.quiet,
+        progress=args.progress, progress_interval=args.progress_interval, quiet=args.quiet, reduce=reduce,
     )
 
 

@@ -172,6 +172,7 @@ class EndpointClient:
         self.options = options
         self._http: httpx.AsyncClient | None = None
         self._openai: openai.AsyncOpenAI | None = None
+        self._no_tokenize = False
 
     async def __aenter__(self) -> "EndpointClient":
         slots = self.options.calls_in_flight() + 4
@@ -241,6 +242,25 @@ class EndpointClient:
         except httpx.HTTPError:
             return None
         return parse_prometheus(resp.text) if resp.status_code == 200 else None
+
+    async def count_tokens(self, text: str) -> int | None:
+        """``text``'s length in the endpoint's own tokens, from its ``/tokenize`` (vLLM:
+        ``{"prompt"}`` → ``count``; llama.cpp: ``{"content"}`` → ``tokens``); None when the
+        endpoint has no tokenizer route (then it is not asked again)."""
+        if self._no_tokenize:
+            return None
+        body = {"model": self.options.model, "prompt": text, "content": text}
+        try:
+            resp = await self._http.post(server_root(self.base_url) + "/tokenize", json=body, timeout=30.0)
+            data = resp.json() if resp.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            data = None
+        if isinstance(data, dict) and isinstance(data.get("count"), int):
+            return data["count"]
+        if isinstance(data, dict) and isinstance(data.get("tokens"), list):
+            return len(data["tokens"])
+        self._no_tokenize = True
+        return None
 
     # -- calls --------------------------------------------------------------------------
     async def is_down(self) -> bool:

@@ -32,11 +32,12 @@ from .inputs import InputError, PromptSet, read_prompts
 from .metrics import engine_deltas
 from .partition import contiguous_bounds
 from .records import RankStats, ResultColumns
+from .reduce import Combiner, Items, ReduceOptions, reduce_tree
 from .retry import RetryPolicy
 from .scatter import RankSlice, scatter_rows
 from .store import create_result_file
 from .progress import ProgressPrinter
-from .summary import Tally, format_summary
+from .summary import Tally, format_reduction, format_summary
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:8000/v1"
 
@@ -67,6 +68,7 @@ class RunConfig:
     progress: str = "auto"  # bar, log, none; auto: a bar on a terminal, else a log line
     progress_interval: float | None = None
     quiet: bool = False
+    reduce: ReduceOptions | None = None  # a tree reduction of the answers after the map phase
 
     def balances(self, n_ranks: int) -> bool:
         """Whether work moves between ranks (the dynamic schedule, with someone to move it to)."""
@@ -100,6 +102,7 @@ class RunConfig:
             "schedule": self.schedule,
             "max_num_seqs": self.max_num_seqs,
             "retry": dataclasses.asdict(self.retry),
+            "reduce": self.reduce.as_dict() if self.reduce else None,
             "input": os.path.abspath(self.input),
         }
 
@@ -341,8 +344,9 @@ def run(config: RunConfig, comm=None) -> int:
                                   interval=config.progress_interval)
     shard = ShardWriter(shard_path(plan.run_dir, rank, plan.attempt))
     t0 = time.perf_counter()
+    urls = _ring([p[2] for p in reports], rank)
     try:
-        chunks, dead = asyncio.run(_serve(_ring([p[2] for p in reports], rank), config, piece, plan, stats,
+        chunks, dead = asyncio.run(_serve(urls, config, piece, plan, stats,
                                           shard, stop, pool, printer, comm, down_at_start))
     finally:
         shard.close()
@@ -371,17 +375,28 @@ def run(config: RunConfig, comm=None) -> int:
             write_s += time.perf_counter() - w0
             tally.add(part)
         stats.t_gather = time.perf_counter() - t0 - write_s
+        reduction, reduce_s = None, 0.0
+        if config.reduce is not None and _mpi.bcast(root and tally.open == 0 and tally.rows == plan.n_rows, comm):
+            r0 = time.perf_counter()
+            mine = ResultColumns.concat([finished, results]) if root and len(finished) else results
+            combiner = Combiner(urls, config, stats, dead, stop)
+            reduction = reduce_tree(Items.from_results(mine), plan.n_rows * plan.n, combiner, comm)
+            reduce_s = time.perf_counter() - r0
+            if root:
+                out.write_reduce(reduction)
         stats.cpu_s = time.process_time()
         stats.max_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
         all_stats = gather_stats(stats, comm)
         stop_reasons = _mpi.gather(stop.reason, comm)
         code = None
         if root:
-            complete = tally.open == 0 and tally.rows == plan.n_rows
+            complete = tally.open == 0 and tally.rows == plan.n_rows and (reduction is None or reduction.complete)
             out.write_ranks(all_stats)
             phase("gather")
             times["write"] = write_s
-            times["gather"] -= write_s
+            times["gather"] -= write_s + reduce_s
+            if reduction is not None:
+                times["reduce"] = reduce_s
             times["total"] = _mpi.wtime() - t_start
             out.set_attrs({
                 "model": config.client.model,
@@ -396,10 +411,13 @@ def run(config: RunConfig, comm=None) -> int:
     if root:
         if complete:
             remove_run_dir(plan.run_dir)
-            code = EXIT_OK if tally.ok == tally.rows else EXIT_PROMPTS_FAILED
+            all_ok = tally.ok == tally.rows and (reduction is None or reduction.final_ok)
+            code = EXIT_OK if all_ok else EXIT_PROMPTS_FAILED
         else:
             code = EXIT_RESUME
         why = next((r for r in stop_reasons if r), None)
         _say(config, format_summary(tally, all_stats, times, os.path.abspath(config.output),
                                     resumed=plan.n_finished, stopped=why))
+        if reduction is not None:
+            _say(config, format_reduction(reduction))
     return _mpi.bcast(code, comm)

@@ -101,6 +101,35 @@ class ResultWriter:
             else:
                 group.create_dataset(f.name, data=np.asarray(values))
 
+    def write_reduce(self, reduction) -> None:
+        """Group ``reduce``: one group ``level_L`` per level (row g = group g: ``text``, ``ok``,
+        ``error``, ``finish_reason``, the supervisor ``prompt`` as sent, ``rank`` that combined it, ``first_input`` and
+        ``n_inputs`` in the level below, ``n_left_out`` failed inputs, ``shortened``,
+        ``latency_s``) and the scalar string ``final``; the options and shape as attributes."""
+        group = self.file.create_group("reduce")
+        for level in reduction.levels:
+            res = level.results
+            g = group.create_group(f"level_{level.level}")
+            g.create_dataset("text", data=_strings(res.completion), dtype=STR)
+            g.create_dataset("prompt", data=_strings(level.prompt), dtype=STR)
+            g.create_dataset("ok", data=res.ok)
+            g.create_dataset("error", data=_strings(res.error), dtype=STR)
+            g.create_dataset("finish_reason", data=_strings(res.finish_reason), dtype=STR)
+            g.create_dataset("rank", data=res.rank)
+            g.create_dataset("first_input", data=level.first_input)
+            g.create_dataset("n_inputs", data=level.n_inputs)
+            g.create_dataset("n_left_out", data=level.n_left_out)
+            g.create_dataset("shortened", data=level.shortened)
+            g.create_dataset("latency_s", data=res.latency_s)
+        final = group.create_dataset("final", data=reduction.final, dtype=STR)
+        final.attrs["ok"] = reduction.final_ok
+        final.attrs["error"] = reduction.final_error
+        options = reduction.options.as_dict()
+        options["max_tokens"] = options["max_tokens"] or -1  # -1: the map phase's --max-tokens
+        for key, value in {**options, "n_answers": reduction.n_answers, "complete": reduction.complete,
+                           "level_sizes": json.dumps(reduction.sizes())}.items():
+            group.attrs[key] = value
+
     def set_attrs(self, attrs: dict) -> None:
         """Root attributes; dicts and lists are stored as JSON."""
         for key, value in attrs.items():

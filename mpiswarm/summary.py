@@ -5,7 +5,7 @@ from collections import Counter
 
 from .records import RankStats, ResultColumns
 
-PHASES = ("read", "health", "scatter", "requests", "gather", "write", "total")
+PHASES = ("read", "health", "scatter", "requests", "gather", "write", "reduce", "total")
 
 
 class Tally:
@@ -50,4 +50,23 @@ def format_summary(tally: Tally, stats: list[RankStats], times: dict, output: st
         lines.append(f"  stopped   {stopped or 'every endpoint is down'}: {n_open} prompts not answered; "
                      "run the same command again to resume")
     lines.append(f"  output    {output}")
+    return "\n".join(lines)
+
+
+def format_reduction(reduction) -> str:
+    """The tree reduction's shape, what it left out, and the final answer (a
+    :class:`~mpiswarm.reduce.Reduction`)."""
+    sizes = reduction.sizes()
+    failed = sum(int((~lv.results.ok).sum()) for lv in reduction.levels)
+    shortened = sum(int(lv.shortened.sum()) for lv in reduction.levels)
+    shape = " -> ".join(str(k) for k in [reduction.n_answers, *sizes]) if sizes else "nothing to combine"
+    lines = [f"mpiswarm: reduce {shape} (fan-in {reduction.options.fanin}); "
+             f"{reduction.n_left_out()} failed inputs left out, {failed} groups failed, {shortened} shortened"]
+    if not reduction.complete:
+        lines.append("  stopped before the last level: run the same command again to finish it")
+    elif reduction.final_ok:
+        lines.append("final answer:")
+        lines.append(reduction.final)
+    else:
+        lines.append(f"  no final answer: {reduction.final_error}")
     return "\n".join(lines)

@@ -45,3 +45,13 @@ def check(template: str, allowed: tuple[str, ...], what: str, required: tuple[st
     missing = [n for n in required if n not in names]
     if missing:
         raise ValueError(f"{what}: must contain {{{missing[0]}}}")
+
+
+_ESCAPES = {"\\n": "\n", "\\t": "\t", "\\\\": "\\"}
+_ESCAPE = re.compile(r"\\[nt\\]")
+
+
+def unescape(text: str) -> str:
+    """``\\n``, ``\\t`` and ``\\\\`` typed on a command line, as the characters they name (a
+    shell passes ``'a\\nb'`` as backslash-n); every other character is kept."""
+    return _ESCAPE.sub(lambda m: _ESCAPES[m.group(0)], text)

@@ -421,6 +421,7 @@ class Endpoint:
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/chat/completions", self.chat_completions)
         app.router.add_get("/v1/models", self.models)
+        app.router.add_post("/tokenize", self.tokenize)
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics_page)
         app.on_startup.append(self._on_startup)
@@ -464,6 +465,21 @@ class Endpoint:
                 "owned_by": "mpiswarm-sim", "root": self.config.model, "parent": None,
                 "max_model_len": self.config.max_model_len}
         return web.json_response({"object": "list", "data": [card]}, dumps=_dumps)
+
+    async def tokenize(self, request: web.Request) -> web.Response:
+        """``POST /tokenize`` (vLLM's): ``{"prompt": text}`` → its ``count`` in the simulator's
+        tokens (4 UTF-8 bytes each) and the token ids (the bytes, 4 at a time)."""
+        try:
+            body = await request.json()
+        except ValueError:
+            return error_response(400, "body is not JSON")
+        text = body.get("prompt") if isinstance(body, dict) else None
+        if not isinstance(text, str):
+            return error_response(400, "'prompt' must be a string")
+        data = text.encode("utf-8", "surrogatepass")
+        tokens = [int.from_bytes(data[i:i + 4], "little") for i in range(0, len(data), 4)] or [0]
+        return web.json_response({"count": count_tokens(text), "max_model_len": self.config.max_model_len,
+                                  "tokens": tokens}, dumps=_dumps)
 
     async def metrics_page(self, request: web.Request) -> web.Response:
         """``GET /metrics`` in Prometheus text format."""
