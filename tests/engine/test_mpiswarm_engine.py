@@ -402,25 +402,29 @@ def test_an_overlong_prompt_inside_a_list_fails_only_itself(tmp_path: Path,
 # --------------------------------------------------------------------------- 5. tree reduction
 
 
-def read_reduce_group(path: Path) -> dict[str, list[str]]:
-    """Group ``reduce`` of a result file: dataset name -> its strings (flattened)."""
+def read_reduce_group(path: Path) -> dict:
+    """Group ``reduce`` of a result file: ``level_L`` -> {dataset: list}, ``final`` -> str."""
     with h5py.File(path, "r") as f:
         assert "reduce" in f, f"no group 'reduce' in {path}: {sorted(f)}"
-        return {name: np.asarray(ds.asstr()[()], dtype=object).reshape(-1).tolist()
-                for name, ds in f["reduce"].items()}
+        group = f["reduce"]
+        out = {"final": group["final"].asstr()[()], "final_ok": bool(group["final"].attrs["ok"])}
+        for name, level in group.items():
+            if isinstance(level, h5py.Group):
+                out[name] = {k: (ds.asstr()[()] if ds.dtype == object else ds[()]).tolist()
+                             for k, ds in level.items()}
+        return out
 
 
-@pytest.mark.xfail(reason="tree reduction not implemented yet, issue 5", strict=False)
 def test_tree_reduction_final_answer_is_the_same_at_2_and_4_ranks(tmp_path: Path,
                                                                   exact_endpoints) -> None:
     """``--reduce-prompt TEMPLATE --fanin K``: the answers are reduced K at a time, level
     by level, into group ``reduce`` (``level_1``, ``level_2``, … and ``final``).  The
     tree is grouped by input order, so with a deterministic engine it does not depend
-    on the number of ranks.  ``{responses}`` is where a group's answers go (the
-    placeholder of Aurora-Swarm's ``tree_reduce``, which mpiswarm follows)."""
+    on the number of ranks; each combined answer is what the server that made it
+    answers to the stored supervisor prompt alone."""
     n_rows, fanin, max_tokens = 48, 4, 8
     rows = make_rows(n_rows)
-    template = "Summarize these answers in one line:\n{responses}\nSummary:"
+    template = "Summarize these answers in one line:\\n{responses}\\nSummary:"
     reduced = {}
     for n_ranks in (2, 4):
         out = tmp_path / f"ranks-{n_ranks}" / "out.h5"
@@ -428,31 +432,26 @@ def test_tree_reduction_final_answer_is_the_same_at_2_and_4_ranks(tmp_path: Path
         res = run_mpiswarm(n_ranks, ["run", write_jsonl(out.parent / "in.jsonl", rows), "-o", out,
                                      *endpoint_args(exact_endpoints), "--max-tokens", max_tokens,
                                      "--temperature", 0, "--reduce-prompt", template,
-                                     "--fanin", fanin], timeout=RUN_TIMEOUT)
+                                     "--fanin", fanin, "--concurrency", CONCURRENCY], timeout=RUN_TIMEOUT)
         assert res.returncode == 0, res.stdout + res.stderr
 
         data = read_results(out)
         assert_rows_in_order(data, rows, out)
         assert data["ok"].all()
-        for i, row in enumerate(rows):  # the map phase: every row its server's own answer
-            single = alone(exact_endpoints[int(data["rank"][i])], row["prompt"],
-                           {"max_tokens": max_tokens, "temperature": 0, "n": 1})
-            assert [(data["completion"][i], data["finish_reason"][i])] == choices(single)
-
         group = read_reduce_group(out)
-        names = {name for name in group if re.fullmatch(r"level_\d+", name)}
-        levels = [f"level_{k}" for k in range(1, len(names) + 1)]
-        assert set(levels) == names, sorted(group)  # level_1, level_2, … with no gap
-        sizes, size = [], n_rows
-        while size > 1:  # 48 answers, fan-in 4: 12, 3, 1
-            size = math.ceil(size / fanin)
-            sizes.append(size)
-        stored = [len(group[name]) for name in levels]
-        assert stored in (sizes, sizes[:-1]), stored  # the last level may be 'final' alone
-        [final] = group["final"]
-        assert final.strip()
-        if stored == sizes:
-            assert group[levels[-1]] == [final]
-        assert all(text.strip() for name in levels for text in group[name])
-        reduced[n_ranks] = group
+        levels = sorted((k for k in group if re.fullmatch(r"level_\d+", k)), key=lambda k: int(k[6:]))
+        assert [len(group[k]["text"]) for k in levels] == [12, 3, 1]  # 48 answers, fan-in 4
+        answers = data["completion"].tolist()
+        first = group["level_1"]
+        for g in range(12):  # level 1 combines the map answers in input order
+            inputs = "\n---\n".join(answers[g * fanin:(g + 1) * fanin])
+            assert first["prompt"][g] == f"Summarize these answers in one line:\n{inputs}\nSummary:"
+        for name in levels:
+            level = group[name]
+            assert all(level["ok"]), level["error"]
+            for prompt, text, rank in zip(level["prompt"], level["text"], level["rank"]):
+                single = alone(exact_endpoints[rank], prompt, {"max_tokens": max_tokens, "temperature": 0, "n": 1})
+                assert text == choices(single)[0][0]
+        assert group["final_ok"] and group["final"] == group[levels[-1]]["text"][0]
+        reduced[n_ranks] = {k: group[k]["text"] for k in levels} | {"final": group["final"]}
     assert reduced[2] == reduced[4]
