@@ -107,6 +107,9 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                    "(exit 75: run again to resume); set it a few minutes under the walltime")
     f.add_argument("--restart", action="store_true",
                    help="discard an earlier interrupted attempt's checkpoints and start over")
+    p.add_argument("--repeat", type=_positive_int, default=None, metavar="K",
+                   help="broadcast ensemble: every prompt to every rank's endpoint K times, each with a seed "
+                   "of its own (--seed + rank * K + k); majority votes per prompt in group ensemble")
     r = p.add_argument_group("tree reduction (after the answers: combine them K at a time, level by level)")
     r.add_argument("--reduce-prompt", default=None, metavar="TEMPLATE",
                    help="supervisor prompt combining a group of answers: {responses} (the group's answers "
@@ -184,6 +187,7 @@ def config_from_args(args):
         restart=args.restart,
         retry=RetryPolicy(max_attempts=args.max_attempts), schedule=args.schedule, max_num_seqs=args.max_num_seqs,
         progress=args.progress, progress_interval=args.progress_interval, quiet=args.quiet, reduce=reduce,
+        repeat=args.repeat,
     )
 
 

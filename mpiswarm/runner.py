@@ -25,6 +25,8 @@ from .client import ClientOptions, EndpointClient, EndpointUnavailable
 from .balance import Chunk, call_cap, guided_size
 from .control import Control, Pool, WorkSource
 from .dispatch import UNANSWERED_STOPPED, Dispatcher, EndpointPool
+from .aggregate import VoteCounter
+from .ensemble import EnsemblePlan, expand
 from .endpoints import check_template, endpoint_from_hostfile, expand_endpoint, parse_hostfile
 from .exitcodes import EXIT_ENDPOINT_DOWN, EXIT_OK, EXIT_PROMPTS_FAILED, EXIT_RESUME
 from .gather import gather_in_rounds, gather_stats
@@ -37,7 +39,7 @@ from .retry import RetryPolicy
 from .scatter import RankSlice, scatter_rows
 from .store import create_result_file
 from .progress import ProgressPrinter
-from .summary import Tally, format_reduction, format_summary
+from .summary import Tally, format_reduction, format_summary, format_votes
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:8000/v1"
 
@@ -69,10 +71,11 @@ class RunConfig:
     progress_interval: float | None = None
     quiet: bool = False
     reduce: ReduceOptions | None = None  # a tree reduction of the answers after the map phase
+    repeat: int | None = None  # a broadcast ensemble: every prompt to every endpoint this many times
 
     def balances(self, n_ranks: int) -> bool:
         """Whether work moves between ranks (the dynamic schedule, with someone to move it to)."""
-        return self.schedule == "dynamic" and n_ranks > 1
+        return self.schedule == "dynamic" and n_ranks > 1 and not self.repeat  # an ensemble's rows are pinned
 
     def call_rows(self) -> int:
         """Rows a call carries on the dynamic schedule: ``--batch-size``, else enough that the
@@ -81,7 +84,8 @@ class RunConfig:
 
     def answer_options(self) -> dict:
         """The options that change answers: a resume must use the same ones."""
-        return {"model": self.client.model, "api": self.client.api, "sampling": self.sampling}
+        return {"model": self.client.model, "api": self.client.api, "sampling": self.sampling,
+                "repeat": self.repeat}
 
     def params(self) -> dict:
         """The run's options as stored in the file's ``params`` attribute (no secrets)."""
@@ -103,6 +107,7 @@ class RunConfig:
             "max_num_seqs": self.max_num_seqs,
             "retry": dataclasses.asdict(self.retry),
             "reduce": self.reduce.as_dict() if self.reduce else None,
+            "repeat": self.repeat,
             "input": os.path.abspath(self.input),
         }
 
@@ -137,12 +142,14 @@ class Plan:
     n_finished: int  # rows finished by earlier attempts
 
 
-def _prepare_on_root(config: RunConfig, comm) -> tuple[Plan, PromptSet | None, ResultColumns | None]:
+def _prepare_on_root(config: RunConfig, comm) -> tuple[Plan, PromptSet | None, ResultColumns | None,
+                                                      EnsemblePlan | None]:
     """Root reads and validates everything and opens the run directory; every rank learns the
-    plan. Returns ``(plan, prompt_set, finished)``, the last two on the root only.
-    Raises :class:`InputError` on every rank when the input is bad.
+    plan. Returns ``(plan, prompt_set, finished, ensemble)``, the last three on the root only
+    (``ensemble`` None unless ``repeat``). Raises :class:`InputError` on every rank when the
+    input is bad.
     """
-    plan = prompt_set = finished = None
+    plan = prompt_set = finished = ensemble = None
     error = None
     if _mpi.rank_and_size(comm)[0] == _mpi.ROOT:
         try:
@@ -151,6 +158,9 @@ def _prepare_on_root(config: RunConfig, comm) -> tuple[Plan, PromptSet | None, R
                 check_template(config.endpoint)
             _check_output(config)
             prompt_set = read_prompts(config.input)
+            if config.repeat:
+                prompt_set, ensemble = expand(prompt_set, _mpi.rank_and_size(comm)[1], config.repeat,
+                                              config.sampling.get("seed") or 0)
             n = max([config.sampling.get("n", 1)] + [json.loads(k).get("n", 1) for k in set(prompt_set.overrides) if k])
             options = config.answer_options()
             manifest = Manifest(input=os.path.abspath(config.input), input_sha256=prompt_set.sha256,
@@ -163,7 +173,7 @@ def _prepare_on_root(config: RunConfig, comm) -> tuple[Plan, PromptSet | None, R
     error, plan = _mpi.bcast((error, plan), comm)
     if error:
         raise InputError(error)
-    return plan, prompt_set, finished
+    return plan, prompt_set, finished, ensemble
 
 
 def _endpoint_url(config: RunConfig, entries, comm) -> str:
@@ -274,6 +284,13 @@ async def _serve(urls: list[str], config: RunConfig, piece: RankSlice, plan: Pla
     return source.chunks, endpoints.dead
 
 
+def _count_votes(votes: VoteCounter | None, ensemble: EnsemblePlan | None, part: ResultColumns) -> None:
+    """Add a block of an ensemble's rows (every choice a vote) to the votes per prompt."""
+    if votes is not None and len(part):
+        sources = np.repeat(ensemble.source_row()[part.index], part.n)
+        votes.add(sources.tolist(), part.completion, np.repeat(part.ok, part.n).tolist())
+
+
 def _ring(urls: list[str], rank: int) -> list[str]:
     """Every rank's endpoint, starting with this rank's own: its failover order."""
     return urls[rank:] + urls[:rank]
@@ -298,7 +315,7 @@ def run(config: RunConfig, comm=None) -> int:
         times[name] = now - t
         t = now
 
-    plan, prompt_set, finished = _prepare_on_root(config, comm)
+    plan, prompt_set, finished, ensemble = _prepare_on_root(config, comm)
     phase("read")
 
     url = _endpoint_url(config, plan.entries, comm)
@@ -319,7 +336,7 @@ def run(config: RunConfig, comm=None) -> int:
     phase("health")
     stats.t_health = times["health"]
 
-    todo = initial = pool = None
+    todo = initial = pool = counts = None
     if root:
         todo = np.arange(plan.n_rows, dtype=np.int64)
         if plan.n_finished:
@@ -334,7 +351,9 @@ def run(config: RunConfig, comm=None) -> int:
             initial = todo[: per_rank * size]
             pool = Pool(prompt_set, todo[len(initial):], size, minimum=concurrency, limit=limit,
                         handed=np.diff(contiguous_bounds(len(initial), size)))
-    piece = scatter_rows(prompt_set, initial, comm=comm)
+        elif ensemble is not None:  # each rank its own rows
+            initial, counts = ensemble.rank_order(todo)
+    piece = scatter_rows(prompt_set, initial, comm=comm, counts=counts)
     phase("scatter")
     stats.t_scatter = times["scatter"]
 
@@ -364,16 +383,21 @@ def run(config: RunConfig, comm=None) -> int:
     # Gather and write in rounds: rank 0 never holds more than GATHER_ROWS_PER_ROUND new rows.
     t0 = time.perf_counter()
     tally = Tally()
+    votes = VoteCounter(ensemble.n_prompts) if ensemble is not None else None
     write_s = 0.0
     with create_result_file(config.output, plan.n_rows, plan.n) if root else nullcontext() as out:
         for part in [finished] if root and len(finished) else []:
             out.write_rows(prompt_set.prompts, prompt_set.custom_ids, part)
             tally.add(part)
+            _count_votes(votes, ensemble, part)
         for part in gather_in_rounds(results, GATHER_ROWS_PER_ROUND, comm):
             w0 = time.perf_counter()
             out.write_rows(prompt_set.prompts, prompt_set.custom_ids, part)
             write_s += time.perf_counter() - w0
             tally.add(part)
+            _count_votes(votes, ensemble, part)
+        if votes is not None:
+            out.write_ensemble(ensemble, votes.votes())
         stats.t_gather = time.perf_counter() - t0 - write_s
         reduction, reduce_s = None, 0.0
         if config.reduce is not None and _mpi.bcast(root and tally.open == 0 and tally.rows == plan.n_rows, comm):
@@ -418,6 +442,8 @@ def run(config: RunConfig, comm=None) -> int:
         why = next((r for r in stop_reasons if r), None)
         _say(config, format_summary(tally, all_stats, times, os.path.abspath(config.output),
                                     resumed=plan.n_finished, stopped=why))
+        if votes is not None:
+            _say(config, format_votes(votes.votes(), ensemble))
         if reduction is not None:
             _say(config, format_reduction(reduction))
     return _mpi.bcast(code, comm)

@@ -31,11 +31,13 @@ def _scatter_strings(strings: list[str] | None, bounds: np.ndarray | None, comm)
     return unpack_strings(my_bytes, my_lengths)
 
 
-def scatter_rows(prompt_set: PromptSet | None, todo: np.ndarray | None = None, comm=None) -> RankSlice:
+def scatter_rows(prompt_set: PromptSet | None, todo: np.ndarray | None = None, comm=None,
+                 counts: np.ndarray | None = None) -> RankSlice:
     """Give each rank a contiguous slice of the rows ``todo`` (all rows when ``None``).
 
-    ``prompt_set`` and ``todo`` are given on the root (``None`` elsewhere). Slice sizes differ
-    by at most one row; per-row sampling overrides travel with their rows.
+    ``prompt_set``, ``todo`` and ``counts`` are given on the root (``None`` elsewhere). Slice
+    sizes differ by at most one row, unless ``counts`` gives each rank's; per-row sampling
+    overrides travel with their rows.
     """
     rank, size = _mpi.rank_and_size(comm)
     root = rank == _mpi.ROOT
@@ -49,7 +51,10 @@ def scatter_rows(prompt_set: PromptSet | None, todo: np.ndarray | None = None, c
             rows = todo.tolist()
             prompts = [prompt_set.prompts[i] for i in rows]
             overrides = [prompt_set.overrides[i] for i in rows]
-        bounds = contiguous_bounds(len(todo), size)
+        if counts is None:
+            bounds = contiguous_bounds(len(todo), size)
+        else:
+            bounds = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     has_overrides = _mpi.bcast(bool(root and any(overrides)), comm)
     index = _mpi.scatterv(todo, np.diff(bounds) if root else None, np.int64, comm)
     my_prompts = _scatter_strings(prompts, bounds, comm)

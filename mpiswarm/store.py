@@ -101,6 +101,23 @@ class ResultWriter:
             else:
                 group.create_dataset(f.name, data=np.asarray(values))
 
+    def write_ensemble(self, plan, votes) -> None:
+        """Group ``ensemble``: per row ``source_row`` (the input prompt), ``repeat`` and
+        ``seed`` (the row's ``rank`` is in the main table); per input prompt the majority
+        ``vote``, its ``vote_share`` of the valid answers, ``n_votes``, ``n_valid`` and
+        ``n_failed`` (an :class:`~mpiswarm.ensemble.EnsemblePlan` and its votes)."""
+        group = self.file.create_group("ensemble")
+        group.create_dataset("source_row", data=plan.source_row())
+        group.create_dataset("repeat", data=plan.repetition())
+        group.create_dataset("seed", data=plan.seed())
+        group.create_dataset("vote", data=_strings([v.answer for v in votes]), dtype=STR)
+        for dataset, attr in (("vote_share", "share"), ("n_votes", "votes"), ("n_valid", "n_valid"),
+                              ("n_failed", "n_failed")):
+            group.create_dataset(dataset, data=np.asarray([getattr(v, attr) for v in votes]))
+        group.attrs["repeat"] = plan.repeat
+        group.attrs["n_endpoints"] = plan.n_ranks
+        group.attrs["base_seed"] = plan.base_seed
+
     def write_reduce(self, reduction) -> None:
         """Group ``reduce``: one group ``level_L`` per level (row g = group g: ``text``, ``ok``,
         ``error``, ``finish_reason``, the supervisor ``prompt`` as sent, ``rank`` that combined it, ``first_input`` and

@@ -70,3 +70,14 @@ def format_reduction(reduction) -> str:
     else:
         lines.append(f"  no final answer: {reduction.final_error}")
     return "\n".join(lines)
+
+
+def format_votes(votes, ensemble, limit: int = 10) -> str:
+    """An ensemble's majority vote per prompt (the first ``limit`` prompts)."""
+    lines = [f"mpiswarm: ensemble of {ensemble.repeat} x {ensemble.n_ranks} endpoints per prompt; majority votes:"]
+    for p, vote in enumerate(votes[:limit]):
+        failed = f", {vote.n_failed} failed" if vote.n_failed else ""
+        lines.append(f"  prompt {p}: {vote.votes}/{vote.n_valid} ({vote.share:.0%}{failed}): {vote.answer!r}")
+    if len(votes) > limit:
+        lines.append(f"  … {len(votes) - limit} more in group ensemble of the output")
+    return "\n".join(lines)
