@@ -12,4 +12,25 @@ def read_results(path, as_frame=None):
     return _read(path, as_frame)
 
 
-__all__ = ["__version__", "read_results"]
+def scatter_gather(prompts, **kwargs):
+    """See :func:`mpiswarm.api.scatter_gather` (imported lazily: MPI starts on first use)."""
+    from .api import scatter_gather as _impl
+
+    return _impl(prompts, **kwargs)
+
+
+def broadcast(prompts, **kwargs):
+    """See :func:`mpiswarm.api.broadcast`."""
+    from .api import broadcast as _impl
+
+    return _impl(prompts, **kwargs)
+
+
+def tree_reduce(prompts, reduce_prompt, **kwargs):
+    """See :func:`mpiswarm.api.tree_reduce`."""
+    from .api import tree_reduce as _impl
+
+    return _impl(prompts, reduce_prompt, **kwargs)
+
+
+__all__ = ["__version__", "broadcast", "read_results", "scatter_gather", "tree_reduce"]

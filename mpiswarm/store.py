@@ -314,3 +314,34 @@ def prompt_fingerprint(path: str | os.PathLike, sample: int = 1024) -> str:
                 data = text.encode("utf-8")
                 digest.update(len(data).to_bytes(8, "little") + data)
         return digest.hexdigest()
+
+
+def read_records(path: str | os.PathLike) -> list[dict]:
+    """A result file as one dict a row, in input order: the row datasets (``completion`` and
+    ``finish_reason`` as lists when n > 1) and, for an ensemble, ``source_row``, ``repeat``
+    and ``seed``. Plain Python values."""
+    data = read_results(path)
+    columns = {name: data[name].tolist() for name in ROW_DATASETS if name in data}
+    with h5py.File(path, "r") as f:
+        if "ensemble" in f:
+            for name in ("source_row", "repeat", "seed"):
+                columns[name] = f["ensemble"][name][()].tolist()
+    n_rows = len(columns["prompt"])
+    return [{name: values[i] for name, values in columns.items()} for i in range(n_rows)]
+
+
+def read_reduction(path: str | os.PathLike) -> dict:
+    """Group ``reduce`` of a result file: ``{"final", "ok", "error", "complete", "levels":
+    [{dataset: list} for level 1, 2, …]}`` (:class:`ResultFileError` when it has none)."""
+    with open_result_file(path) as f:
+        if "reduce" not in f:
+            raise ResultFileError(f"{path}: holds no tree reduction (group 'reduce')")
+        group = f["reduce"]
+        levels = []
+        for k in range(1, len(json.loads(group.attrs["level_sizes"])) + 1):
+            level = group[f"level_{k}"]
+            levels.append({name: (ds.asstr()[()] if ds.dtype == object else ds[()]).tolist()
+                           for name, ds in level.items()})
+        final = group["final"]
+        return {"final": final.asstr()[()], "ok": bool(final.attrs["ok"]), "error": str(final.attrs["error"]),
+                "complete": bool(group.attrs["complete"]), "levels": levels}
