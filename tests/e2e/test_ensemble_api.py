@@ -97,3 +97,14 @@ def test_python_api_scatter_gather_broadcast_and_tree_reduce(tmp_path, sim4, n_r
     assert tree["ok"] and tree["final"] == tree["levels"][-1]["text"][0]
     assert "no_such_option" in got["bad"]
     assert list(tmp_path.iterdir()) == [out]  # the API's temporary directories are gone
+
+
+def test_the_readme_api_example_runs(tmp_path, sim4):
+    cmd = [find_mpiexec(), "-n", "2", sys.executable, str(HERE.parents[1] / "tools" / "api_example.py"),
+           "--base-port", str(sim4.ports[0])]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env(),
+                            cwd=tmp_path, start_new_session=True)
+    res = finish(proc, 120)
+    assert res.returncode == 0, res.stderr
+    assert "tree levels [2, 1]; final: " in res.stdout and "ensemble: " in res.stdout
+    assert list(tmp_path.iterdir()) == []
