@@ -108,3 +108,19 @@ def test_the_readme_api_example_runs(tmp_path, sim4):
     assert res.returncode == 0, res.stderr
     assert "tree levels [2, 1]; final: " in res.stdout and "ensemble: " in res.stdout
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_ensemble_reduced_with_the_same_tree(tmp_path, sim4):
+    """``--repeat`` with ``--reduce-prompt``: the ensemble's answers, in row order, are level 0."""
+    out = tmp_path / "ens.h5"
+    res = run_mpiswarm(2, ["run", write_jsonl(tmp_path / "in.jsonl", [{"prompt": "Say one word"}]), "-o", out,
+                           *endpoint_args(sim4), "--repeat", 4, "--max-tokens", 2, "--progress", "none",
+                           "--reduce-prompt", "Pick the best of:\\n{responses}", "--fanin", 4])
+    assert res.returncode == 0, res.stderr
+    data = read_results(out)
+    with h5py.File(out) as f:
+        prompts = [f["reduce/level_1/prompt"].asstr()[g] for g in range(2)]
+        assert f["reduce"].attrs["level_sizes"] == "[2, 1]"
+        assert f["reduce/level_1/rank"][()].tolist() == [0, 1]  # each rank combines its own answers
+    for g in range(2):
+        assert prompts[g] == "Pick the best of:\n" + "\n---\n".join(data["completion"][4 * g:4 * g + 4])
