@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     g("--model", default=d.model, help="served model name (default %(default)s)")
     g("--max-model-len", type=int, default=d.max_model_len, metavar="N",
       help="context length: prompt + max_tokens must fit (default %(default)s)")
+    g("--hide-max-model-len", dest="advertise_max_model_len", action="store_false",
+      help="list the model on /v1/models without its max_model_len (as some servers do)")
     g("--max-num-seqs", type=int, default=d.max_num_seqs, metavar="N",
       help="sequences batched at once; more wait (default %(default)s)")
     g = p.add_argument_group("time model").add_argument
@@ -92,6 +94,7 @@ def config_from_args(ns: argparse.Namespace) -> SimConfig:
     """The :class:`SimConfig` a parsed command line describes (``ValueError`` if invalid)."""
     return SimConfig(
         model=ns.model, max_model_len=ns.max_model_len, max_num_seqs=ns.max_num_seqs,
+        advertise_max_model_len=ns.advertise_max_model_len,
         prefill_tps=ns.prefill_tps, decode_step_s=ns.decode_step_s,
         decode_step_growth=ns.decode_step_growth, time_scale=ns.time_scale, speed=ns.speed,
         speeds=ns.speeds, shuffle_choices=ns.shuffle_choices, error_rate=ns.error_rate,

@@ -91,6 +91,7 @@ class SimConfig:
     slow_start: float = 0.0  # real seconds of 503 after listening starts
     jitter: float = 0.0  # real seconds, a random 0..jitter delay per call
     fault_endpoints: tuple[int, ...] | None = None  # endpoints faults apply to (None: all)
+    advertise_max_model_len: bool = True  # False: /v1/models cards without max_model_len
     reasoning: str = "none"  # chat answers of a reasoning model: none, split, only (see split_reasoning)
     reasoning_field: str = "reasoning_content"  # the message key: reasoning_content or reasoning
 

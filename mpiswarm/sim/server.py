@@ -463,8 +463,9 @@ class Endpoint:
         if self.faults.starting:
             return error_response(503, "The server is starting up.", "ServiceUnavailableError")
         card = {"id": self.config.model, "object": "model", "created": int(time.time()),
-                "owned_by": "mpiswarm-sim", "root": self.config.model, "parent": None,
-                "max_model_len": self.config.max_model_len}
+                "owned_by": "mpiswarm-sim", "root": self.config.model, "parent": None}
+        if self.config.advertise_max_model_len:
+            card["max_model_len"] = self.config.max_model_len
         return web.json_response({"object": "list", "data": [card]}, dumps=_dumps)
 
     async def tokenize(self, request: web.Request) -> web.Response:
