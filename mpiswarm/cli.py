@@ -185,7 +185,6 @@ def config_from_args(args):
     reduce = None
     if args.reduce_prompt is not None:
         from .reduce import ReduceOptions
-        from .template import unescape
         from .tree import check_reduce_template
 
         template = unescape(args.reduce_prompt)

@@ -222,6 +222,7 @@ def test_max_tokens_auto_without_max_model_len_exits_2(tmp_path, sim_factory):
 
 SCRIPT = textwrap.dedent("""
     import json, sys
+    import mpiswarm
     from mpiswarm.client import ClientOptions
     from mpiswarm.runner import RunConfig, run
 
@@ -233,6 +234,14 @@ SCRIPT = textwrap.dedent("""
                        max_tokens_auto=True, max_tokens_cap=spec["cap"])
     code = run(config)
     sys.stdout.write(f"exit {code}" + chr(10))
+    # the Python API on the same rows: scatter_gather builds the same RunConfig from keywords
+    rows = [json.loads(line) for line in open(spec["input"], encoding="utf-8") if line.strip()]
+    records = mpiswarm.scatter_gather(rows, model="sim-model", api=spec["api"], seed=5, hostfile=spec["hostfile"],
+                                      template=spec["template"], prompt_format=spec["prompt_format"],
+                                      max_tokens="auto", max_tokens_cap=spec["cap"], workdir=spec["workdir"])
+    if records is not None:
+        with open(spec["records"], "w", encoding="utf-8") as fh:
+            json.dump(records, fh)
     sys.exit(code)
 """)
 
@@ -249,7 +258,8 @@ def test_run_config_template_format_auto_and_reasoning(tmp_path, sim_factory, n_
     script.write_text(SCRIPT)
     out = tmp_path / "out.h5"
     spec = {"input": str(write_with_blank_lines(tmp_path / "in.jsonl", rows)), "output": str(out), "api": api,
-            "hostfile": str(hostfile), "template": TEMPLATE, "prompt_format": FORMAT, "cap": 24}
+            "hostfile": str(hostfile), "template": TEMPLATE, "prompt_format": FORMAT, "cap": 24,
+            "records": str(tmp_path / "records.json"), "workdir": str(tmp_path)}
     proc = subprocess.Popen([find_mpiexec(), "-n", str(n_ranks), sys.executable, str(script), json.dumps(spec)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env(),
                             start_new_session=True)
@@ -270,3 +280,42 @@ def test_run_config_template_format_auto_and_reasoning(tmp_path, sim_factory, n_
                 data["finish_reason"][i]) == (text, reason), f"row {i}"
     assert ("reasoning" in data) == (api == "chat")  # /v1/completions carries no reasoning
     assert data["attrs"]["params"]["template"] == TEMPLATE
+    records = json.loads((tmp_path / "records.json").read_text(encoding="utf-8"))
+    assert [r["prompt"] for r in records] == sent
+    assert [(r["completion"], r["finish_reason"], r["ok"]) for r in records] == list(
+        zip(data["completion"].tolist(), data["finish_reason"].tolist(), data["ok"].tolist()))
+
+
+def test_tree_reduction_sends_its_supervisor_prompts_in_the_prompt_format(tmp_path, sim_factory):
+    """--prompt-format applies to every prompt sent, the reduction's too; --max-tokens auto
+    sizes the map phase and the reduction uses the cap."""
+    from mpiswarm.tree import group_inputs, level_sizes, supervisor_prompt
+
+    from .test_reduce import read_reduce
+
+    sim = sim_factory("--count", 2, "--time-scale", 0, "--max-model-len", 400)
+    rows = gene_rows(12)
+    reduce_template = "Level {level}, group {group}: combine\n{responses}\nInto one:"
+    out = tmp_path / "out.h5"
+    res = run_mpiswarm(2, ["run", write_with_blank_lines(tmp_path / "in.jsonl", rows), "-o", out,
+                           *endpoint_args(sim), "--seed", 3, "--template", TEMPLATE, "--prompt-format", FORMAT_ARG,
+                           "--max-tokens", "auto", "--max-tokens-cap", 10, "--reduce-prompt", reduce_template,
+                           "--fanin", 4])
+    assert res.returncode == 0, res.stdout + res.stderr
+    data = read_results(out)
+    budget = TokenBudget(400, 10)
+    texts = []
+    for i, row in enumerate(rows):
+        max_tokens = row.get("max_tokens") or budget.for_prompt(data["prompt"][i])
+        texts.append(expected_completion(data["prompt"][i], seed=3, max_tokens=max_tokens)[0])
+    assert data["completion"].tolist() == texts
+    got = read_reduce(out)
+    for level, size in enumerate(level_sizes(len(texts), 4), 1):
+        prompts = [FORMAT.replace("{prompt}", supervisor_prompt(reduce_template,
+                                                                [texts[i] for i in group_inputs(g, 4, len(texts))],
+                                                                "\n---\n", level, g))
+                   for g in range(size)]
+        assert got[f"level_{level}"]["prompt"] == prompts, f"level {level}"
+        texts = [expected_completion(p, seed=3, max_tokens=10)[0] for p in prompts]  # the cap
+        assert got[f"level_{level}"]["text"] == texts, f"level {level}"
+    assert got["final"] == texts[0]

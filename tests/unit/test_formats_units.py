@@ -35,7 +35,7 @@ def test_compile_template_fills_like_render():
 
 
 def test_unescape_reads_what_a_shell_passes_literally():
-    assert unescape(r"<|user|>\n{prompt}\t\\n\r") == "<|user|>\n{prompt}\t\\n\r"
+    assert unescape(r"<|user|>\n{prompt}\t\\n") == "<|user|>\n{prompt}\t\\n"
     assert unescape(r"C:\path \alpha") == r"C:\path \alpha"  # other backslashes stay
     assert unescape("real\nnewline") == "real\nnewline"
 
