@@ -9,9 +9,10 @@ temporary directory under ``workdir`` — the current directory by default, whic
 must see — and removed).
 
 Any option of ``mpiswarm run`` is a keyword: sampling (``max_tokens``, ``temperature``,
-``top_p``, ``seed``, ``stop``, ``n``), client (``api``, ``batch_size``, ``concurrency``,
-``request_timeout``, ``api_key``) and run options (``schedule``, ``max_num_seqs``,
-``health_timeout``, ``hostfile``, ``time_limit``, …: the fields of
+``top_p``, ``seed``, ``stop``, ``n``; ``max_tokens="auto"`` as ``--max-tokens auto``), client
+(``api``, ``batch_size``, ``concurrency``, ``request_timeout``, ``api_key``) and run options
+(``schedule``, ``max_num_seqs``, ``health_timeout``, ``hostfile``, ``time_limit``,
+``template``, ``prompt_format``, ``max_tokens_cap``, …: the fields of
 :class:`~mpiswarm.runner.RunConfig`).
 """
 from __future__ import annotations
@@ -44,8 +45,12 @@ def build_config(input: str, output: str, *, model: str, endpoint: str = DEFAULT
                  **options) -> RunConfig:
     """A :class:`RunConfig` from keywords (see the module docstring); ValueError for a bad
     sampling value, TypeError for an unknown keyword."""
+    if options.get("max_tokens") == "auto":  # as on the command line: per prompt, what fits
+        del options["max_tokens"]
+        options["max_tokens_auto"] = True
     sampling = validate_sampling({k: options.pop(k) for k in list(options) if k in SAMPLING_KEYS})
-    sampling.setdefault("max_tokens", 256)
+    if not options.get("max_tokens_auto"):
+        sampling.setdefault("max_tokens", 256)
     client = ClientOptions(model=model, **{k: options.pop(k) for k in list(options) if k in _CLIENT_FIELDS})
     unknown = sorted(set(options) - _RUN_FIELDS)
     if unknown:

@@ -4,7 +4,8 @@
 a fingerprint of every option that changes answers) and one append-only shard per rank and
 attempt, ``rank00003-attempt002.shard``. Each finished call appends one record with its finished
 rows (answered, or failed for good): a small header, then the columns as raw arrays and the
-strings in the wire format of :mod:`mpiswarm.wire`, with a CRC-32. One ``write`` per record, so a
+strings in the wire format of :mod:`mpiswarm.wire` (and, when some row has one, the reasoning
+strings after them), with a CRC-32. One ``write`` per record, so a
 kill leaves at most one torn last record, which loading skips. The directory is removed once
 the final file is written. No MPI here.
 """
@@ -110,7 +111,7 @@ def encode_record(results: ResultColumns, rows: list[int]) -> bytes:
     flat = [r * n + j for r in rows for j in range(n)] if n > 1 else rows
     parts = [struct.pack("<QQ", len(rows), n)]
     parts += [np.ascontiguousarray(getattr(results, name)[rows], dtype=dtype).tobytes() for name, dtype in _NUMERIC]
-    for name in _STRINGS:
+    for name in _STRINGS + (("reasoning",) if results.reasoning is not None else ()):
         column = getattr(results, name)
         buffer, lengths = pack_strings([column[k] for k in (rows if name == "error" else flat)])
         parts += [struct.pack("<Q", len(buffer)), lengths.tobytes(), buffer.tobytes()]
@@ -134,7 +135,9 @@ def decode_records(data: bytes) -> list[dict]:
             width = np.dtype(dtype).itemsize * k
             record[name] = np.frombuffer(payload, dtype=dtype, count=k, offset=at)
             at += width
-        for name in _STRINGS:
+        for name in _STRINGS + ("reasoning",):
+            if name == "reasoning" and at == len(payload):  # written without reasoning
+                break
             count = k if name == "error" else k * n
             (nbytes,) = struct.unpack_from("<Q", payload, at)
             lengths = np.frombuffer(payload, dtype=np.int64, count=count, offset=at + 8)

@@ -12,7 +12,8 @@ import sys
 
 from . import __version__
 from .exitcodes import EXIT_USAGE
-from .inputs import InputError, validate_sampling
+from .inputs import InputError, check_prompt_options, validate_sampling
+from .template import unescape
 
 API_KEY_VARIABLES = ("MPISWARM_API_KEY", "OPENAI_API_KEY")
 # Launchers' rank variables, read before MPI starts so only one rank prints usage errors.
@@ -59,6 +60,11 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _max_tokens(text: str) -> int | str:
+    """``--max-tokens``: a positive integer, or ``auto``."""
+    return "auto" if text == "auto" else _positive_int(text)
+
+
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", help="prompts: .jsonl (plain or OpenAI Batch rows) or .txt (one a line)")
     p.add_argument("-o", "--output", required=True, help="the HDF5 result file to write")
@@ -77,12 +83,22 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="go on when at least this many endpoints are healthy at the start; ranks whose "
                    "endpoint is down use the others (default: every endpoint must be up)")
     s = p.add_argument_group("sampling (a JSONL row may override any of these for itself)")
-    s.add_argument("--max-tokens", type=_positive_int, default=256, help="default 256")
+    s.add_argument("--max-tokens", type=_max_tokens, default=256,
+                   help="default 256; auto: per prompt, what fits in the endpoints' max_model_len beside it")
+    s.add_argument("--max-tokens-cap", type=_positive_int, default=None,
+                   help="with --max-tokens auto: never more than this (default: whatever fits)")
     s.add_argument("--temperature", type=float, default=None)
     s.add_argument("--top-p", type=float, default=None)
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     s.add_argument("--n", type=_positive_int, default=1, help="completions per prompt (default 1)")
+    m = p.add_argument_group("prompts (\\n, \\t and \\\\ in these are newline, tab and backslash)")
+    m.add_argument("--template", default=None,
+                   help="map template: build each prompt from its JSONL row's fields, e.g. "
+                   "'Analyze gene {gene} in {organism}' (rows then need no prompt)")
+    m.add_argument("--prompt-format", default=None,
+                   help="chat format put around every prompt before it is sent, e.g. "
+                   "'<|user|>\\n{prompt}<|end|>\\n<|assistant|>\\n' (must contain {prompt})")
     t = p.add_argument_group("throughput")
     t.add_argument("--api", choices=("completions", "chat"), default="completions",
                    help="completions: batched /v1/completions lists (default); chat: one "
@@ -156,17 +172,19 @@ def config_from_args(args):
     from .retry import RetryPolicy
     from .runner import DEFAULT_ENDPOINT, RunConfig
 
+    auto = args.max_tokens == "auto"
+    if args.max_tokens_cap is not None and not auto:
+        raise InputError("command line: --max-tokens-cap needs --max-tokens auto")
     try:
         sampling = validate_sampling(
-            {"max_tokens": args.max_tokens, "temperature": args.temperature, "top_p": args.top_p,
-             "seed": args.seed, "stop": args.stop, "n": args.n}
+            {"max_tokens": None if auto else args.max_tokens, "temperature": args.temperature,
+             "top_p": args.top_p, "seed": args.seed, "stop": args.stop, "n": args.n}
         )
     except ValueError as exc:
         raise InputError(f"command line: {exc}") from None
     reduce = None
     if args.reduce_prompt is not None:
         from .reduce import ReduceOptions
-        from .template import unescape
         from .tree import check_reduce_template
 
         template = unescape(args.reduce_prompt)
@@ -175,6 +193,9 @@ def config_from_args(args):
         except ValueError as exc:
             raise InputError(f"command line: {exc}") from None
         reduce = ReduceOptions(template, args.fanin, unescape(args.joiner), args.reduce_max_tokens)
+    map_template = None if args.template is None else unescape(args.template)
+    prompt_format = None if args.prompt_format is None else unescape(args.prompt_format)
+    check_prompt_options(map_template, prompt_format)
     api_key = next((os.environ[v] for v in API_KEY_VARIABLES if os.environ.get(v)), "EMPTY")
     client = ClientOptions(
         model=args.model, api=args.api, api_key=api_key, batch_size=args.batch_size,
@@ -188,6 +209,7 @@ def config_from_args(args):
         retry=RetryPolicy(max_attempts=args.max_attempts), schedule=args.schedule, max_num_seqs=args.max_num_seqs,
         progress=args.progress, progress_interval=args.progress_interval, quiet=args.quiet, reduce=reduce,
         repeat=args.repeat,
+        template=map_template, prompt_format=prompt_format, max_tokens_auto=auto, max_tokens_cap=args.max_tokens_cap,
     )
 
 

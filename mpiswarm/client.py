@@ -137,15 +137,24 @@ def _place_contiguous(data: dict, rows: range, results: ResultColumns, latency_s
 
 
 def place_chat(data: dict, row: int, n: int, results: ResultColumns, latency_s: float) -> int:
-    """Put a ``/v1/chat/completions`` response's choices into ``results`` (one row)."""
+    """Put a ``/v1/chat/completions`` response's choices into ``results`` (one row).
+
+    A reasoning model's reasoning (``message.reasoning`` or ``reasoning_content``) goes to
+    ``results.reasoning``; an answer that is all reasoning (``content`` empty or null) is
+    answered, with an empty completion."""
     got = 0
     for choice in data["choices"]:
         j = choice.get("index", got)
         if not 0 <= j < n:
             raise ValueError(f"choice index {j} out of range for n={n}")
         message = choice.get("message") or {}
-        results.completion[row * results.n + j] = message.get("content") or ""
-        results.finish_reason[row * results.n + j] = choice.get("finish_reason") or ""
+        flat = row * results.n + j
+        results.completion[flat] = message.get("content") or ""
+        results.finish_reason[flat] = choice.get("finish_reason") or ""
+        # vLLM's reasoning parsers: 'reasoning' (vLLM >= 0.11), 'reasoning_content' before
+        thought = message.get("reasoning") or message.get("reasoning_content")
+        if thought:
+            results.set_reasoning(flat, thought)
         got += 1
     results.latency_s[row] = latency_s
     if got < n:

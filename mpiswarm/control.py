@@ -43,12 +43,15 @@ class WorkSource:
     """Where a rank's calls come from: its queue, refilled by ``fetch`` when it runs low.
 
     ``fetch`` is a coroutine returning the next :class:`Chunk` or None when no more work will
-    come. Without ``fetch`` the source is static: what was added is all there is.
+    come. Without ``fetch`` the source is static: what was added is all there is. ``prepare``,
+    if given, sees every chunk before its rows are planned into calls (``--max-tokens auto``
+    sets each row's ``max_tokens`` there).
     """
 
     def __init__(self, *, batch_size: int | None, concurrency: int, cap: int | None,
-                 fetch: Callable | None = None, low_water: int = 0):
+                 fetch: Callable | None = None, low_water: int = 0, prepare: Callable | None = None):
         self.queue = RowQueue()
+        self._prepare = prepare  # prepare(chunk) before its rows are planned into calls
         self.chunks: list[Chunk] = []
         self.batch_size = batch_size
         self.concurrency = concurrency
@@ -60,6 +63,8 @@ class WorkSource:
         self._pending: asyncio.Future | None = None
 
     def add(self, chunk: Chunk) -> None:
+        if self._prepare is not None:
+            self._prepare(chunk)
         self.chunks.append(chunk)
         self.queue.add(chunk)
 

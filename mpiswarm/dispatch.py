@@ -24,6 +24,7 @@ import numpy as np
 import openai
 
 from .balance import Chunk
+from .budget import NO_ROOM, TokenBudget
 from .client import ClientOptions, EndpointClient, describe_error, place_chat, place_completions
 from .records import RankStats, ResultColumns
 from .retry import CLIENT_ERROR, TRANSIENT, RetryPolicy, classify
@@ -71,8 +72,10 @@ class Dispatcher:
     each chunk's results; see the module docstring."""
 
     def __init__(self, pool: EndpointPool, stats: RankStats, *, policy: RetryPolicy | None = None,
-                 on_finished: Callable | None = None, sleep=asyncio.sleep, rng: random.Random | None = None):
+                 on_finished: Callable | None = None, sleep=asyncio.sleep, rng: random.Random | None = None,
+                 budget: TokenBudget | None = None):
         self.pool = pool
+        self.budget = budget  # --max-tokens auto: explains the rows it left no room
         self.stats = stats
         self.policy = policy or RetryPolicy()
         self.on_finished = on_finished or (lambda results, rows: None)
@@ -115,9 +118,18 @@ class Dispatcher:
         self.stats.prompt_tokens += usage.get("prompt_tokens") or 0
         self.stats.completion_tokens += usage.get("completion_tokens") or 0
 
+    def _no_room(self, chunk: Chunk, rows) -> None:
+        """Rows ``--max-tokens auto`` left no room for an answer: each fails alone, unsent."""
+        for row in rows:
+            chunk.results.fail([row], self.budget.no_room(chunk.prompts[row]), final=True)
+        self._finished(chunk.results, rows)
+
     async def send(self, chunk: Chunk, rows, params: dict) -> None:
         """Answer ``rows`` of ``chunk``, however many attempts and endpoints it takes."""
         results = chunk.results
+        if self.budget is not None and params.get("max_tokens") == NO_ROOM:
+            self._no_room(chunk, rows)
+            return
         attempt, first_try = 0, time.monotonic()
         while True:
             try:

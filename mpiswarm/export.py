@@ -3,7 +3,8 @@
 * ``jsonl`` — one object a row, in row order: ``custom_id``, ``prompt``, ``completion``
   (a list when the file holds several completions a prompt), ``finish_reason`` (likewise),
   ``ok``, ``error``, ``rank``, ``prompt_tokens``, ``completion_tokens`` (null where unknown),
-  ``latency_s`` (null where the row was never sent).
+  ``latency_s`` (null where the row was never sent); ``reasoning`` (shaped like ``completion``)
+  when the file has that dataset.
 * ``openai-batch`` — OpenAI Batch API *output* lines (the ``BatchRequestOutput`` objects of
   an output/error file): ``{"id": "batch_req_…", "custom_id", "response": {"status_code":
   200, "request_id", "body": <a completion object>}, "error": null}`` for answered rows.
@@ -76,9 +77,11 @@ def _selected(block: dict, rows: str):
 
 def jsonl_lines(block: dict, positions, n: int):
     c = block
+    reasoning = c.get("reasoning")
     for i in positions:
         completion = c["completion"][i]
         finish = c["finish_reason"][i]
+        extra = {} if reasoning is None else {"reasoning": reasoning[i].tolist() if n > 1 else reasoning[i]}
         yield _json_line({
             "custom_id": c["custom_id"][i],
             "prompt": c["prompt"][i],
@@ -90,6 +93,7 @@ def jsonl_lines(block: dict, positions, n: int):
             "prompt_tokens": _tokens(c["prompt_tokens"][i]),
             "completion_tokens": _tokens(c["completion_tokens"][i]),
             "latency_s": _seconds(c["latency_s"][i]),
+            **extra,
         })
 
 

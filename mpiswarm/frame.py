@@ -2,7 +2,8 @@
 
 One row per prompt, in input order (the index is the row number); one column per row
 dataset: ``custom_id``, ``prompt``, ``completion``, ``finish_reason``, ``ok``, ``error``,
-``rank``, ``prompt_tokens``, ``completion_tokens``, ``latency_s``. When the file holds
+``rank``, ``prompt_tokens``, ``completion_tokens``, ``latency_s`` (and ``reasoning`` when the
+file has it). When the file holds
 several completions a prompt (``--n`` > 1), ``completion`` and ``finish_reason`` hold one
 list a row. The file's root attributes (``params`` decoded) are in ``df.attrs["mpiswarm"]``
 and the per-rank table in ``df.attrs["ranks"]`` (column -> list), plain Python values only.
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from .store import ROW_DATASETS, read_results as read_dict
+from .store import OPTIONAL_ROW_DATASETS, ROW_DATASETS, read_results as read_dict
 
 
 def pandas_available() -> bool:
@@ -27,7 +28,7 @@ def to_frame(data: dict):
     import pandas as pd
 
     columns = {}
-    for name in ROW_DATASETS:
+    for name in ROW_DATASETS + OPTIONAL_ROW_DATASETS:
         if name in data:
             values = data[name]
             columns[name] = values.tolist() if values.ndim == 2 else values

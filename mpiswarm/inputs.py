@@ -11,6 +11,12 @@ Two formats, chosen by the file's suffix:
 Blank lines are skipped in both formats, so row *i* of the output is the *i*-th prompt.
 Everything is validated before anything is sent: the first problem raises
 :class:`InputError` whose message names the file and the line.
+
+A map template (``template='Analyze gene {gene} in {organism}'``) builds each row's prompt from
+the row's own fields (Aurora-Swarm's ``map_gather``); a row then needs no ``prompt`` (``{prompt}``
+is one field among the others), and a placeholder the row lacks is an error naming its line.
+A prompt format (``prompt_format='<|user|>\\n{prompt}<|end|>\\n<|assistant|>\\n'``) then wraps
+every prompt in a chat template on the client side. ``PromptSet.prompts`` are the prompts as sent.
 """
 from __future__ import annotations
 
@@ -19,6 +25,8 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
+
+from .template import check_prompt_format, compile_template, format_prompts
 
 #: Keys a row may set for itself; they override the command line's sampling options.
 SAMPLING_KEYS = ("max_tokens", "temperature", "top_p", "seed", "stop", "n")
@@ -103,8 +111,8 @@ def _decode(path: str, raw: bytes) -> str:
         raise InputError(f"{path}:{lineno}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
 
 
-def _parse_batch_row(obj: dict) -> tuple[object, dict]:
-    """An OpenAI Batch line: returns (prompt, body)."""
+def _parse_batch_row(obj: dict, need_prompt: bool = True) -> tuple[object, dict]:
+    """An OpenAI Batch line: returns (prompt, body); prompt None if it has none and need not."""
     method = obj.get("method", "POST")
     url = obj.get("url", "/v1/completions")
     if method != "POST":
@@ -114,12 +122,42 @@ def _parse_batch_row(obj: dict) -> tuple[object, dict]:
     body = obj["body"]
     if not isinstance(body, dict):
         raise ValueError("batch row 'body' must be a JSON object")
-    if "prompt" not in body:
+    if "prompt" not in body and need_prompt:
         raise ValueError("batch row 'body' has no 'prompt'")
-    return body["prompt"], body
+    return body.get("prompt"), body
 
 
-def _parse_jsonl(path: str, raw: bytes) -> PromptSet:
+def _template_value(value) -> str:
+    """A field that is not a string, as a map template shows it: its JSON text."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _filler(template: str | None):
+    """The map template as a function of a row's fields (None without a template)."""
+    if template is None:
+        return None
+    fill = compile_template(template, convert=_template_value)
+
+    def apply(values: dict) -> str:
+        try:
+            return fill(values)
+        except KeyError as exc:
+            raise ValueError(f"this row has no field {{{exc.args[0]}}} for the template") from None
+
+    return apply
+
+
+def _templated_row(obj: dict, cid, fill) -> tuple[str, dict]:
+    """(prompt built by ``fill``, where the sampling overrides are) of a row under a map
+    template: a plain row's fields, or a batch row's body and its ``custom_id``."""
+    if "body" in obj:
+        _, source = _parse_batch_row(obj, need_prompt=False)
+        values = source if cid is None else {**source, "custom_id": cid}
+        return fill(values), source
+    return fill(obj), obj
+
+
+def _parse_jsonl(path: str, raw: bytes, fill=None) -> PromptSet:
     prompts: list[str] = []
     overrides: list[str] = []
     explicit_ids: dict[str, int] = {}  # custom_id -> line
@@ -140,10 +178,12 @@ def _parse_jsonl(path: str, raw: bytes) -> PromptSet:
         over = ""
         n_keys = len(obj)
         cid = obj.get("custom_id")
-        plain = prompt is not None and (n_keys == 1 or (n_keys == 2 and cid is not None))
-        if not plain:  # batch rows, sampling overrides, extra fields, or an error
+        plain = prompt is not None and (n_keys == 1 or (n_keys == 2 and cid is not None)) and fill is None
+        if not plain:  # batch rows, sampling overrides, extra fields, a map template, or an error
             try:
-                if "body" in obj:
+                if fill is not None:
+                    prompt, source = _templated_row(obj, cid, fill)
+                elif "body" in obj:
                     prompt, source = _parse_batch_row(obj)
                 elif prompt is None:
                     raise ValueError("no 'prompt' field" if "prompt" not in obj else "'prompt' must be a string, got null")
@@ -152,7 +192,7 @@ def _parse_jsonl(path: str, raw: bytes) -> PromptSet:
                 over = _row_overrides(source)
             except ValueError as exc:
                 raise InputError(f"{path}:{lineno}: {exc}") from None
-            if source is obj and n_keys > 1 + (cid is not None):
+            if source is obj and n_keys > ("prompt" in obj) + (cid is not None):
                 if fields is None:
                     fields = [{} for _ in range(row)]
                 fields.append({k: v for k, v in obj.items() if k not in _RESERVED})
@@ -194,9 +234,15 @@ def _custom_ids(path: str, n_rows: int, id_rows: list[tuple[int, str]], explicit
     return ids
 
 
-def _parse_txt(path: str, raw: bytes) -> PromptSet:
+def _parse_txt(path: str, raw: bytes, fill=None) -> PromptSet:
     lines = _decode(path, raw).split("\n")
     prompts = [line.rstrip("\r") for line in lines if line and not line.isspace()]
+    if fill is not None:  # a line's one field is {prompt}
+        try:
+            prompts = [fill({"prompt": p}) for p in prompts]
+        except ValueError as exc:
+            lineno = next(i for i, line in enumerate(lines, 1) if line and not line.isspace())
+            raise InputError(f"{path}:{lineno}: {exc}") from None
     ids = [str(i) for i in range(len(prompts))]
     return PromptSet(path, prompts, ids, [""] * len(prompts))
 
@@ -216,11 +262,15 @@ def _check_encodable(ps: PromptSet) -> None:
                 ) from None
 
 
-def read_prompts(path: str | os.PathLike) -> PromptSet:
-    """Read and validate the prompt file at ``path`` (``.jsonl`` or ``.txt``).
+def read_prompts(path: str | os.PathLike, *, template: str | None = None,
+                 prompt_format: str | None = None) -> PromptSet:
+    """Read and validate the prompt file at ``path`` (``.jsonl`` or ``.txt``), building each
+    prompt from its row's fields with the map ``template`` if given, then putting it into the
+    chat ``prompt_format`` if given (see the module docstring).
 
-    Raises :class:`InputError` naming the file and line of the first problem.
+    Raises :class:`InputError` naming the file and line of the first problem (or the option).
     """
+    check_prompt_options(template, prompt_format)
     path = os.fspath(path)
     suffix = os.path.splitext(path)[1].lower()
     if suffix not in (".jsonl", ".txt"):
@@ -232,7 +282,29 @@ def read_prompts(path: str | os.PathLike) -> PromptSet:
         raise InputError(f"{path}: no such file") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror})") from None
-    ps = _parse_jsonl(path, raw) if suffix == ".jsonl" else _parse_txt(path, raw)
+    fill = _filler(template)
+    ps = _parse_jsonl(path, raw, fill) if suffix == ".jsonl" else _parse_txt(path, raw, fill)
+    ps.prompts = format_prompts(prompt_format, ps.prompts)
     _check_encodable(ps)
     ps.sha256 = hashlib.sha256(raw).hexdigest()
     return ps
+
+
+def check_prompt_options(template: str | None, prompt_format: str | None) -> None:
+    """Raise :class:`InputError` (one line naming the option) for a map template or a prompt
+    format that cannot be used: not valid Unicode, or a format without ``{prompt}`` or with
+    another placeholder."""
+    for option, text in (("--template", template), ("--prompt-format", prompt_format)):
+        if text is None:
+            continue
+        if not isinstance(text, str):
+            raise InputError(f"{option}: must be a string, got {type(text).__name__}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError(f"{option}: not valid UTF-8") from None
+    if prompt_format is not None:
+        try:
+            check_prompt_format(prompt_format)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None

@@ -29,6 +29,9 @@ class ResultColumns:
     prompt_tokens: np.ndarray  # int64, -1 where unknown
     completion_tokens: np.ndarray  # int64, -1 where unknown
     latency_s: np.ndarray  # float64: duration of the HTTP call that carried the row
+    #: a reasoning model's reasoning (chat ``reasoning``/``reasoning_content``), shaped like
+    #: ``completion``; None until some row has one, so runs without reasoning carry no column
+    reasoning: list[str] | None = None
 
     @classmethod
     def pending(cls, index: np.ndarray, n: int, rank: int) -> "ResultColumns":
@@ -62,7 +65,15 @@ class ResultColumns:
             for flat in range(row * n, row * n + n):
                 self.completion[flat] = ""
                 self.finish_reason[flat] = ""
+            if self.reasoning is not None:
+                self.reasoning[row * n : row * n + n] = [""] * n
         self.latency_s[list(rows)] = latency_s
+
+    def set_reasoning(self, flat: int, text: str) -> None:
+        """The reasoning of entry ``flat`` (``row * n + j``); the column appears on first use."""
+        if self.reasoning is None:
+            self.reasoning = [""] * len(self.completion)
+        self.reasoning[flat] = text
 
     def answered(self, rows) -> None:
         """Mark local ``rows`` answered (their texts are already in place)."""
@@ -75,10 +86,15 @@ class ResultColumns:
     def concat(cls, parts: list["ResultColumns"]) -> "ResultColumns":
         """Rows of every part, one after the other (parts share ``n``)."""
         n = parts[0].n
+        reasoning = None
+        if any(p.reasoning is not None for p in parts):
+            reasoning = list(chain.from_iterable(
+                [""] * len(p.completion) if p.reasoning is None else p.reasoning for p in parts))
         return cls(
             n=n,
             **{c: list(chain.from_iterable(getattr(p, c) for p in parts)) for c in STRING_COLUMNS},
             **{c: np.concatenate([getattr(p, c) for p in parts]) for c in NUMERIC_COLUMNS},
+            reasoning=reasoning,
         )
 
     def take(self, positions: np.ndarray) -> "ResultColumns":
@@ -93,6 +109,7 @@ class ResultColumns:
             finish_reason=[self.finish_reason[k] for k in flat],
             error=[self.error[k] for k in rows],
             **{c: np.asarray(getattr(self, c))[positions] for c in NUMERIC_COLUMNS},
+            reasoning=None if self.reasoning is None else [self.reasoning[k] for k in flat],
         )
 
     def in_index_order(self) -> "ResultColumns":

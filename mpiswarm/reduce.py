@@ -29,6 +29,7 @@ from .control import WorkSource
 from .dispatch import AllEndpointsDown, Dispatcher, EndpointPool
 from .gather import gather_results
 from .records import RankStats, ResultColumns
+from .template import format_prompt
 from .tree import DEFAULT_JOINER, group_inputs, level_sizes, shorten, supervisor_prompt
 
 NO_INPUT = "every input of this group failed"
@@ -110,7 +111,9 @@ class Combiner:
         self.dead = dead  # endpoints declared dead so far (url -> why), shared with the map phase
         self.stop = stop  # the run's StopRequest
         self.options: ReduceOptions = config.reduce
-        self.max_tokens = self.options.max_tokens or config.sampling.get("max_tokens", 256)
+        # under --max-tokens auto the map phase has no one value: the cap, else 256
+        self.max_tokens = (self.options.max_tokens or config.sampling.get("max_tokens")
+                           or config.max_tokens_cap or 256)
 
     def budget(self) -> int | None:
         """Prompt tokens a supervisor prompt may have (None: the context is unknown)."""
@@ -118,10 +121,14 @@ class Combiner:
             return None
         return self.stats.max_model_len - self.max_tokens - MARGIN_TOKENS
 
+    def _prompt(self, texts: list[str], level: int, group: int) -> str:
+        """The supervisor prompt as sent: the reduce template filled, in the --prompt-format."""
+        o = self.options
+        return format_prompt(self.config.prompt_format, supervisor_prompt(o.template, texts, o.joiner, level, group))
+
     async def _fit(self, client, texts: list[str], level: int, group: int, budget: int | None):
         """(prompt, shortened) or (None, why) when even the template alone does not fit."""
-        o = self.options
-        prompt = supervisor_prompt(o.template, texts, o.joiner, level, group)
+        prompt = self._prompt(texts, level, group)
         if budget is None or len(prompt.encode("utf-8")) <= budget:  # a token is at least a byte
             return prompt, False
 
@@ -132,14 +139,14 @@ class Combiner:
         used = await count(prompt)
         if used <= budget:
             return prompt, False
-        fixed = await count(supervisor_prompt(o.template, [""] * len(texts), o.joiner, level, group))
+        fixed = await count(self._prompt([""] * len(texts), level, group))
         room = budget - fixed - 16 * len(texts)  # each marker costs a few tokens
         if room <= 0:
             return None, f"the reduce prompt alone leaves no room for {len(texts)} inputs in max_model_len"
         chars = sum(len(t) for t in texts)
         target = int(room * chars / max(1, used - fixed))
         for _ in range(FIT_ROUNDS):
-            prompt = supervisor_prompt(o.template, shorten(texts, target), o.joiner, level, group)
+            prompt = self._prompt(shorten(texts, target), level, group)
             used = await count(prompt)
             if used <= budget:
                 return prompt, True

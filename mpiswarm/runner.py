@@ -23,6 +23,7 @@ from . import _mpi
 from .checkpoint import Manifest, ShardWriter, fingerprint, load_finished, open_run_dir, remove_run_dir, shard_path
 from .client import ClientOptions, EndpointClient, EndpointUnavailable
 from .balance import Chunk, call_cap, guided_size
+from .budget import TokenBudget
 from .control import Control, Pool, WorkSource
 from .dispatch import UNANSWERED_STOPPED, Dispatcher, EndpointPool
 from .aggregate import VoteCounter
@@ -72,6 +73,10 @@ class RunConfig:
     quiet: bool = False
     reduce: ReduceOptions | None = None  # a tree reduction of the answers after the map phase
     repeat: int | None = None  # a broadcast ensemble: every prompt to every endpoint this many times
+    template: str | None = None  # map template: each prompt built from its JSONL row's fields
+    prompt_format: str | None = None  # chat format around each prompt, e.g. '<|user|>\n{prompt}…'
+    max_tokens_auto: bool = False  # each prompt's max_tokens: what fits in max_model_len beside it
+    max_tokens_cap: int | None = None  # with max_tokens_auto: never more than this
 
     def balances(self, n_ranks: int) -> bool:
         """Whether work moves between ranks (the dynamic schedule, with someone to move it to)."""
@@ -85,7 +90,9 @@ class RunConfig:
     def answer_options(self) -> dict:
         """The options that change answers: a resume must use the same ones."""
         return {"model": self.client.model, "api": self.client.api, "sampling": self.sampling,
-                "repeat": self.repeat}
+                "repeat": self.repeat,
+                "template": self.template, "prompt_format": self.prompt_format,
+                "max_tokens_auto": self.max_tokens_auto, "max_tokens_cap": self.max_tokens_cap}
 
     def params(self) -> dict:
         """The run's options as stored in the file's ``params`` attribute (no secrets)."""
@@ -109,6 +116,10 @@ class RunConfig:
             "reduce": self.reduce.as_dict() if self.reduce else None,
             "repeat": self.repeat,
             "input": os.path.abspath(self.input),
+            "template": self.template,
+            "prompt_format": self.prompt_format,
+            "max_tokens_auto": self.max_tokens_auto,
+            "max_tokens_cap": self.max_tokens_cap,
         }
 
 
@@ -157,7 +168,7 @@ def _prepare_on_root(config: RunConfig, comm) -> tuple[Plan, PromptSet | None, R
             if not config.hostfile:
                 check_template(config.endpoint)
             _check_output(config)
-            prompt_set = read_prompts(config.input)
+            prompt_set = read_prompts(config.input, template=config.template, prompt_format=config.prompt_format)
             if config.repeat:
                 prompt_set, ensemble = expand(prompt_set, _mpi.rank_and_size(comm)[1], config.repeat,
                                               config.sampling.get("seed") or 0)
@@ -246,7 +257,7 @@ class StopRequest:
 
 async def _serve(urls: list[str], config: RunConfig, piece: RankSlice, plan: Plan, stats: RankStats,
                  shard: ShardWriter, stop: StopRequest, pool: Pool | None, printer: ProgressPrinter | None,
-                 comm, down_at_start: dict) -> tuple[list[Chunk], dict]:
+                 comm, down_at_start: dict, budget: TokenBudget | None = None) -> tuple[list[Chunk], dict]:
     """Send this rank's calls (and, on the root, serve the control plane).
     Returns the chunks this rank held, with their results, and the endpoints declared dead."""
     rank, size = _mpi.rank_and_size(comm)
@@ -258,13 +269,14 @@ async def _serve(urls: list[str], config: RunConfig, piece: RankSlice, plan: Pla
     # chat: one prompt a call, so the calls in flight are prompts in flight
     batch_size = 1 if config.client.api == "chat" else config.client.batch_size
     source = WorkSource(batch_size=batch_size, concurrency=concurrency, cap=cap,
-                        fetch=control.fetch if dynamic else None, low_water=cap or 0)
+                        fetch=control.fetch if dynamic else None, low_water=cap or 0,
+                        prepare=budget.apply if budget else None)
     source.add(Chunk.new(piece.index, piece.prompts, piece.overrides, plan.n, rank))
     event = stop.event()
     async with AsyncExitStack() as stack:
         endpoints = EndpointPool(urls, config.client, stack)
         endpoints.dead.update(down_at_start)
-        dispatcher = Dispatcher(endpoints, stats, policy=config.retry, on_finished=shard.append)
+        dispatcher = Dispatcher(endpoints, stats, policy=config.retry, on_finished=shard.append, budget=budget)
         control.progress = dispatcher.progress
         try:
             work = asyncio.ensure_future(dispatcher.run(source, config.sampling, event))
@@ -289,6 +301,24 @@ def _count_votes(votes: VoteCounter | None, ensemble: EnsemblePlan | None, part:
     if votes is not None and len(part):
         sources = np.repeat(ensemble.source_row()[part.index], part.n)
         votes.add(sources.tolist(), part.completion, np.repeat(part.ok, part.n).tolist())
+
+
+def _token_budget(config: RunConfig, reports: list, max_model_len: int, plan: Plan, comm) -> TokenBudget | None:
+    """``--max-tokens auto``: the budget for the smallest ``max_model_len`` the healthy
+    endpoints advertise (the same on every rank, whichever endpoint a row ends up on); None
+    otherwise. An endpoint that does not advertise one is an input error on every rank:
+    nothing has been sent."""
+    if not config.max_tokens_auto:
+        return None
+    lengths = _mpi.allgather(max_model_len, comm)
+    known = [(length, url) for length, (_, _, url, why) in zip(lengths, reports) if not why]
+    unknown = [url for length, url in known if length < 1]
+    if unknown:
+        if _mpi.rank_and_size(comm)[0] == _mpi.ROOT and plan.attempt == 0:
+            remove_run_dir(plan.run_dir)
+        raise InputError(f"--max-tokens auto: endpoint {unknown[0]} does not advertise max_model_len on "
+                         "/v1/models; give --max-tokens a number instead")
+    return TokenBudget(min(length for length, _ in known), config.max_tokens_cap)
 
 
 def _ring(urls: list[str], rank: int) -> list[str]:
@@ -333,6 +363,7 @@ def run(config: RunConfig, comm=None) -> int:
             remove_run_dir(plan.run_dir)
         return EXIT_ENDPOINT_DOWN
     down_at_start = {p[2]: f"not healthy at the start: {p[3]}" for p in problems}
+    budget = _token_budget(config, reports, stats.max_model_len, plan, comm)  # --max-tokens auto
     phase("health")
     stats.t_health = times["health"]
 
@@ -366,7 +397,7 @@ def run(config: RunConfig, comm=None) -> int:
     urls = _ring([p[2] for p in reports], rank)
     try:
         chunks, dead = asyncio.run(_serve(urls, config, piece, plan, stats,
-                                          shard, stop, pool, printer, comm, down_at_start))
+                                          shard, stop, pool, printer, comm, down_at_start, budget))
     finally:
         shard.close()
     results = ResultColumns.concat([c.results for c in chunks])

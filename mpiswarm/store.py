@@ -2,7 +2,8 @@
 
 Schema (row *i* = input prompt *i*): datasets ``prompt``, ``completion`` ((N,) or (N, n)),
 ``custom_id``, ``finish_reason`` (shaped like ``completion``), ``ok``, ``error``, ``rank``,
-``prompt_tokens``, ``completion_tokens``, ``latency_s``; group ``ranks`` with one dataset
+``prompt_tokens``, ``completion_tokens``, ``latency_s``; ``reasoning`` (shaped like
+``completion``, '' where none) only when some answer carried a reasoning model's reasoning; group ``ranks`` with one dataset
 per :class:`~mpiswarm.records.RankStats` field (row r = rank r); root attributes ``model``,
 ``n_ranks``, ``n_prompts``, ``n_ok``, ``complete``, ``mpiswarm_version``, ``params`` (JSON)
 and the wall-clock phase times ``time_<phase>_s``.
@@ -86,6 +87,10 @@ class ResultWriter:
         f["completion"][rows] = _strings(results.completion[a * n : b * n], shape)
         f["finish_reason"][rows] = _strings(results.finish_reason[a * n : b * n], shape)
         f["error"][rows] = _strings(results.error[a:b])
+        if results.reasoning is not None:
+            if "reasoning" not in f:  # created once some row has reasoning
+                f.create_dataset("reasoning", shape=f["completion"].shape, dtype=STR)
+            f["reasoning"][rows] = _strings(results.reasoning[a * n : b * n], shape)
         for name in ("ok", "rank", "prompt_tokens", "completion_tokens", "latency_s"):
             f[name][rows] = getattr(results, name)[a:b]
 
@@ -198,6 +203,8 @@ def read_results(path: str | os.PathLike) -> dict:
 #: Datasets holding one entry per row (``completion`` and ``finish_reason`` may be (N, n)).
 ROW_DATASETS = ("custom_id", "prompt", "completion", "finish_reason", "ok", "error", "rank",
                 "prompt_tokens", "completion_tokens", "latency_s")
+#: Row datasets a result file holds only sometimes (``reasoning``: shaped like ``completion``).
+OPTIONAL_ROW_DATASETS = ("reasoning",)
 #: The root attribute that marks a result file, and the datasets every result file holds.
 _MARK_ATTR = "mpiswarm_version"
 _REQUIRED = ("prompt", "completion", "custom_id", "ok", "error")
@@ -281,14 +288,17 @@ def read_info(path: str | os.PathLike) -> ResultInfo:
         return ResultInfo(
             path=os.fspath(path), attrs=attrs, ranks=ranks, n_rows=int(completion.shape[0]),
             n=int(completion.shape[1]) if completion.ndim == 2 else 1,
-            columns=tuple(name for name in ROW_DATASETS if isinstance(f.get(name), h5py.Dataset)),
+            columns=tuple(name for name in ROW_DATASETS + OPTIONAL_ROW_DATASETS
+                          if isinstance(f.get(name), h5py.Dataset)),
         )
 
 
-def iter_rows(path: str | os.PathLike, columns=ROW_DATASETS, chunk_rows: int = DEFAULT_CHUNK_ROWS):
+def iter_rows(path: str | os.PathLike, columns=ROW_DATASETS + OPTIONAL_ROW_DATASETS,
+              chunk_rows: int = DEFAULT_CHUNK_ROWS):
     """Yield ``(start, {column: array})`` for consecutive blocks of at most ``chunk_rows`` rows
-    (strings as ``str``), so a file of any size is read a block at a time. ``completion``
-    and ``finish_reason`` blocks are (k, n) when the file has several completions per row."""
+    (strings as ``str``), so a file of any size is read a block at a time; columns the file
+    lacks are left out. ``completion``, ``finish_reason`` and ``reasoning`` blocks are (k, n)
+    when the file has several completions per row."""
     if chunk_rows < 1:
         raise ValueError("chunk_rows must be >= 1")
     with open_result_file(path) as f:

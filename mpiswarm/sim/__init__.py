@@ -33,7 +33,9 @@ Answers depend only on ``(prompt, seed, j, max_tokens, stop)``: choice ``index``
 ``prompt_index * n + j``; a chat request's prompt is ``chat_prompt(messages)``;
 ``count_tokens(text)`` (``ceil(utf8_bytes / 4)``) is the prompt-token estimate, used for
 ``usage.prompt_tokens`` and the context check (any prompt with ``count_tokens(prompt) +
-max_tokens > max_model_len`` fails its whole list with vLLM's HTTP 400 body).
+max_tokens > max_model_len`` fails its whole list with vLLM's HTTP 400 body). With
+``--reasoning split|only`` a chat answer comes as a reasoning model's would, its text cut by
+``split_reasoning(text, mode)`` into ``reasoning_content`` (or ``reasoning``) and ``content``.
 
 ``/metrics`` counts one engine request per sequence (prompt x choice), as vLLM does, and
 adds ``mpiswarm_sim:http_requests_total`` (calls to the two completion routes).
@@ -49,6 +51,7 @@ from .model import (
     decode_step_seconds,
     expected_completion,
     prefill_seconds,
+    split_reasoning,
 )
 from .server import (
     LISTENING_PREFIX,
@@ -82,5 +85,6 @@ __all__ = [
     "find_free_port_block",
     "prefill_seconds",
     "run_in_thread",
+    "split_reasoning",
     "start_process",
 ]

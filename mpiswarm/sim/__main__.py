@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from ..atomic import write_text_atomically
 from .faults import FAULT_KINDS
-from .model import SimConfig
+from .model import REASONING_FIELDS, REASONING_MODES, SimConfig
 from .server import EXIT_ADDRESS_IN_USE, LISTENING_PREFIX, SimServer
 
 _DEFAULTS = SimConfig()
@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     g("--model", default=d.model, help="served model name (default %(default)s)")
     g("--max-model-len", type=int, default=d.max_model_len, metavar="N",
       help="context length: prompt + max_tokens must fit (default %(default)s)")
+    g("--hide-max-model-len", dest="advertise_max_model_len", action="store_false",
+      help="list the model on /v1/models without its max_model_len (as some servers do)")
     g("--max-num-seqs", type=int, default=d.max_num_seqs, metavar="N",
       help="sequences batched at once; more wait (default %(default)s)")
     g = p.add_argument_group("time model").add_argument
@@ -65,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     g("--speeds", type=_floats, metavar="LIST", help="per-endpoint speeds, e.g. 1,1,1,0.25")
     g("--shuffle-choices", action="store_true",
       help="return choices in random order (their indices stay right)")
+    g("--reasoning", choices=REASONING_MODES, default=d.reasoning,
+      help="chat answers of a reasoning model: split (first half of the words as reasoning, "
+           "the rest as content), only (all reasoning, content null); default %(default)s")
+    g("--reasoning-field", choices=REASONING_FIELDS, default=d.reasoning_field,
+      help="the message key of the reasoning (vLLM >= 0.11: reasoning; default %(default)s)")
     g = p.add_argument_group("faults (real seconds, reproducible per --fault-seed)").add_argument
     g("--error-rate", type=float, default=d.error_rate, metavar="P",
       help="fraction of completion calls that fail (default %(default)s)")
@@ -87,11 +94,13 @@ def config_from_args(ns: argparse.Namespace) -> SimConfig:
     """The :class:`SimConfig` a parsed command line describes (``ValueError`` if invalid)."""
     return SimConfig(
         model=ns.model, max_model_len=ns.max_model_len, max_num_seqs=ns.max_num_seqs,
+        advertise_max_model_len=ns.advertise_max_model_len,
         prefill_tps=ns.prefill_tps, decode_step_s=ns.decode_step_s,
         decode_step_growth=ns.decode_step_growth, time_scale=ns.time_scale, speed=ns.speed,
         speeds=ns.speeds, shuffle_choices=ns.shuffle_choices, error_rate=ns.error_rate,
         error_kinds=ns.error_kinds, fault_seed=ns.fault_seed, crash_after=ns.crash_after,
         slow_start=ns.slow_start, jitter=ns.jitter, fault_endpoints=ns.fault_endpoints,
+        reasoning=ns.reasoning, reasoning_field=ns.reasoning_field,
     )
 
 

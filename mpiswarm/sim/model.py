@@ -53,6 +53,13 @@ if len(WORDS) != 256 or len(set(WORDS)) != 256:  # one digest byte picks one wor
 FAULT_KINDS: tuple[str, ...] = ("500", "503", "429", "timeout", "drop")
 """Kinds ``error_kinds`` accepts: HTTP statuses, a call never answered, a dropped connection."""
 
+REASONING_MODES: tuple[str, ...] = ("none", "split", "only")
+"""How chat answers carry reasoning: not at all; the first half of the words as reasoning and
+the rest as content; everything as reasoning with ``content`` null (a thinking model stopped
+by ``max_tokens`` before it answered)."""
+REASONING_FIELDS: tuple[str, ...] = ("reasoning_content", "reasoning")
+"""The message key vLLM's reasoning parsers use: ``reasoning_content``, ``reasoning`` (>= 0.11)."""
+
 FINISH_STOP = "stop"
 FINISH_LENGTH = "length"
 
@@ -84,6 +91,9 @@ class SimConfig:
     slow_start: float = 0.0  # real seconds of 503 after listening starts
     jitter: float = 0.0  # real seconds, a random 0..jitter delay per call
     fault_endpoints: tuple[int, ...] | None = None  # endpoints faults apply to (None: all)
+    advertise_max_model_len: bool = True  # False: /v1/models cards without max_model_len
+    reasoning: str = "none"  # chat answers of a reasoning model: none, split, only (see split_reasoning)
+    reasoning_field: str = "reasoning_content"  # the message key: reasoning_content or reasoning
 
     def __post_init__(self) -> None:
         _require(self.max_model_len >= 1, "max_model_len must be >= 1")
@@ -104,6 +114,10 @@ class SimConfig:
         _require(self.slow_start >= 0 and self.jitter >= 0, "slow_start and jitter must be >= 0")
         if self.fault_endpoints is not None:
             self.fault_endpoints = tuple(int(i) for i in self.fault_endpoints)
+        _require(self.reasoning in REASONING_MODES,
+                 f"reasoning must be one of {', '.join(REASONING_MODES)}")
+        _require(self.reasoning_field in REASONING_FIELDS,
+                 f"reasoning_field must be one of {', '.join(REASONING_FIELDS)}")
 
     def check_count(self, count: int) -> None:
         """Raise ``ValueError`` unless the per-endpoint options fit ``count`` endpoints."""
@@ -234,3 +248,17 @@ def decode_step_seconds(running: int, config: SimConfig, speed: float) -> float:
     """Simulated time of one decode step with ``running`` sequences in the batch."""
     base = config.decode_step_s * (1.0 + config.decode_step_growth * running)
     return base * config.time_scale / speed
+
+
+def split_reasoning(text: str, mode: str) -> tuple[str | None, str | None]:
+    """``(reasoning, content)`` of a chat answer ``text`` under reasoning ``mode`` (see
+    :data:`REASONING_MODES`): ``split`` gives the first ``ceil(words / 2)`` words to the
+    reasoning and the rest (None if nothing is left) to the content; ``only`` gives all to the
+    reasoning and None to the content; ``none`` returns ``(None, text)``."""
+    if mode == "none":
+        return None, text
+    if mode == "only":
+        return text, None
+    words = text.split(" ")
+    half = (len(words) + 1) // 2
+    return " ".join(words[:half]), " ".join(words[half:]) or None

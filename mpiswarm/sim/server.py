@@ -42,6 +42,7 @@ from .model import (
     decode_step_seconds,
     expected_completion,
     prefill_seconds,
+    split_reasoning,
 )
 
 log = logging.getLogger("mpiswarm.sim")
@@ -462,8 +463,9 @@ class Endpoint:
         if self.faults.starting:
             return error_response(503, "The server is starting up.", "ServiceUnavailableError")
         card = {"id": self.config.model, "object": "model", "created": int(time.time()),
-                "owned_by": "mpiswarm-sim", "root": self.config.model, "parent": None,
-                "max_model_len": self.config.max_model_len}
+                "owned_by": "mpiswarm-sim", "root": self.config.model, "parent": None}
+        if self.config.advertise_max_model_len:
+            card["max_model_len"] = self.config.max_model_len
         return web.json_response({"object": "list", "data": [card]}, dumps=_dumps)
 
     async def tokenize(self, request: web.Request) -> web.Response:
@@ -586,10 +588,17 @@ class Endpoint:
         answers = [expected_completion(prompt, seed=seed, j=j, max_tokens=limit, stop=stop)
                    for j in range(n)]
         await self._generate(prompt_tokens, answers, n, started)
-        choices = [{"index": j, "message": {"role": "assistant", "content": text},
+        choices = [{"index": j, "message": self._message(text),
                     "logprobs": None, "finish_reason": finish, "stop_reason": None}
                    for j, (text, finish, _) in enumerate(answers)]
         return self._reply("chatcmpl-", "chat.completion", body, choices, prompt_tokens, answers)
+
+    def _message(self, text: str) -> dict:
+        """A chat answer's message, with a reasoning model's reasoning if configured."""
+        if self.config.reasoning == "none":
+            return {"role": "assistant", "content": text}
+        reasoning, content = split_reasoning(text, self.config.reasoning)
+        return {"role": "assistant", "content": content, self.config.reasoning_field: reasoning}
 
     def _check_context(self, prompt_tokens: list[int], max_tokens: int) -> None:
         """Fail the whole request if any prompt plus ``max_tokens`` exceeds the context."""

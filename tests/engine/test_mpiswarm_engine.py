@@ -331,6 +331,29 @@ def test_chat_api_every_row_equals_the_servers_own_chat_answer(tmp_path: Path,
     assert data["ranks"]["completion_tokens"].tolist() == [max_tokens * k for k in per_rank]
 
 
+def test_prompt_format_makes_completion_lists_answer_as_chat_does(tmp_path: Path, exact_endpoints) -> None:
+    """``--prompt-format`` set to the model's own chat template (tools/tiny_gguf.py's): batched
+    ``/v1/completions`` lists get, row by row, the answer the server's chat endpoint gives."""
+    n_ranks, n_rows, max_tokens = 2, 24, 8
+    rows = make_rows(n_rows)
+    out = tmp_path / "out.h5"
+    res = run_mpiswarm(n_ranks, ["run", write_jsonl(tmp_path / "in.jsonl", rows), "-o", out,
+                                 *endpoint_args(exact_endpoints), "--max-tokens", max_tokens, "--temperature", 0,
+                                 "--prompt-format", r"<|user|>\n{prompt}<|end|>\n<|assistant|>\n",
+                                 "--concurrency", CONCURRENCY, "--schedule", "static"], timeout=RUN_TIMEOUT)
+    assert res.returncode == 0, res.stdout + res.stderr
+    data = read_results(out)
+    assert data["ok"].all()
+    assert data["prompt"].tolist() == [f"<|user|>\n{r['prompt']}<|end|>\n<|assistant|>\n" for r in rows]
+    assert data["ranks"]["n_calls"].tolist() == [1] * n_ranks  # one list a rank, not a call a prompt
+    for i, row in enumerate(rows):
+        server = exact_endpoints[int(data["rank"][i])]
+        single = post(server.base_url + "/chat/completions", {
+            "model": MODEL, "messages": [{"role": "user", "content": row["prompt"]}],
+            "max_tokens": max_tokens, "temperature": 0, "n": 1})
+        assert [(data["completion"][i], data["finish_reason"][i])] == choices(single, "message"), f"row {i}"
+
+
 # --------------------------------------------------------------------------- 4. over-long prompts
 
 

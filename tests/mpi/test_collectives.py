@@ -127,3 +127,34 @@ def test_gather_in_rounds_bounds_what_the_root_holds(rows_per_round):
         seen += part.index.tolist()
     if rank == 0:
         assert sorted(seen) == list(range(53))
+
+
+@pytest.mark.parametrize("thinking_ranks", ["none", "odd", "root"])
+@pytest.mark.parametrize("n", [1, 2])
+def test_reasoning_column_is_gathered_only_when_some_rank_has_one(thinking_ranks, n):
+    """Reasoning answers on some ranks: the root gets the column for every row ('' where a rank
+    had none); when no rank has any, no column crosses at all."""
+    from mpiswarm.gather import gather_in_rounds
+
+    comm, rank, size = comm_info()
+    mine = np.arange(rank, 30, size)
+    res = ResultColumns.pending(mine, n, rank)
+    thinks = {"none": False, "odd": rank % 2 == 1, "root": rank == 0}[thinking_ranks]
+    if thinks:
+        for i, row in enumerate(mine.tolist()):
+            res.set_reasoning(i * n + n - 1, f"why {row} ☃")
+    parts = list(gather_in_rounds(res, 8, comm))
+    if rank != 0:
+        assert parts == []
+        return
+    if thinking_ranks == "none":
+        assert all(p.reasoning is None for p in parts)
+        return
+    got = {}
+    for part in parts:
+        assert part.reasoning is not None and len(part.reasoning) == len(part) * n
+        for i, row in enumerate(part.index.tolist()):
+            got[row] = part.reasoning[i * n : i * n + n]
+    thinker = {"odd": lambda r: r % 2 == 1, "root": lambda r: r == 0}[thinking_ranks]
+    assert got == {row: [""] * (n - 1) + ([f"why {row} ☃"] if thinker(row % size) else [""])
+                   for row in range(30)}

@@ -282,6 +282,30 @@ def test_chat_completions(sim, http):
     assert_vllm_error(r, 400, "messages")
 
 
+@pytest.mark.parametrize("mode, field", [("split", "reasoning_content"), ("only", "reasoning")])
+def test_chat_answers_of_a_reasoning_model(http, mode, field):
+    messages = [{"role": "user", "content": "Think first. ☃"}]
+    config = SimConfig(time_scale=0, reasoning=mode, reasoning_field=field, advertise_max_model_len=False)
+    with run_in_thread(config) as s:
+        data = http.post(s.urls[0] + "/chat/completions",
+                         json={"messages": messages, "max_tokens": 30, "n": 2, "seed": 4}).json()
+        completion = http.post(s.urls[0] + "/completions", json={"prompt": "Think first.", "max_tokens": 5}).json()
+        card = http.get(s.urls[0] + "/models").json()["data"][0]
+    for choice in data["choices"]:
+        text, _, _ = expected_completion(chat_prompt(messages), seed=4, j=choice["index"], max_tokens=30)
+        words = text.split(" ")
+        if mode == "split":
+            half = (len(words) + 1) // 2
+            expected = {"role": "assistant", "content": " ".join(words[half:]) or None,
+                        field: " ".join(words[:half])}
+        else:
+            expected = {"role": "assistant", "content": None, field: text}
+        assert choice["message"] == expected
+    # /v1/completions has no reasoning parser in vLLM: plain text
+    assert set(completion["choices"][0]) == {"index", "text", "logprobs", "finish_reason", "stop_reason"}
+    assert "max_model_len" not in card
+
+
 def test_models_and_health(sim, http):
     data = http.get(sim.urls[0] + "/models").json()
     assert data["object"] == "list"
