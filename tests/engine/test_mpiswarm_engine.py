@@ -24,7 +24,6 @@ Three llama-server traits shape the runs below:
 from __future__ import annotations
 
 import json
-import math
 import re
 import urllib.error
 import urllib.request
