@@ -477,3 +477,28 @@ def test_tree_reduction_final_answer_is_the_same_at_2_and_4_ranks(tmp_path: Path
         assert group["final_ok"] and group["final"] == group[levels[-1]]["text"][0]
         reduced[n_ranks] = {k: group[k]["text"] for k in levels} | {"final": group["final"]}
     assert reduced[2] == reduced[4]
+
+
+def test_broadcast_ensemble_each_answer_is_its_servers_own_for_its_seed(tmp_path: Path, exact_endpoints) -> None:
+    """``--repeat 3`` at 2 ranks with sampling: every prompt goes to both servers three times,
+    each repetition with its own seed, and each answer is what that server gives alone
+    for that seed; different seeds give different samples."""
+    rows = make_rows(2)
+    out = tmp_path / "out.h5"
+    res = run_mpiswarm(2, ["run", write_jsonl(tmp_path / "in.jsonl", rows), "-o", out,
+                           *endpoint_args(exact_endpoints), "--repeat", 3, "--seed", 40, "--temperature", 1.0,
+                           "--max-tokens", 6, "--concurrency", CONCURRENCY], timeout=RUN_TIMEOUT)
+    assert res.returncode == 0, res.stdout + res.stderr
+    data = read_results(out)
+    with h5py.File(out, "r") as f:
+        seeds = f["ensemble/seed"][()].tolist()
+        votes = f["ensemble/n_valid"][()].tolist()
+    assert data["ok"].all() and votes == [6, 6]
+    texts = []
+    for row in range(12):
+        prompt, rank = rows[row // 6]["prompt"], int(data["rank"][row])
+        assert (rank, seeds[row]) == ((row % 6) // 3, 40 + row % 6)
+        single = alone(exact_endpoints[rank], prompt, {"max_tokens": 6, "temperature": 1.0, "seed": seeds[row]})
+        assert data["completion"][row] == choices(single)[0][0], f"row {row}"
+        texts.append(data["completion"][row])
+    assert len(set(texts[:6])) > 1  # the seeds make an ensemble, not six copies
