@@ -11,7 +11,7 @@ import json
 import math
 from collections import Counter
 
-from .store import is_unanswered, iter_rows, read_info
+from .store import ResultFileError, is_unanswered, iter_rows, read_info, read_reduction
 from .textout import quiet_broken_pipe
 
 PHASES = ("read", "health", "scatter", "requests", "gather", "write", "total")
@@ -106,7 +106,21 @@ def build_report(path, errors_shown: int = 5, chunk_rows: int | None = None) -> 
         "balance": {name: balance(ranks[name]) for name in BALANCE_FIELDS if name in ranks},
         "ranks": per_rank,
         "params": a.get("params"),
+        "reduce": _reduce_summary(path),
     }
+
+
+def _reduce_summary(path) -> dict | None:
+    """The tree reduction's shape and final answer, None when the file holds none."""
+    try:
+        tree = read_reduction(path)
+    except ResultFileError:
+        return None
+    return {"level_sizes": [len(level["text"]) for level in tree["levels"]],
+            "groups_failed": sum(not ok for level in tree["levels"] for ok in level["ok"]),
+            "inputs_left_out": sum(sum(level["n_left_out"]) for level in tree["levels"]),
+            "shortened": sum(sum(level["shortened"]) for level in tree["levels"]),
+            "complete": tree["complete"], "final_ok": tree["ok"], "final": tree["final"], "error": tree["error"]}
 
 
 def _num(x, digits: int = 2) -> str:
@@ -183,6 +197,13 @@ def format_report(r: dict, all_ranks: bool = False) -> str:
             lines.append(f"    dead endpoints: {', '.join(dead)}")
     elif n:
         lines.append(f"  ranks        {n} (table left out; --ranks prints it)")
+    tree = r.get("reduce")
+    if tree:
+        lines.append(f"  reduce       levels {tree['level_sizes']}, {tree['groups_failed']} groups failed, "
+                     f"{tree['inputs_left_out']} inputs left out, {tree['shortened']} shortened"
+                     + ("" if tree["complete"] else " (NOT complete)"))
+        final = tree["final"] if tree["final_ok"] else f"none ({tree['error']})"
+        lines.append(f"  final        {final[:200]!r}" + (" …" if len(final) > 200 else ""))
     if params:
         sampling = params.get("sampling") or {}
         lines.append("  sampling     " + (", ".join(f"{k}={json.dumps(v)}" for k, v in sampling.items()) or "-"))

@@ -6,6 +6,8 @@ level by level, at 1, 2 and 4 ranks.
 """
 from __future__ import annotations
 
+import json
+
 import h5py
 import pytest
 
@@ -78,6 +80,9 @@ def test_64_answers_fan_in_4_same_tree_at_1_2_and_4_ranks(tmp_path, sim4):
         assert got["final"] == got["level_3"]["text"][0] and got["final_ok"]
         assert got["attrs"]["level_sizes"] == "[16, 4, 1]"
         assert f"final answer:\n{got['final']}" in res.stdout
+        report = run_mpiswarm(1, ["inspect", out, "--json"])
+        tree = json.loads(report.stdout)["reduce"]
+        assert (tree["level_sizes"], tree["final"], tree["final_ok"]) == ([16, 4, 1], got["final"], True)
         finals[n_ranks] = got
     assert finals[1]["final"] == finals[2]["final"] == finals[4]["final"]
 
