@@ -560,12 +560,13 @@ def gather_child(argv) -> int:
     """Run under ``mpiexec -n R``: ``bench.py _gather OUT_DIR ROWS_PER_RANK ANSWER_CHARS REPEAT``."""
     out_dir, rows_per_rank, chars, repeat = argv[0], int(argv[1]), int(argv[2]), int(argv[3])
     import random
+    from contextlib import nullcontext
 
     import h5py
     import numpy as np
     from mpi4py import MPI
 
-    from mpiswarm.gather import gather_results, gather_stats
+    from mpiswarm.gather import gather_in_rounds, gather_stats
     from mpiswarm.records import RankStats, ResultColumns
     from mpiswarm.sim import WORDS
     from mpiswarm.store import STR, create_result_file
@@ -600,78 +601,88 @@ def gather_child(argv) -> int:
         ids = [f"q{i:08d}" for i in range(n)]
     stats = RankStats(rank=rank, host=MPI.Get_processor_name(), endpoint="http://127.0.0.1:8000/v1",
                       n_prompts=rows_per_rank, n_ok=rows_per_rank, n_calls=rows_per_rank // 256)
-    def wait_quietly() -> None:
-        """A barrier that sleeps instead of spinning: rank 0 writes with a core to itself, as on a
-        machine with cores for every rank (MPICH's blocking calls spin, and 4 ranks share 2 cores here)."""
-        req = comm.Ibarrier()
-        while not req.Test():
-            time.sleep(0.005)
+    from mpiswarm import _mpi
+    from mpiswarm.packed import pack_message
+    from mpiswarm.runner import GATHER_ROWS_PER_ROUND
 
-    res = {"mpiswarm_s": [], "gather_s": [], "write_s": [], "bare_s": []}
+    res = {"mpiswarm_s": [], "gather_s": [], "write_s": [], "bare_s": [], "rounds": 0}
     for k in range(repeat):
         local = build()
         if k == 0 and rank == 0:
             res["rss_before_gather_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        wait_quietly()
+        _mpi.barrier_sleeping(comm)
+        # what the runner does: gather in rounds, rank 0 writes each round as it comes
         t0 = MPI.Wtime()
-        everything = gather_results(local, comm)
-        all_stats = gather_stats(stats, comm)
-        t1 = MPI.Wtime()
-        if rank == 0:
-            path = os.path.join(out_dir, "mpiswarm.h5")
-            with create_result_file(path, n, 1) as out:
-                out.write_rows(prompts, ids, everything)
+        write_s = 0.0
+        rounds = 0
+        with create_result_file(os.path.join(out_dir, "mpiswarm.h5"), n, 1) if rank == 0 else nullcontext() as out:
+            for part in gather_in_rounds(local, GATHER_ROWS_PER_ROUND, comm):
+                w0 = MPI.Wtime()
+                out.write_rows(prompts, ids, part)
+                write_s += MPI.Wtime() - w0
+                rounds += 1
+            all_stats = gather_stats(stats, comm)
+            if rank == 0:
+                w0 = MPI.Wtime()
                 out.write_ranks(all_stats)
                 out.set_attrs({"model": MODEL, "n_ranks": size, "complete": True, "params": {"bench": True}})
+        if rank == 0:
             t2 = MPI.Wtime()
+            write_s += t2 - w0  # the ranks table, the attributes and closing the file
+            path = os.path.join(out_dir, "mpiswarm.h5")
             res["mpiswarm_s"].append(t2 - t0)
-            res["gather_s"].append(t1 - t0)
-            res["write_s"].append(t2 - t1)
+            res["gather_s"].append(t2 - t0 - write_s)
+            res["write_s"].append(write_s)
+            res["rounds"] = rounds
             if k == 0:
                 res["rss_after_mpiswarm_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
                 res["file_mb"] = os.path.getsize(path) / 2**20
-                res["answer_bytes_mean"] = sum(len(s.encode()) for s in everything.completion[:10000]) / 10000
+                res["answer_bytes_mean"] = sum(len(s.encode()) for s in local.completion[:10000]) / 10000
             os.unlink(path)
-            # bare: rank 0 alone writes the same arrays with h5py
+        del local
+        _mpi.barrier_sleeping(comm)
+        if rank == 0:
+            # bare: rank 0 alone writes the same arrays with h5py (every rank's answers: the same
+            # generator, so rank r's rows are rebuilt here outside the timing)
+            everything = [None] * n
+            for r in range(size):
+                rng = random.Random(r)
+                text_r = " ".join(rng.choice(words) for _ in range(chars))
+                span_r = len(text_r) - chars - 100
+                for i in range(r * rows_per_rank, (r + 1) * rows_per_rank):
+                    everything[i] = text_r[(i * 7919) % span_r: (i * 7919) % span_r + chars - 50 + i % 100]
+            numbers = {"ok": np.ones(n, bool), "rank": np.repeat(np.arange(size, dtype=np.int32), rows_per_rank),
+                       "prompt_tokens": np.full(n, -1, np.int64), "completion_tokens": np.full(n, -1, np.int64),
+                       "latency_s": np.full(n, 1.5)}
             path = os.path.join(out_dir, "bare.h5")
             t0 = time.perf_counter()
             with h5py.File(path, "w") as f:
-                for name, values in (("prompt", prompts), ("completion", everything.completion), ("custom_id", ids)):
+                for name, values in (("prompt", prompts), ("completion", everything), ("custom_id", ids)):
                     arr = np.empty(len(values), dtype=object)
                     arr[:] = values
                     f.create_dataset(name, data=arr, dtype=STR)
-                for name in ("ok", "rank", "prompt_tokens", "completion_tokens", "latency_s"):
-                    f.create_dataset(name, data=getattr(everything, name))
+                for name, values in numbers.items():
+                    f.create_dataset(name, data=values)
             res["bare_s"].append(time.perf_counter() - t0)
             os.unlink(path)
-        del everything, local
-        wait_quietly()
+            del everything
+        _mpi.barrier_sleeping(comm)
     peak = comm.gather(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, root=0)
-    # where gather_results' time goes, its three steps timed alone for the completion column: UTF-8
-    # packing on every rank, the bare Gatherv of bytes + lengths, unpacking on rank 0
-    from mpiswarm import _mpi
-    from mpiswarm.wire import pack_strings, unpack_strings
-
+    # where the gather's time goes, one round's steps timed alone: packing one round's rows on
+    # every rank (mpiswarm.packed.pack_message), the Igatherv of the messages
     local = build()
-    mine = [] if rank == 0 else local.completion
-    wait_quietly()
+    block = GATHER_ROWS_PER_ROUND // size
+    _mpi.barrier_sleeping(comm)
     t0 = MPI.Wtime()
-    buffer, lengths = pack_strings(mine)
-    t_pack = MPI.Wtime() - t0
-    wait_quietly()
-    t_pack = comm.gather(t_pack, root=0)
+    message = pack_message(local, 0, block)
+    t_pack = comm.gather(MPI.Wtime() - t0, root=0)
+    _mpi.barrier_sleeping(comm)
     t0 = MPI.Wtime()
-    all_bytes, _ = _mpi.gatherv(buffer, comm)
-    all_lengths, _ = _mpi.gatherv(lengths, comm)
+    buffer, _ = _mpi.gatherv_bytes(message, comm)
     t_gatherv = MPI.Wtime() - t0
     if rank == 0:
-        t0 = MPI.Wtime()
-        unpack_strings(all_bytes, all_lengths)
-        res["diag"] = {"pack_s_per_rank": t_pack, "gatherv_s": t_gatherv, "unpack_s": MPI.Wtime() - t0,
-                       "bytes": int(len(all_bytes))}
-    del all_bytes, buffer
-    wait_quietly()
-    if rank == 0:
+        res["diag"] = {"round_rows": block * size, "pack_s_per_rank": t_pack, "gatherv_s": t_gatherv,
+                       "bytes": int(len(buffer))}
         res["peak_rss_mb_per_rank"] = peak
         print("BENCH-GATHER " + json.dumps(res), flush=True)
     return 0
@@ -679,7 +690,7 @@ def gather_child(argv) -> int:
 
 def bench_gather(a, work: str) -> dict:
     ranks = 4
-    rows, chars, repeat = (25000, 1000, 1) if a.quick else (250000, 1000, 2)
+    rows, chars, repeat = (25000, 1000, 1) if a.quick else (250000, 1000, 3)
     from mpiswarm.launch import find_mpiexec
 
     cmd = [find_mpiexec(), "-n", str(ranks), sys.executable, os.path.abspath(__file__), "_gather", work, str(rows),
@@ -950,30 +961,32 @@ def markdown(res: dict) -> str:
         L.append("## 5. Gather + write\n")
         L.append(f"`mpiexec -n {g['ranks']}`: each rank builds {g['rows'] // g['ranks']:,} result rows (`ResultColumns`, "
                  f"answers of ~{g['answer_chars']:,} characters of the simulator's words, Latin-1 accents included: "
-                 f"{g['answer_bytes_mean']:.0f} UTF-8 bytes on average), then `gather_results` + `gather_stats` and "
-                 "rank 0 writes with `create_result_file` (rows, `ranks`, attributes) — against rank 0 alone writing "
-                 "the same arrays (prompt, completion, custom_id, ok, rank, prompt_tokens, completion_tokens, "
-                 f"latency_s) with bare h5py; best of {g['repeat']}. File {g['file_mb']:.0f} MB. While rank 0 "
-                 "writes, ranks 1–3 wait in a sleeping barrier (`Ibarrier` + `Test` + 5 ms sleeps) so that rank 0 has "
-                 "a core to itself for both writes, as on a machine with cores for every rank; the gather itself runs "
-                 "on 4 ranks sharing 2 cores.\n")
+                 f"{g['answer_bytes_mean']:.0f} UTF-8 bytes on average), then does what `mpiswarm run` does after its "
+                 f"requests: `gather_in_rounds` ({g.get('rounds', '?')} rounds of at most "
+                 f"{g.get('diag', {}).get('round_rows', 0):,} rows; a round is one packed message a rank, one "
+                 "`Igatherv`) with rank 0 writing each round as it comes (`ResultWriter.write_rows`: strings handed "
+                 "to HDF5 as pointers into the received buffer), then `gather_stats`, the `ranks` table and the "
+                 "attributes — against rank 0 alone writing the same arrays (prompt, completion, custom_id, ok, rank, "
+                 "prompt_tokens, completion_tokens, latency_s, held as Python objects) with bare h5py; best of "
+                 f"{g['repeat']}. File {g['file_mb']:.0f} MB. 4 ranks share 2 cores; ranks that wait sleep "
+                 "(`Ibarrier`/`Igatherv` + `Test` + 1 ms sleeps), so rank 0 has a core while it writes.\n")
         L.append("| pipeline | s | ratio |\n|---|---:|---:|")
         L.append(f"| bare h5py write on rank 0 | {_f(g['best']['bare_s'])} | 1.00 |")
         L.append(f"| mpiswarm gather + write | {_f(g['best']['mpiswarm_s'])} | {_f(g['ratio'])} |")
-        L.append(f"| of which gather (4 ranks → rank 0) | {_f(g['split']['gather_s'])} | |")
-        L.append(f"| of which write (`create_result_file`) | {_f(g['split']['write_s'])} | |")
+        L.append(f"| of which gather (packing, Igatherv, unpacking, waiting for the ranks) | {_f(g['split']['gather_s'])} | |")
+        L.append(f"| of which write (`write_rows`, `ranks`, attributes) | {_f(g['split']['write_s'])} | |")
         L.append(f"\nRank 0's peak memory (`ru_maxrss`): {g['rss_before_gather_mb']:,.0f} MB holding its rows and the "
-                 f"{g['rows']:,} prompts, {g['rss_after_mpiswarm_mb']:,.0f} MB after gather + write; other ranks "
+                 f"{g['rows']:,} prompts, {g['rss_after_mpiswarm_mb']:,.0f} MB after gather + write (a round's "
+                 "buffer at a time); other ranks "
                  f"{', '.join(f'{x:,.0f}' for x in g['peak_rss_mb_per_rank'][1:])} MB. mpiswarm also writes "
                  "`finish_reason` and `error` (two more string columns) and the `ranks` table, which the bare write "
                  "does not.\n")
         d = g.get("diag")
-        if d:
-            L.append(f"Where the gather's time goes, the completion column's three steps timed alone in the same run "
-                     f"({d['bytes'] / 2**20:,.0f} MB of UTF-8): packing (`wire.pack_strings`: join + encode) "
-                     f"{', '.join(f'{x:.2f}' for x in d['pack_s_per_rank'][1:])} s on ranks 1–{g['ranks'] - 1} "
-                     f"(4 ranks share 2 cores), the bare `Gatherv` of bytes + lengths {d['gatherv_s']:.2f} s, "
-                     f"unpacking on rank 0 (`wire.unpack_strings`: decode + one slice a row) {d['unpack_s']:.2f} s.\n")
+        if d and "round_rows" in d:
+            L.append(f"One round's steps timed alone in the same run ({d['round_rows']:,} rows, "
+                     f"{d['bytes'] / 2**20:,.0f} MB): packing (`packed.pack_message`: encode each string, join) "
+                     f"{', '.join(f'{x:.2f}' for x in d['pack_s_per_rank'])} s on ranks 0–{g['ranks'] - 1} "
+                     f"(4 ranks share 2 cores), the `Igatherv` of the messages {d['gatherv_s']:.2f} s.\n")
     if "scaling" in s:
         sc = s["scaling"]
         L.append("## 6. Weak scaling\n")
@@ -1076,13 +1089,14 @@ def notes(res: dict) -> list[str]:
                        "collectives spin, which on an oversubscribed node (here 4 ranks and the simulator on 2 cores) "
                        "takes CPU from the ranks still working.")
     g = s.get("gather")
-    if g and g.get("diag"):
+    if g and g.get("diag") and "round_rows" in g["diag"]:
         d = g["diag"]
         out.append(f"Gather + write (5): the write is {g['split']['write_s'] / g['best']['bare_s']:.2f}× the bare write "
-                   f"(two more string columns, `finish_reason` and `error`, of {g['rows']:,} rows each); the gather adds "
-                   f"{g['split']['gather_s']:.2f} s: UTF-8 packing {max(d['pack_s_per_rank'][1:]):.2f} s a rank, the "
-                   f"Gatherv itself {d['gatherv_s']:.2f} s for {d['bytes'] / 2**20:,.0f} MB (4 ranks spinning on 2 "
-                   f"cores), and rank 0's decode + {g['rows'] * 3 // 4:,} slices {d['unpack_s']:.2f} s.")
+                   f"(it also writes `finish_reason` and `error`, two more string columns of {g['rows']:,} rows each); "
+                   f"the gather adds {g['split']['gather_s']:.2f} s, most of it rank 0 packing its own rows and "
+                   f"waiting for the others' (packing one round: {max(d['pack_s_per_rank']):.2f} s a rank with 4 ranks "
+                   f"on 2 cores); the `Igatherv` of one round moves {d['bytes'] / 2**20:,.0f} MB in "
+                   f"{d['gatherv_s']:.2f} s.")
     return out
 
 

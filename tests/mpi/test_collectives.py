@@ -123,7 +123,7 @@ def test_gather_in_rounds_bounds_what_the_root_holds(rows_per_round):
         assert rank == 0
         assert len(part) <= max(rows_per_round, size)
         assert part.index.tolist() == sorted(part.index.tolist())
-        assert part.completion == [f"answer {i}" for i in part.index.tolist()]
+        assert part.to_results().completion == [f"answer {i}" for i in part.index.tolist()]
         seen += part.index.tolist()
     if rank == 0:
         assert sorted(seen) == list(range(53))
