@@ -279,6 +279,7 @@ async def _fill(url: str, n: int, max_tokens: int) -> dict:
     from contextlib import AsyncExitStack
 
     import numpy as np
+    import scaling_study
 
     from mpiswarm.balance import Chunk, call_cap
     from mpiswarm.client import ClientOptions
@@ -295,8 +296,9 @@ async def _fill(url: str, n: int, max_tokens: int) -> dict:
             pool = EndpointPool([url], options, stack)
             await pool.current()
             source = WorkSource(batch_size=bs, concurrency=4, cap=c)
-            source.add(Chunk.new(np.arange(n), [f"Calibration {i}: what does the gene G{i % 997} do?"
-                                                for i in range(n)], [""] * n, 1, 0))
+            topics = scaling_study.TOPICS  # the makespan job's prompts (its first n rows)
+            source.add(Chunk.new(np.arange(n), [f"Question {i}: what does the {topics[i % len(topics)]} G{i % 997} "
+                                                "do in the cell?" for i in range(n)], [""] * n, 1, 0))
             dispatcher = Dispatcher(pool, RankStats(rank=0, host="", endpoint=url))
             t0 = time.perf_counter()
             await dispatcher.run(source, {"max_tokens": max_tokens})
@@ -446,16 +448,15 @@ def bench_concurrency(a, work: str) -> dict:
 
 
 # ============================================================================ 4. makespan
-def list_rate(url: str, n: int, max_tokens: int) -> float:
-    """Prompts/s of one endpoint answering one list of ``n`` prompts (its capacity: the list
-    keeps the engine full, nothing else runs)."""
+def list_rate(url: str, prompts: list, max_tokens: int) -> float:
+    """Prompts/s of one endpoint answering ``prompts`` as one list (its capacity on exactly
+    these prompts: the list keeps the engine full, nothing else runs)."""
     try:
         import httpx2 as httpx
     except ImportError:  # pragma: no cover
         import httpx
-    import scaling_study
 
-    prompts = [f"Calibration {i}: what does the {scaling_study.TOPICS[i % 8]} G{i % 997} do?" for i in range(n)]
+    n = len(prompts)
     t0 = time.perf_counter()
     resp = httpx.post(url + "/completions", json={"model": MODEL, "prompt": prompts, "max_tokens": max_tokens},
                       timeout=600, trust_env=False)
@@ -470,19 +471,24 @@ def bench_makespan(a, work: str) -> dict:
     max_tokens, target, n_prompts = 16, 400.0, 6500
     n_cal = 1500 if a.quick else 3000
     speeds = [1.0, 1.0, 1.0, 0.25]
-    # calibrate: one full-speed endpoint alone at time scale 1, then scale to ~400 prompts/s
+    inp = write_prompts(os.path.join(work, "in6500.jsonl"), n_prompts)
+    with open(inp, encoding="utf-8") as fh:
+        prompts = [json.loads(line)["prompt"] for line in fh]
+    # calibrate on the job's own prompts (the simulator's time depends on their lengths): one
+    # full-speed endpoint alone at time scale 1, then scale to ~400 prompts/s
     sim = start_sim(["--time-scale", 1])
     try:
-        c1 = list_rate(sim.urls[0], n_cal, max_tokens)
+        c1 = list_rate(sim.urls[0], prompts[:n_cal], max_tokens)
     finally:
         sim.stop()
     ts = round(c1 / target, 3)
     log(f"makespan: {c1:.0f} prompts/s at --time-scale 1 -> --time-scale {ts}")
-    inp = write_prompts(os.path.join(work, "in6500.jsonl"), n_prompts)
     sim = start_sim(["--count", 4, "--time-scale", ts, "--speeds", ",".join(map(str, speeds))])
     runs = []
     try:
-        c = list_rate(sim.urls[0], n_cal, max_tokens)
+        # the capacity: every prompt of the job in one list on a full-speed endpoint
+        c = list_rate(sim.urls[0], prompts, max_tokens)
+        c_first = list_rate(sim.urls[0], prompts[:n_cal], max_tokens)  # for the diagnostics on the first rows
         capacity = c * sum(speeds)
         ideal = n_prompts / capacity
         log(f"makespan: full-speed endpoint {c:.0f} prompts/s; capacity {capacity:.0f} prompts/s; ideal {ideal:.2f} s")
@@ -498,16 +504,16 @@ def bench_makespan(a, work: str) -> dict:
         solo_fixed = job(1, inp1, os.path.join(work, "solo.h5"), endpoint_args(sim, 1),
                          ["--max-tokens", max_tokens, "--batch-size", 96], a.timeout)
         solo_fixed_rate = n_cal / solo_fixed["times"]["requests"]
-        log(f"makespan: one rank alone, {n_cal} prompts: {solo_rate:.0f} prompts/s dynamic ({solo_rate / c:.2f} of c), "
-            f"{solo_static_rate:.0f} static, one list ({solo_static_rate / c:.2f} of c), "
-            f"{solo_fixed_rate:.0f} with --batch-size 96 ({solo_fixed_rate / c:.2f} of c)")
+        log(f"makespan: one rank alone, {n_cal} prompts: {solo_rate:.0f} prompts/s dynamic ({solo_rate / c_first:.2f} of c), "
+            f"{solo_static_rate:.0f} static, one list ({solo_static_rate / c_first:.2f} of c), "
+            f"{solo_fixed_rate:.0f} with --batch-size 96 ({solo_fixed_rate / c_first:.2f} of c)")
         proc = subprocess.run([sys.executable, os.path.abspath(__file__), "_fill", sim.urls[0], str(n_cal),
                                str(max_tokens)], env=child_env(), capture_output=True, text=True, timeout=a.timeout)
         if proc.returncode != 0:
             raise RuntimeError(f"fill diagnostic: exit {proc.returncode}\n{proc.stderr[-3000:]}")
         fill = json.loads(proc.stdout.strip().splitlines()[-1])
         for v in fill.values():
-            v["fill"] = v["rate"] / c
+            v["fill"] = v["rate"] / c_first
         log("makespan: client layer alone: " + ", ".join(f"{k} {v['rate']:.0f} prompts/s ({v['calls']} calls)"
                                                         for k, v in fill.items()))
         tuned = ["--batch-size", "96", "--concurrency", "8"]  # diagnostic: deeper in flight, fixed call size
@@ -544,10 +550,10 @@ def bench_makespan(a, work: str) -> dict:
              "holds": dyn["makespan_s"] <= nominal_ideal / 0.9}
     return {"prompts": n_prompts, "speeds": speeds, "max_tokens": max_tokens, "calibration_prompts": n_cal,
             "rate_at_time_scale_1": c1, "time_scale": ts, "full_speed_rate": c, "capacity": capacity,
-            "solo": {"prompts": n_cal, "dynamic_rate": solo_rate, "dynamic_fill": solo_rate / c,
-                     "static_rate": solo_static_rate, "static_fill": solo_static_rate / c,
+            "solo": {"prompts": n_cal, "dynamic_rate": solo_rate, "dynamic_fill": solo_rate / c_first,
+                     "static_rate": solo_static_rate, "static_fill": solo_static_rate / c_first,
                      "dynamic_calls": solo["ranks"]["n_calls"][0], "fixed96_rate": solo_fixed_rate,
-                     "fixed96_fill": solo_fixed_rate / c, "fixed96_calls": solo_fixed["ranks"]["n_calls"][0]},
+                     "fixed96_fill": solo_fixed_rate / c_first, "fixed96_calls": solo_fixed["ranks"]["n_calls"][0]},
             "client_layer_fill": fill,
             "ideal_s": ideal, "runs": runs, "best": {k: {"makespan_s": v["makespan_s"],
                                                          "ideal_over_makespan": v["ideal_over_makespan"]}
@@ -913,9 +919,10 @@ def markdown(res: dict) -> str:
     if "makespan" in s:
         m = s["makespan"]
         L.append("## 4. Makespan with one slow endpoint\n")
-        L.append(f"Calibrated in this run: one full-speed endpoint alone answered one list of "
-                 f"{m['calibration_prompts']:,} prompts at {m['rate_at_time_scale_1']:.0f} prompts/s at `--time-scale "
-                 f"1`, so `--time-scale {m['time_scale']:g}`; re-measured there: c = {m['full_speed_rate']:.0f} "
+        L.append(f"Calibrated in this run on the job's own prompts (the simulator's time depends on prompt "
+                 f"lengths): one full-speed endpoint alone answered the first {m['calibration_prompts']:,} as one list "
+                 f"at {m['rate_at_time_scale_1']:.0f} prompts/s at `--time-scale 1`, so `--time-scale "
+                 f"{m['time_scale']:g}`; there, all {m['prompts']:,} in one list: c = {m['full_speed_rate']:.0f} "
                  f"prompts/s. Capacity 3c + c/4 = {m['capacity']:.0f} prompts/s; ideal for {m['prompts']:,} prompts = "
                  f"{m['ideal_s']:.2f} s. `mpiexec -n 4 mpiswarm run --max-tokens {m['max_tokens']} --schedule S`, "
                  f"simulator `--count 4 --speeds 1,1,1,0.25 --time-scale {m['time_scale']:g}`. Makespan = "
@@ -937,7 +944,7 @@ def markdown(res: dict) -> str:
         so = m["solo"]
         L.append(f"\n*engine fill* = a rank's prompts / its `t_requests` / its endpoint's capacity (c × speed); rank 0's "
                  "`t_requests` runs until every rank is done, so its fill reads low. One rank alone on one full-speed "
-                 f"endpoint, same {so['prompts']:,} prompts as the calibration: {so['dynamic_rate']:.0f} prompts/s with "
+                 f"endpoint, the job's first {so['prompts']:,} prompts (fill against one list of them): {so['dynamic_rate']:.0f} prompts/s with "
                  f"the default dynamic schedule ({so['dynamic_calls']} calls; fill {so['dynamic_fill']:.2f}), "
                  f"{so['static_rate']:.0f} prompts/s with `--schedule static` (one list; fill {so['static_fill']:.2f}), "
                  f"{so['fixed96_rate']:.0f} prompts/s with `--batch-size 96` ({so['fixed96_calls']} calls; fill "
