@@ -103,24 +103,6 @@ class PackedColumns:
         return unpack_messages(np.frombuffer(pack_message(results), np.uint8), [0])
 
     @classmethod
-    def concat(cls, parts: list["PackedColumns"], n: int) -> "PackedColumns":
-        """Rows of every part, one after the other; string buffers stay where they are when
-        the parts share one (as the parts of one received buffer do)."""
-        if not parts:
-            return cls.empty(n)
-        numeric = {c: np.concatenate([p.numeric[c] for p in parts]) for c in NUMERIC_COLUMNS}
-        strings = {}
-        for c in STRING_COLUMNS:
-            cols = [p.strings[c] for p in parts]
-            data = cols[0].data
-            if all(s.data is data for s in cols):
-                strings[c] = PackedStrings(data, np.concatenate([s.starts for s in cols]),
-                                           np.concatenate([s.lengths for s in cols]), any(s.has_nul for s in cols))
-            else:
-                strings[c] = PackedStrings.pack([x for s in cols for x in s.decode()])
-        return cls(n, numeric, strings)
-
-    @classmethod
     def empty(cls, n: int) -> "PackedColumns":
         return cls.from_results(ResultColumns.pending(np.zeros(0, np.int64), n, 0))
 
@@ -185,36 +167,54 @@ def pack_message(results: ResultColumns, start: int = 0, stop: int | None = None
     return b"".join(parts)
 
 
+def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``concatenate([arange(s, s + k) for s, k in zip(starts, counts)])``, vectorized."""
+    total = int(counts.sum())
+    first = np.zeros(len(counts), dtype=np.int64)
+    np.cumsum(counts[:-1], out=first[1:])
+    return np.repeat(starts - first, counts) + np.arange(total, dtype=np.int64)
+
+
 def unpack_messages(buffer: np.ndarray, offsets) -> PackedColumns:
-    """Every message of ``buffer`` (uint8; messages start at ``offsets``), their rows one
-    after the other. The strings stay in ``buffer``."""
-    parts = []
-    n = 1
-    for at in offsets:
-        at = int(at)
-        head = np.frombuffer(buffer, np.int64, _HEAD, at)
-        k_cols = len(STRING_COLUMNS)
-        rows, n = int(head[0]), int(head[1])
-        nbytes, nuls = head[2:2 + k_cols].tolist(), head[2 + k_cols:].tolist()
-        at += 8 * _HEAD
-        numeric, lengths = {}, {}
-        for c in _WIDE:
-            numeric[c] = np.frombuffer(buffer, _DTYPES[c], rows, at)
-            at += 8 * rows
-        for c in STRING_COLUMNS:
-            lengths[c] = np.frombuffer(buffer, np.int64, _entries(c, rows, n), at)
-            at += lengths[c].nbytes
-        for c in _NARROW:
-            numeric[c] = np.frombuffer(buffer, _DTYPES[c], rows, at)
-            at += numeric[c].nbytes + _pad8(numeric[c].nbytes)
-        strings = {}
-        for c, k, nul in zip(STRING_COLUMNS, nbytes, nuls):
-            starts = np.empty(len(lengths[c]), dtype=np.int64)
-            if len(starts):
-                starts[0] = 0
-                np.cumsum(lengths[c][:-1] + 1, out=starts[1:])
-                starts += at
-            strings[c] = PackedStrings(buffer, starts, lengths[c], bool(nul))
-            at += k + _pad8(k)
-        parts.append(PackedColumns(n, numeric, strings))
-    return PackedColumns.concat(parts, n) if len(parts) != 1 else parts[0]
+    """Every message of ``buffer`` (uint8, 8-byte aligned; messages start at ``offsets``), their
+    rows one after the other. The strings stay in ``buffer``.
+
+    Vectorized over the messages (a handful of numpy operations a column, whatever their
+    number): rank 0 parses one message a rank every round, and at thousands of ranks a Python
+    loop over them would cost more than the rows (see README, the scale model)."""
+    offsets = np.asarray(offsets, dtype=np.int64)
+    if buffer.ctypes.data % 8 or (offsets % 8).any():
+        buffer = np.frombuffer(buffer.tobytes(), np.uint8)  # (only unaligned callers pay a copy)
+    words = buffer[: len(buffer) // 8 * 8].view(np.int64)
+    heads = words[(offsets // 8)[:, None] + np.arange(_HEAD)]
+    k_cols = len(STRING_COLUMNS)
+    rows = heads[:, 0]
+    n = int(heads[0, 1]) if len(heads) else 1
+    nbytes, nuls = heads[:, 2:2 + k_cols], heads[:, 2 + k_cols:]
+    at = offsets + 8 * _HEAD
+    numeric, lengths, entries = {}, {}, {}
+    views = {np.dtype(t): buffer.view(t) if np.dtype(t).itemsize == 1 else buffer[: len(buffer) // np.dtype(t).itemsize
+             * np.dtype(t).itemsize].view(t) for t in set(_DTYPES.values())}
+    for c in _WIDE:
+        numeric[c] = views[np.dtype(_DTYPES[c])][_ranges(at // 8, rows)]
+        at = at + 8 * rows
+    for c in STRING_COLUMNS:
+        entries[c] = rows * n if _entries(c, 1, n) == n else rows
+        lengths[c] = words[_ranges(at // 8, entries[c])]
+        at = at + 8 * entries[c]
+    for c in _NARROW:
+        size = np.dtype(_DTYPES[c]).itemsize
+        numeric[c] = views[np.dtype(_DTYPES[c])][_ranges(at // size, rows)]
+        at = at + size * rows + (-(size * rows) % 8)
+    strings = {}
+    for j, c in enumerate(STRING_COLUMNS):
+        # within a message each string starts after the previous one and its NUL
+        step = lengths[c] + 1
+        starts = np.cumsum(step) - step
+        first = np.zeros(len(offsets), dtype=np.int64)
+        np.cumsum(entries[c][:-1], out=first[1:])
+        base = starts[np.minimum(first, max(len(starts) - 1, 0))] if len(starts) else np.zeros(len(offsets), np.int64)
+        starts += np.repeat(at - base, entries[c])
+        strings[c] = PackedStrings(buffer, starts, lengths[c], bool(nuls[:, j].any()))
+        at = at + nbytes[:, j] + (-nbytes[:, j] % 8)
+    return PackedColumns(n, numeric, strings)
