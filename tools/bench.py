@@ -52,7 +52,7 @@ import urllib.request
 TOOLS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TOOLS)
 MODEL = "sim-model"
-SECTIONS = ("cpu", "batch", "concurrency", "makespan", "gather", "scaling")
+SECTIONS = ("cpu", "batch", "concurrency", "makespan", "gather", "scaling", "model")
 
 # --- published figures (../shared/background: Aurora-Swarm and the vLLama investigation) -----
 PUBLISHED_BATCH = {"batch": {"time_s": 2.76, "prompts_per_s": 7.24, "requests": 4},
@@ -755,6 +755,58 @@ def bench_scaling(a, work: str) -> dict:
             "rows": rows}
 
 
+# ============================================================================ 7. scale model
+def bench_model(a, work: str) -> dict:
+    import scale_model
+
+    res = scale_model.model(work, a.timeout)
+    t = {(r["ranks"], r["prompts"]): r for r in res["table"]}
+    log("model: rank 0 after the requests, s: " + ", ".join(f"{r:,} ranks {n:,} prompts {v['after_requests_s']:.0f}"
+                                                            for (r, n), v in t.items()))
+    return res
+
+
+def _model_markdown(m: dict) -> list[str]:
+    c = m["constants"]
+    L = ["## 7. Scale model: rank 0 at 1,000 and 10,000 ranks\n",
+         "`tools/scale_model.py`: rank 0's share of a job, measured per row, per message and per request with "
+         "mpiswarm's own functions on this machine, then projected (answers of "
+         f"{m['answer_bytes']:,} bytes, rounds of {m['round_rows']:,} rows, calls of {m['call_rows']} rows, "
+         f"a first share of {m['first_share']} rows a rank: the defaults).\n",
+         "| constant (rank 0 unless said) | measured |\n|---|---:|",
+         f"| read + validate the JSONL | {c['read_us_per_row']:.2f} µs/row |",
+         f"| scatter: pack the prompts | {c['scatter_pack_us_per_row']:.3f} µs/row |",
+         f"| serve one chunk request (`Control._hand_out` + `pack_rows`) at 1,000 / 10,000 ranks | "
+         f"{_keyed(c['request_us'])[1000]:.1f} / {_keyed(c['request_us'])[10000]:.1f} µs |",
+         f"| pack a rank's rows for the gather (`pack_message`; every rank, in parallel) | "
+         f"{c['pack_us_per_row']:.2f} µs/row |",
+         f"| unpack + sort a round (`unpack_messages`) | {c['unpack_us_per_row']:.3f} µs/row + "
+         f"{c['unpack_us_per_message']:.2f} µs/message |",
+         f"| receive one more small message (point to point, 2 ranks) | "
+         f"{next(r['message_s'] for r in m['rounds'] if r['ranks'] == 2) * 1e6:.2f} µs |",
+         f"| `Igatherv` byte rate (slowest of 2–8 ranks) | {m['bytes_per_s'] / 1e9:.1f} GB/s |",
+         f"| write (`write_rows`: 5 string columns, numbers) | {c['write_us_per_row']:.2f} µs/row |",
+         "",
+         "A gather round costs rank 0 a + b·R: a = an empty round at 2 ranks "
+         f"({m['fit']['a_s'] * 1e3:.2f} ms: two collectives and the waiting ranks' 1 ms sleeps), b = one more "
+         f"message received and parsed ({m['fit']['b_s_per_rank'] * 1e6:.2f} µs). Checked at 1–8 ranks "
+         "(4 and 8 ranks share 2 cores here: each waiting rank needs a core to wake up, so they read high):\n",
+         "| ranks | empty round, measured ms | model ms |\n|---:|---:|---:|"]
+    for r in m["rounds"]:
+        L.append(f"| {r['ranks']} | {r['round_s'] * 1e3:.2f} | "
+                 f"{'–' if r['predicted_s'] is None else format(r['predicted_s'] * 1e3, '.2f')} |")
+    L.append("\nRank 0's seconds, phase by phase (control: chunk requests served during the request phase, "
+             "spread over it; gather and write: after it):\n")
+    L.append("| ranks | prompts | read | scatter | control (requests) | gather (rounds) | write | after the requests |"
+             "\n|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for t in m["table"]:
+        L.append(f"| {t['ranks']:,} | {t['prompts']:,} | {t['read_s']:,.1f} | {t['scatter_s']:,.2f} | "
+                 f"{t['control_s']:,.1f} ({t['control_requests']:,}) | {t['gather_s']:,.1f} ({t['rounds']}) | "
+                 f"{t['write_s']:,.1f} | {t['after_requests_s']:,.1f} |")
+    L.append("")
+    return L
+
+
 # ============================================================================ report
 def _f(x, d=2):
     return "–" if x is None else f"{x:,.{d}f}"
@@ -834,6 +886,11 @@ def markdown(res: dict) -> str:
         last = sc["rows"][-1]
         L.append(f"| 6 | weak scaling, {sc['ranks'][0]} → {last['ranks']} ranks: efficiency (wall) | "
                  f"{_f(last['wall_s'])} s | {_f(sc['rows'][0]['wall_s'])} s (1 rank) | {last['efficiency']:.0%} | – | – |")
+    if "model" in s:
+        big = {(t["ranks"], t["prompts"]): t for t in s["model"]["table"]}[(10000, 100_000_000)]
+        L.append(f"| 7 | scale model: rank 0 after the requests, 10,000 ranks, 100M prompts (§7) | "
+                 f"{big['after_requests_s']:,.0f} s | write {big['write_s']:,.0f} s, read (before) {big['read_s']:,.0f} s "
+                 "| – | on paper | – |")
     L.append("")
 
     if "cpu" in s:
@@ -1008,6 +1065,8 @@ def markdown(res: dict) -> str:
                      f"{_f(r['prompts_per_s'], 1)} | {r['efficiency']:.0%} | {r['requests_efficiency']:.0%} | "
                      f"{_f(r['imbalance'])} |")
         L.append("")
+    if "model" in s:
+        L.extend(_model_markdown(s["model"]))
     if res.get("notes"):
         L.append("## Notes\n")
         L.extend(f"* {n}" for n in res["notes"])
@@ -1143,7 +1202,7 @@ def main(argv=None) -> int:
         p.error(f"unknown sections {bad}; choose from {','.join(SECTIONS)}")
     os.environ.update({k: v for k, v in child_env().items() if k in ("NO_PROXY", "no_proxy")})
     funcs = {"cpu": bench_cpu, "batch": bench_batch, "concurrency": bench_concurrency, "makespan": bench_makespan,
-             "gather": bench_gather, "scaling": bench_scaling}
+             "gather": bench_gather, "scaling": bench_scaling, "model": bench_model}
     t0 = time.perf_counter()
     load_before = os.getloadavg()[0]
     res = {"sections": {}, "errors": {}, "section_wall_s": {}}
