@@ -22,9 +22,13 @@ ENCODING = "utf-8"
 #: Lone surrogates cannot be stored as UTF-8 (h5py refused them with an exception): '?'.
 ERRORS = "replace"
 
-# Message layout, every part 8-byte aligned: a header of int64 (rows, n, string bytes of each
-# string column, whether each holds a NUL inside a string), the 8-byte numeric columns, the string columns' byte lengths, the rest.
-_HEAD = 2 + 2 * len(STRING_COLUMNS)
+#: string columns on the wire: the records' own, and the optional reasoning (shaped like
+#: ``completion``; all '' in a message whose sender has none, absent when no rank has any)
+WIRE_STRINGS = STRING_COLUMNS + ("reasoning",)
+# Message layout, every part 8-byte aligned: a header of int64 (rows, n, whether reasoning
+# travels, then for each string column its bytes and whether a string holds a NUL itself), the
+# 8-byte numeric columns, the string columns' byte lengths, the narrow numeric columns, the strings.
+_HEAD = 3 + 2 * len(WIRE_STRINGS)
 _DTYPES = {"index": np.int64, "prompt_tokens": np.int64, "completion_tokens": np.int64,
            "latency_s": np.float64, "rank": np.int32, "ok": np.bool_, "done": np.bool_}
 _WIDE = [c for c in NUMERIC_COLUMNS if np.dtype(_DTYPES[c]).itemsize == 8]
@@ -33,7 +37,7 @@ _NARROW = [c for c in NUMERIC_COLUMNS if np.dtype(_DTYPES[c]).itemsize < 8]
 
 def _entries(name: str, rows: int, n: int) -> int:
     """Strings a column holds for ``rows`` rows (``completion``/``finish_reason``: n a row)."""
-    return rows * n if name in ("completion", "finish_reason") else rows
+    return rows * n if name in ("completion", "finish_reason", "reasoning") else rows
 
 
 def _pad8(k: int) -> int:
@@ -87,20 +91,26 @@ class PackedColumns:
     n: int
     numeric: dict  # column -> array, one entry a row
     strings: dict  # column -> PackedStrings
+    has_reasoning: bool = False  # whether the reasoning column travelled (some rank had one)
 
     def __len__(self) -> int:
         return len(self.numeric["index"])
 
     def __getattr__(self, name):
+        """Numeric columns as arrays; string columns decoded on use (as lists, like
+        :class:`~mpiswarm.records.ResultColumns`; ``reasoning`` None when none travelled)."""
         numeric = self.__dict__.get("numeric", {})
         if name in numeric:
             return numeric[name]
+        if name in WIRE_STRINGS and "strings" in self.__dict__:
+            return None if name == "reasoning" and not self.has_reasoning else self.strings[name].decode()
         raise AttributeError(name)
 
     @classmethod
     def from_results(cls, results: ResultColumns) -> "PackedColumns":
         """Pack rows held locally (no MPI)."""
-        return unpack_messages(np.frombuffer(pack_message(results), np.uint8), [0])
+        reasoning = results.reasoning is not None
+        return unpack_messages(np.frombuffer(pack_message(results, reasoning=reasoning), np.uint8), [0])
 
     @classmethod
     def empty(cls, n: int) -> "PackedColumns":
@@ -112,7 +122,9 @@ class PackedColumns:
         flat = (positions[:, None] * self.n + np.arange(self.n)).ravel()
         return PackedColumns(
             self.n, {c: v[positions] for c, v in self.numeric.items()},
-            {c: s.take(flat if _entries(c, 1, self.n) == self.n else positions) for c, s in self.strings.items()})
+            {c: s.take(flat if _entries(c, 1, self.n) == self.n else positions)
+             if c != "reasoning" or self.has_reasoning else s for c, s in self.strings.items()},
+            self.has_reasoning)
 
     def in_index_order(self) -> "PackedColumns":
         index = self.numeric["index"]
@@ -128,7 +140,8 @@ class PackedColumns:
     def to_results(self) -> ResultColumns:
         """Back to :class:`~mpiswarm.records.ResultColumns` (strings decoded)."""
         return ResultColumns(n=self.n, **{c: self.strings[c].decode() for c in STRING_COLUMNS},
-                             **{c: self.numeric[c] for c in NUMERIC_COLUMNS})
+                             **{c: self.numeric[c] for c in NUMERIC_COLUMNS},
+                             reasoning=self.strings["reasoning"].decode() if self.has_reasoning else None)
 
 
 def _encode(strings: list[str]) -> tuple[np.ndarray, bytes, bool]:
@@ -148,20 +161,30 @@ def _encode(strings: list[str]) -> tuple[np.ndarray, bytes, bool]:
     return lengths, raw, raw.count(0) != len(strings)
 
 
-def pack_message(results: ResultColumns, start: int = 0, stop: int | None = None) -> bytes:
-    """Rows ``start:stop`` of ``results`` as one message (see the module's layout)."""
+def pack_message(results: ResultColumns, start: int = 0, stop: int | None = None, reasoning: bool = False) -> bytes:
+    """Rows ``start:stop`` of ``results`` as one message (see the module's layout).
+    ``reasoning``: carry the reasoning column ('' where ``results`` has none)."""
     stop = len(results) if stop is None else stop
     rows, n = stop - start, results.n
-    packed = {c: _encode(getattr(results, c)[_entries(c, start, n):_entries(c, stop, n)]) for c in STRING_COLUMNS}
-    head = np.array([rows, n, *(len(packed[c][1]) for c in STRING_COLUMNS), *(packed[c][2] for c in STRING_COLUMNS)],
-                    dtype=np.int64)
+    packed = {}
+    for c in WIRE_STRINGS:
+        column = getattr(results, c)
+        if column is None:  # reasoning on a rank that has none: empty strings, nothing to encode
+            k = _entries(c, rows, n) if reasoning else 0
+            packed[c] = np.zeros(k, np.int64), b"\0" * k, False
+        elif c == "reasoning" and not reasoning:
+            packed[c] = np.zeros(0, np.int64), b"", False
+        else:
+            packed[c] = _encode(column[_entries(c, start, n):_entries(c, stop, n)])
+    head = np.array([rows, n, reasoning, *(len(packed[c][1]) for c in WIRE_STRINGS),
+                     *(packed[c][2] for c in WIRE_STRINGS)], dtype=np.int64)
     parts = [head.tobytes()]
     parts += [np.ascontiguousarray(getattr(results, c)[start:stop], _DTYPES[c]).tobytes() for c in _WIDE]
-    parts += [packed[c][0].tobytes() for c in STRING_COLUMNS]
+    parts += [packed[c][0].tobytes() for c in WIRE_STRINGS]
     for c in _NARROW:
         raw = np.ascontiguousarray(getattr(results, c)[start:stop], _DTYPES[c]).tobytes()
         parts += [raw, b"\0" * _pad8(len(raw))]
-    for c in STRING_COLUMNS:
+    for c in WIRE_STRINGS:
         raw = packed[c][1]
         parts += [raw, b"\0" * _pad8(len(raw))]
     return b"".join(parts)
@@ -187,10 +210,11 @@ def unpack_messages(buffer: np.ndarray, offsets) -> PackedColumns:
         buffer = np.frombuffer(buffer.tobytes(), np.uint8)  # (only unaligned callers pay a copy)
     words = buffer[: len(buffer) // 8 * 8].view(np.int64)
     heads = words[(offsets // 8)[:, None] + np.arange(_HEAD)]
-    k_cols = len(STRING_COLUMNS)
+    k_cols = len(WIRE_STRINGS)
     rows = heads[:, 0]
     n = int(heads[0, 1]) if len(heads) else 1
-    nbytes, nuls = heads[:, 2:2 + k_cols], heads[:, 2 + k_cols:]
+    has_reasoning = bool(heads[:, 2].any())
+    nbytes, nuls = heads[:, 3:3 + k_cols], heads[:, 3 + k_cols:]
     at = offsets + 8 * _HEAD
     numeric, lengths, entries = {}, {}, {}
     views = {np.dtype(t): buffer.view(t) if np.dtype(t).itemsize == 1 else buffer[: len(buffer) // np.dtype(t).itemsize
@@ -198,8 +222,9 @@ def unpack_messages(buffer: np.ndarray, offsets) -> PackedColumns:
     for c in _WIDE:
         numeric[c] = views[np.dtype(_DTYPES[c])][_ranges(at // 8, rows)]
         at = at + 8 * rows
-    for c in STRING_COLUMNS:
-        entries[c] = rows * n if _entries(c, 1, n) == n else rows
+    for c in WIRE_STRINGS:
+        travels = heads[:, 2] if c == "reasoning" else 1  # reasoning: only in messages that carry it
+        entries[c] = (rows * n if _entries(c, 1, n) == n else rows) * travels
         lengths[c] = words[_ranges(at // 8, entries[c])]
         at = at + 8 * entries[c]
     for c in _NARROW:
@@ -207,7 +232,7 @@ def unpack_messages(buffer: np.ndarray, offsets) -> PackedColumns:
         numeric[c] = views[np.dtype(_DTYPES[c])][_ranges(at // size, rows)]
         at = at + size * rows + (-(size * rows) % 8)
     strings = {}
-    for j, c in enumerate(STRING_COLUMNS):
+    for j, c in enumerate(WIRE_STRINGS):
         # within a message each string starts after the previous one and its NUL
         step = lengths[c] + 1
         starts = np.cumsum(step) - step
@@ -217,4 +242,4 @@ def unpack_messages(buffer: np.ndarray, offsets) -> PackedColumns:
         starts += np.repeat(at - base, entries[c])
         strings[c] = PackedStrings(buffer, starts, lengths[c], bool(nuls[:, j].any()))
         at = at + nbytes[:, j] + (-nbytes[:, j] % 8)
-    return PackedColumns(n, numeric, strings)
+    return PackedColumns(n, numeric, strings, has_reasoning)

@@ -87,3 +87,21 @@ def test_empty_round_is_nothing(tmp_path):
     with create_result_file(tmp_path / "o.h5", 0) as out:
         out.write_rows([], [], empty)
     assert read_results(tmp_path / "o.h5")["prompt"].tolist() == []
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_reasoning_travels_only_when_asked_and_reaches_the_file(tmp_path, n):
+    thinking = results([1, 3], n, 0)
+    for i in range(2 * n):
+        thinking.set_reasoning(i, f"why {i} ☃")
+    plain = results([0, 2], n, 1)  # a rank without reasoning: '' on the wire
+    messages = [pack_message(thinking, reasoning=True), pack_message(plain, reasoning=True)]
+    got = unpack_messages(np.frombuffer(b"".join(messages), np.uint8), [0, len(messages[0])]).in_index_order()
+    assert got.has_reasoning
+    assert got.reasoning == [""] * n + [f"why {i} ☃" for i in range(n)] + [""] * n + [f"why {i} ☃" for i in range(n, 2 * n)]
+    assert got.completion == got.to_results().completion  # string columns read like ResultColumns'
+    bare = unpack_messages(np.frombuffer(pack_message(plain), np.uint8), [0])
+    assert not bare.has_reasoning and bare.reasoning is None and bare.take(np.array([1, 0])).reasoning is None
+    with create_result_file(tmp_path / "o.h5", 4, n) as out:
+        out.write_rows([f"p{i}" for i in range(4)], [str(i) for i in range(4)], got)
+    assert read_results(tmp_path / "o.h5")["reasoning"].ravel().tolist() == got.reasoning
