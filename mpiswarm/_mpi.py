@@ -182,3 +182,43 @@ def alltoall(per_rank: list, comm=None) -> list:
 def allreduce_any(flag: bool, comm=None) -> bool:
     """Whether ``flag`` is true on any rank."""
     return bool(world(comm).allreduce(bool(flag), op=MPI.LOR))
+
+
+# --- Sleeping waits (issue 7) ---------------------------------------------------------------
+#: How long a waiting rank sleeps between tests of its request. MPICH's blocking calls spin:
+#: a rank that is done early burns a core in Barrier/Gatherv, which on an oversubscribed node
+#: (ranks + endpoints or simulators sharing cores) is taken from the ranks still working.
+WAIT_POLL_S = 0.001
+
+
+def _wait_sleeping(request, poll_s: float = WAIT_POLL_S) -> None:
+    while not request.Test():
+        time.sleep(poll_s)
+
+
+def barrier_sleeping(comm=None, poll_s: float = WAIT_POLL_S) -> None:
+    """A barrier that sleeps between tests (``Ibarrier`` + ``Test``) instead of spinning."""
+    _wait_sleeping(world(comm).Ibarrier(), poll_s)
+
+
+def gatherv_bytes(payload: bytes | np.ndarray, comm=None, poll_s: float = WAIT_POLL_S):
+    """Gather every rank's byte message on the root in ONE ``Igatherv``.
+
+    Returns ``(buffer, offsets)`` on the root — the messages one after the other in rank order
+    and where each starts — and ``(None, None)`` elsewhere. The other ranks sleep between tests
+    while the root receives (the root waits in ``Wait``: it is the one copying).
+    """
+    comm = world(comm)
+    send = np.frombuffer(payload, dtype=np.uint8) if isinstance(payload, (bytes, bytearray)) else payload
+    root = comm.Get_rank() == ROOT
+    counts = np.empty(comm.Get_size() if root else 0, dtype=np.int64)
+    # everyone sleeps until every message is ready (the root too: it would spin on the cores
+    # the others pack their messages with)
+    _wait_sleeping(comm.Igather(np.array([len(send)], dtype=np.int64), counts if root else None, root=ROOT), poll_s)
+    if not root:
+        _wait_sleeping(comm.Igatherv(send, None, root=ROOT), poll_s)
+        return None, None
+    displ = _displacements(counts)
+    out = np.empty(int(counts.sum()), dtype=np.uint8)
+    comm.Igatherv(send, [out, (counts, displ)], root=ROOT).Wait()
+    return out, displ

@@ -106,7 +106,7 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--batch-size", type=_positive_int, default=None,
                    help="prompts per HTTP call (default: the rank's whole slice in one call)")
     t.add_argument("--concurrency", type=_positive_int, default=None,
-                   help="calls in flight per rank (default 4 for lists, 128 for chat)")
+                   help="calls in flight per rank (default 8 for lists, 128 for chat)")
     t.add_argument("--schedule", choices=("dynamic", "static"), default="dynamic",
                    help="dynamic (default): ranks that run dry get more work from rank 0 in shrinking "
                    "chunks; static: one contiguous slice per rank")

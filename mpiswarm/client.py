@@ -44,7 +44,9 @@ class ClientOptions:
     def calls_in_flight(self) -> int:
         if self.concurrency:
             return self.concurrency
-        return 128 if self.api == "chat" else 4
+        # Lists: 8 calls of ~48 prompts rather than 4 of ~96 keep an engine fuller (issue 7: a
+        # list call frees its rows only when its last prompt is done; 0.94 vs 0.88 of capacity).
+        return 128 if self.api == "chat" else 8
 
     def timeout_for(self, n_sequences: int) -> float:
         """A list of 2,000 prompts needs longer than one of 20."""

@@ -1,13 +1,18 @@
-"""Every rank's results back to rank 0, in input order (``Gatherv`` of buffers plus lengths)."""
+"""Every rank's results back to rank 0, in input order.
+
+Each round every rank packs its next rows into ONE byte message (:mod:`mpiswarm.packed`) and
+rank 0 receives all of them with one ``Igatherv`` (two collectives a round: the sizes, the
+bytes); the other ranks sleep while they wait (:func:`mpiswarm._mpi.gatherv_bytes`). Rank 0
+keeps the strings as packed UTF-8 in the receive buffer: it gets :class:`PackedColumns`, which
+the HDF5 writer takes as they are. Ranks pack round k+1 while rank 0 writes round k.
+"""
 from __future__ import annotations
 
 from typing import Iterator
 
-import numpy as np
-
 from . import _mpi
-from .records import NUMERIC_COLUMNS, STRING_COLUMNS, RankStats, ResultColumns
-from .wire import pack_strings, unpack_strings
+from .packed import PackedColumns, pack_message, unpack_messages
+from .records import RankStats, ResultColumns
 
 
 def any_reasoning(local: ResultColumns, comm=None) -> bool:
@@ -15,33 +20,30 @@ def any_reasoning(local: ResultColumns, comm=None) -> bool:
     return bool(_mpi.allreduce_max(int(local.reasoning is not None), comm))
 
 
+def gather_packed(local: ResultColumns, comm=None, start: int = 0, stop: int | None = None,
+                  reasoning: bool = False) -> PackedColumns | None:
+    """Gather rows ``start:stop`` of every rank's ``local``; the root gets them sorted by
+    ``index`` (strings packed), the others None. ``reasoning``: carry the reasoning column
+    ('' for rows that have none); it must be the same on every rank."""
+    buffer, offsets = _mpi.gatherv_bytes(pack_message(local, start, stop, reasoning), comm)
+    if buffer is None:
+        return None
+    return unpack_messages(buffer, offsets).in_index_order()
+
+
 def gather_results(local: ResultColumns, comm=None, reasoning: bool | None = None) -> ResultColumns | None:
-    """Gather ``local`` from every rank; the root gets all rows sorted by ``index``.
+    """Gather ``local`` from every rank; the root gets all rows sorted by ``index`` as
+    :class:`ResultColumns` (strings decoded: for callers that want Python strings).
 
     ``reasoning`` says whether some rank has a reasoning column (None: ask every rank); only
     then is that column gathered, '' for the rows of ranks that have none."""
     if reasoning is None:
         reasoning = any_reasoning(local, comm)
-    numeric = {name: _mpi.gatherv(getattr(local, name), comm)[0] for name in NUMERIC_COLUMNS}
-    root = numeric["index"] is not None
-    strings = {}
-    for name in STRING_COLUMNS + (("reasoning",) if reasoning else ()):
-        column = getattr(local, name)
-        if column is None:  # reasoning, on a rank none of whose rows has any
-            column = [""] * len(local.completion)
-        # The root's own strings stay where they are: it sends an empty piece.
-        mine = [] if root else column
-        buffer, lengths = pack_strings(mine)
-        all_bytes, _ = _mpi.gatherv(buffer, comm)
-        all_lengths, _ = _mpi.gatherv(lengths, comm)
-        if root:
-            strings[name] = column + unpack_strings(all_bytes, all_lengths)
-    if not root:
-        return None
-    return ResultColumns(n=local.n, **numeric, **strings).in_index_order()
+    got = gather_packed(local, comm, reasoning=reasoning)
+    return None if got is None else got.to_results()
 
 
-def gather_in_rounds(local: ResultColumns, rows_per_round: int, comm=None) -> Iterator[ResultColumns]:
+def gather_in_rounds(local: ResultColumns, rows_per_round: int, comm=None) -> Iterator[PackedColumns]:
     """Gather ``local`` from every rank a round at a time: each round, every rank sends its next
     ``rows_per_round / ranks`` rows (in index order). The root gets each round's rows sorted by
     index — at most ``rows_per_round`` rows in memory at once; the others get nothing. Every
@@ -52,8 +54,8 @@ def gather_in_rounds(local: ResultColumns, rows_per_round: int, comm=None) -> It
     n_rounds = _mpi.allreduce_max(-(-len(local) // block), comm)
     reasoning = any_reasoning(local, comm)
     for k in range(n_rounds):
-        part = local.take(np.arange(k * block, min((k + 1) * block, len(local))))
-        got = gather_results(part, comm, reasoning)
+        a = min(k * block, len(local))
+        got = gather_packed(local, comm, a, min(a + block, len(local)), reasoning)
         if got is not None:
             yield got
 

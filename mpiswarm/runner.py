@@ -31,6 +31,7 @@ from .ensemble import EnsemblePlan, expand
 from .endpoints import check_template, endpoint_from_hostfile, expand_endpoint, parse_hostfile
 from .exitcodes import EXIT_ENDPOINT_DOWN, EXIT_OK, EXIT_PROMPTS_FAILED, EXIT_RESUME
 from .gather import gather_in_rounds, gather_stats
+from .packed import PackedColumns
 from .inputs import InputError, PromptSet, read_prompts
 from .metrics import engine_deltas
 from .partition import contiguous_bounds
@@ -408,7 +409,7 @@ def run(config: RunConfig, comm=None) -> int:
     if metrics_before is not None:
         for name, value in engine_deltas(metrics_before, asyncio.run(_read_metrics(url, config))).items():
             setattr(stats, name, value)
-    _mpi.barrier(comm)  # the slowest rank sets the end of the request phase
+    _mpi.barrier_sleeping(comm)  # the slowest rank sets the end of the request phase; the others sleep
     phase("requests")
 
     # Gather and write in rounds: rank 0 never holds more than GATHER_ROWS_PER_ROUND new rows.
@@ -417,7 +418,7 @@ def run(config: RunConfig, comm=None) -> int:
     votes = VoteCounter(ensemble.n_prompts) if ensemble is not None else None
     write_s = 0.0
     with create_result_file(config.output, plan.n_rows, plan.n) if root else nullcontext() as out:
-        for part in [finished] if root and len(finished) else []:
+        for part in [PackedColumns.from_results(finished)] if root and len(finished) else []:
             out.write_rows(prompt_set.prompts, prompt_set.custom_ids, part)
             tally.add(part)
             _count_votes(votes, ensemble, part)

@@ -25,6 +25,7 @@ import numpy as np
 from . import __version__
 from .atomic import atomic_path
 from .inputs import InputError
+from .packed import PackedColumns, PackedStrings
 from .records import RankStats, ResultColumns
 
 STR = h5py.string_dtype("utf-8")
@@ -34,6 +35,33 @@ def _strings(values: list[str], shape=None) -> np.ndarray:
     arr = np.empty(len(values), dtype=object)
     arr[:] = values
     return arr if shape is None else arr.reshape(shape)
+
+
+def _vlen_utf8() -> h5py.h5t.TypeID:
+    """The memory type of an array of ``char *``: variable-length, NUL-terminated UTF-8."""
+    tid = h5py.h5t.C_S1.copy()
+    tid.set_size(h5py.h5t.VARIABLE)
+    tid.set_cset(h5py.h5t.CSET_UTF8)
+    return tid
+
+
+def _write_strings(ds: h5py.Dataset, start: int, strings: PackedStrings) -> None:
+    """Write ``strings`` to rows ``start:`` of the string dataset ``ds`` ((N,) or (N, n):
+    n strings a row), handing HDF5 pointers into the packed buffer. HDF5's C strings end at
+    a NUL, so a string holding one is written through h5py with U+FFFD in its place."""
+    count = len(strings)
+    shape = (count,) if ds.ndim == 1 else (count // ds.shape[1], ds.shape[1])
+    if count == 0:
+        return
+    if strings.has_nul:
+        values = [x.replace("\x00", "\ufffd") for x in strings.decode()]
+        ds[start:start + shape[0]] = _strings(values, shape)
+        return
+    pointers = strings.pointers().reshape(shape)
+    fspace = ds.id.get_space()
+    fspace.select_hyperslab((start,) + (0,) * (ds.ndim - 1), shape)
+    ds.id.write(h5py.h5s.create_simple(shape), fspace, pointers, mtype=_vlen_utf8())
+    del pointers  # the buffer they point into (strings.data) is alive until here
 
 
 @contextmanager
@@ -64,10 +92,13 @@ class ResultWriter:
             f.create_dataset(name, shape=(n_rows,), dtype=np.int64, fillvalue=-1)
         f.create_dataset("latency_s", shape=(n_rows,), dtype=np.float64, fillvalue=np.nan)
 
-    def write_rows(self, prompts: list[str], custom_ids: list[str], results: ResultColumns) -> None:
+    def write_rows(self, prompts: list[str], custom_ids: list[str], results: ResultColumns | PackedColumns) -> None:
         """Write ``results`` (rows sorted by index, any subset) with their prompts and ids;
         ``prompts`` and ``custom_ids`` are the whole input's, indexed by row. Each run of
-        consecutive rows is one slice write per dataset."""
+        consecutive rows is one slice write per dataset; strings go to HDF5 from packed
+        UTF-8 (:class:`~mpiswarm.packed.PackedColumns`), never as Python objects."""
+        if isinstance(results, ResultColumns):
+            results = PackedColumns.from_results(results)
         index = results.index
         if len(index) == 0:
             return
@@ -76,23 +107,22 @@ class ResultWriter:
             self._write_run(prompts, custom_ids, results, a, b)
         self.n_ok += int(results.ok.sum())
 
-    def _write_run(self, prompts, custom_ids, results: ResultColumns, a: int, b: int) -> None:
+    def _write_run(self, prompts, custom_ids, results: PackedColumns, a: int, b: int) -> None:
         k, n = b - a, self.n
         start = int(results.index[a])
         rows = slice(start, start + k)
-        shape = (k,) if n == 1 else (k, n)
         f = self.file
-        f["prompt"][rows] = _strings(prompts[rows])
-        f["custom_id"][rows] = _strings(custom_ids[rows])
-        f["completion"][rows] = _strings(results.completion[a * n : b * n], shape)
-        f["finish_reason"][rows] = _strings(results.finish_reason[a * n : b * n], shape)
-        f["error"][rows] = _strings(results.error[a:b])
-        if results.reasoning is not None:
+        _write_strings(f["prompt"], start, PackedStrings.pack(prompts[rows]))
+        _write_strings(f["custom_id"], start, PackedStrings.pack(custom_ids[rows]))
+        for name in ("completion", "finish_reason"):
+            _write_strings(f[name], start, results.strings[name].take(slice(a * n, b * n)))
+        _write_strings(f["error"], start, results.strings["error"].take(slice(a, b)))
+        if results.has_reasoning:
             if "reasoning" not in f:  # created once some row has reasoning
                 f.create_dataset("reasoning", shape=f["completion"].shape, dtype=STR)
-            f["reasoning"][rows] = _strings(results.reasoning[a * n : b * n], shape)
+            _write_strings(f["reasoning"], start, results.strings["reasoning"].take(slice(a * n, b * n)))
         for name in ("ok", "rank", "prompt_tokens", "completion_tokens", "latency_s"):
-            f[name][rows] = getattr(results, name)[a:b]
+            f[name][rows] = results.numeric[name][a:b]
 
     def write_ranks(self, stats: list[RankStats]) -> None:
         """The per-rank statistics table, group ``ranks`` (row r = rank r)."""

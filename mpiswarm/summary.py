@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from .records import RankStats, ResultColumns
+from .packed import PackedColumns
+from .records import RankStats
 
 PHASES = ("read", "health", "scatter", "requests", "gather", "write", "reduce", "total")
 
@@ -15,11 +16,11 @@ class Tally:
         self.rows = self.ok = self.open = 0
         self.errors: Counter = Counter()
 
-    def add(self, results: ResultColumns) -> None:
+    def add(self, results: PackedColumns) -> None:
         self.rows += len(results)
         self.ok += int(results.ok.sum())
         self.open += int((~results.done).sum())
-        self.errors.update(e for e, done in zip(results.error, results.done.tolist()) if e and done)
+        self.errors.update(e for e in results.failed_errors() if e)
 
 
 def format_summary(tally: Tally, stats: list[RankStats], times: dict, output: str, *,

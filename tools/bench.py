@@ -52,7 +52,7 @@ import urllib.request
 TOOLS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TOOLS)
 MODEL = "sim-model"
-SECTIONS = ("cpu", "batch", "concurrency", "makespan", "gather", "scaling")
+SECTIONS = ("cpu", "batch", "concurrency", "makespan", "gather", "scaling", "model")
 
 # --- published figures (../shared/background: Aurora-Swarm and the vLLama investigation) -----
 PUBLISHED_BATCH = {"batch": {"time_s": 2.76, "prompts_per_s": 7.24, "requests": 4},
@@ -273,12 +273,13 @@ async def _client_layer(urls, prompts_per_endpoint: int, mode: str, max_tokens: 
 
 
 async def _fill(url: str, n: int, max_tokens: int) -> dict:
-    """One endpoint, one rank's client layer alone (no MPI, no control plane), 4 calls in flight:
-    prompts/s with one list, with the dynamic schedule's call sizing once the rank's source is
-    exhausted (cap 96, the end shared out), and with fixed calls of 96."""
+    """One endpoint, one rank's client layer alone (no MPI, no control plane), the default calls in
+    flight: prompts/s with one list, with the dynamic schedule's call sizing once the rank's source
+    is exhausted (the end shared out), and with fixed calls of that size."""
     from contextlib import AsyncExitStack
 
     import numpy as np
+    import scaling_study
 
     from mpiswarm.balance import Chunk, call_cap
     from mpiswarm.client import ClientOptions
@@ -286,17 +287,19 @@ async def _fill(url: str, n: int, max_tokens: int) -> dict:
     from mpiswarm.dispatch import Dispatcher, EndpointPool
     from mpiswarm.records import RankStats
 
-    cap = call_cap(256, 4)
+    concurrency = ClientOptions(model=MODEL).calls_in_flight()  # the default for lists
+    cap = call_cap(256, concurrency)
     out = {}
     for name, (c, bs) in {"one list": (None, None), f"dynamic sizing (cap {cap})": (cap, None),
                           f"fixed {cap}": (None, cap)}.items():
-        options = ClientOptions(model=MODEL, concurrency=4, batch_size=bs)
+        options = ClientOptions(model=MODEL, concurrency=concurrency, batch_size=bs)
         async with AsyncExitStack() as stack:
             pool = EndpointPool([url], options, stack)
             await pool.current()
-            source = WorkSource(batch_size=bs, concurrency=4, cap=c)
-            source.add(Chunk.new(np.arange(n), [f"Calibration {i}: what does the gene G{i % 997} do?"
-                                                for i in range(n)], [""] * n, 1, 0))
+            source = WorkSource(batch_size=bs, concurrency=concurrency, cap=c)
+            topics = scaling_study.TOPICS  # the makespan job's prompts (its first n rows)
+            source.add(Chunk.new(np.arange(n), [f"Question {i}: what does the {topics[i % len(topics)]} G{i % 997} "
+                                                "do in the cell?" for i in range(n)], [""] * n, 1, 0))
             dispatcher = Dispatcher(pool, RankStats(rank=0, host="", endpoint=url))
             t0 = time.perf_counter()
             await dispatcher.run(source, {"max_tokens": max_tokens})
@@ -446,16 +449,15 @@ def bench_concurrency(a, work: str) -> dict:
 
 
 # ============================================================================ 4. makespan
-def list_rate(url: str, n: int, max_tokens: int) -> float:
-    """Prompts/s of one endpoint answering one list of ``n`` prompts (its capacity: the list
-    keeps the engine full, nothing else runs)."""
+def list_rate(url: str, prompts: list, max_tokens: int) -> float:
+    """Prompts/s of one endpoint answering ``prompts`` as one list (its capacity on exactly
+    these prompts: the list keeps the engine full, nothing else runs)."""
     try:
         import httpx2 as httpx
     except ImportError:  # pragma: no cover
         import httpx
-    import scaling_study
 
-    prompts = [f"Calibration {i}: what does the {scaling_study.TOPICS[i % 8]} G{i % 997} do?" for i in range(n)]
+    n = len(prompts)
     t0 = time.perf_counter()
     resp = httpx.post(url + "/completions", json={"model": MODEL, "prompt": prompts, "max_tokens": max_tokens},
                       timeout=600, trust_env=False)
@@ -470,19 +472,24 @@ def bench_makespan(a, work: str) -> dict:
     max_tokens, target, n_prompts = 16, 400.0, 6500
     n_cal = 1500 if a.quick else 3000
     speeds = [1.0, 1.0, 1.0, 0.25]
-    # calibrate: one full-speed endpoint alone at time scale 1, then scale to ~400 prompts/s
+    inp = write_prompts(os.path.join(work, "in6500.jsonl"), n_prompts)
+    with open(inp, encoding="utf-8") as fh:
+        prompts = [json.loads(line)["prompt"] for line in fh]
+    # calibrate on the job's own prompts (the simulator's time depends on their lengths): one
+    # full-speed endpoint alone at time scale 1, then scale to ~400 prompts/s
     sim = start_sim(["--time-scale", 1])
     try:
-        c1 = list_rate(sim.urls[0], n_cal, max_tokens)
+        c1 = list_rate(sim.urls[0], prompts[:n_cal], max_tokens)
     finally:
         sim.stop()
     ts = round(c1 / target, 3)
     log(f"makespan: {c1:.0f} prompts/s at --time-scale 1 -> --time-scale {ts}")
-    inp = write_prompts(os.path.join(work, "in6500.jsonl"), n_prompts)
     sim = start_sim(["--count", 4, "--time-scale", ts, "--speeds", ",".join(map(str, speeds))])
     runs = []
     try:
-        c = list_rate(sim.urls[0], n_cal, max_tokens)
+        # the capacity: every prompt of the job in one list on a full-speed endpoint
+        c = list_rate(sim.urls[0], prompts, max_tokens)
+        c_first = list_rate(sim.urls[0], prompts[:n_cal], max_tokens)  # for the diagnostics on the first rows
         capacity = c * sum(speeds)
         ideal = n_prompts / capacity
         log(f"makespan: full-speed endpoint {c:.0f} prompts/s; capacity {capacity:.0f} prompts/s; ideal {ideal:.2f} s")
@@ -498,16 +505,16 @@ def bench_makespan(a, work: str) -> dict:
         solo_fixed = job(1, inp1, os.path.join(work, "solo.h5"), endpoint_args(sim, 1),
                          ["--max-tokens", max_tokens, "--batch-size", 96], a.timeout)
         solo_fixed_rate = n_cal / solo_fixed["times"]["requests"]
-        log(f"makespan: one rank alone, {n_cal} prompts: {solo_rate:.0f} prompts/s dynamic ({solo_rate / c:.2f} of c), "
-            f"{solo_static_rate:.0f} static, one list ({solo_static_rate / c:.2f} of c), "
-            f"{solo_fixed_rate:.0f} with --batch-size 96 ({solo_fixed_rate / c:.2f} of c)")
+        log(f"makespan: one rank alone, {n_cal} prompts: {solo_rate:.0f} prompts/s dynamic ({solo_rate / c_first:.2f} of c), "
+            f"{solo_static_rate:.0f} static, one list ({solo_static_rate / c_first:.2f} of c), "
+            f"{solo_fixed_rate:.0f} with --batch-size 96 ({solo_fixed_rate / c_first:.2f} of c)")
         proc = subprocess.run([sys.executable, os.path.abspath(__file__), "_fill", sim.urls[0], str(n_cal),
                                str(max_tokens)], env=child_env(), capture_output=True, text=True, timeout=a.timeout)
         if proc.returncode != 0:
             raise RuntimeError(f"fill diagnostic: exit {proc.returncode}\n{proc.stderr[-3000:]}")
         fill = json.loads(proc.stdout.strip().splitlines()[-1])
         for v in fill.values():
-            v["fill"] = v["rate"] / c
+            v["fill"] = v["rate"] / c_first
         log("makespan: client layer alone: " + ", ".join(f"{k} {v['rate']:.0f} prompts/s ({v['calls']} calls)"
                                                         for k, v in fill.items()))
         tuned = ["--batch-size", "96", "--concurrency", "8"]  # diagnostic: deeper in flight, fixed call size
@@ -544,10 +551,10 @@ def bench_makespan(a, work: str) -> dict:
              "holds": dyn["makespan_s"] <= nominal_ideal / 0.9}
     return {"prompts": n_prompts, "speeds": speeds, "max_tokens": max_tokens, "calibration_prompts": n_cal,
             "rate_at_time_scale_1": c1, "time_scale": ts, "full_speed_rate": c, "capacity": capacity,
-            "solo": {"prompts": n_cal, "dynamic_rate": solo_rate, "dynamic_fill": solo_rate / c,
-                     "static_rate": solo_static_rate, "static_fill": solo_static_rate / c,
+            "solo": {"prompts": n_cal, "dynamic_rate": solo_rate, "dynamic_fill": solo_rate / c_first,
+                     "static_rate": solo_static_rate, "static_fill": solo_static_rate / c_first,
                      "dynamic_calls": solo["ranks"]["n_calls"][0], "fixed96_rate": solo_fixed_rate,
-                     "fixed96_fill": solo_fixed_rate / c, "fixed96_calls": solo_fixed["ranks"]["n_calls"][0]},
+                     "fixed96_fill": solo_fixed_rate / c_first, "fixed96_calls": solo_fixed["ranks"]["n_calls"][0]},
             "client_layer_fill": fill,
             "ideal_s": ideal, "runs": runs, "best": {k: {"makespan_s": v["makespan_s"],
                                                          "ideal_over_makespan": v["ideal_over_makespan"]}
@@ -560,12 +567,13 @@ def gather_child(argv) -> int:
     """Run under ``mpiexec -n R``: ``bench.py _gather OUT_DIR ROWS_PER_RANK ANSWER_CHARS REPEAT``."""
     out_dir, rows_per_rank, chars, repeat = argv[0], int(argv[1]), int(argv[2]), int(argv[3])
     import random
+    from contextlib import nullcontext
 
     import h5py
     import numpy as np
     from mpi4py import MPI
 
-    from mpiswarm.gather import gather_results, gather_stats
+    from mpiswarm.gather import gather_in_rounds, gather_stats
     from mpiswarm.records import RankStats, ResultColumns
     from mpiswarm.sim import WORDS
     from mpiswarm.store import STR, create_result_file
@@ -600,78 +608,88 @@ def gather_child(argv) -> int:
         ids = [f"q{i:08d}" for i in range(n)]
     stats = RankStats(rank=rank, host=MPI.Get_processor_name(), endpoint="http://127.0.0.1:8000/v1",
                       n_prompts=rows_per_rank, n_ok=rows_per_rank, n_calls=rows_per_rank // 256)
-    def wait_quietly() -> None:
-        """A barrier that sleeps instead of spinning: rank 0 writes with a core to itself, as on a
-        machine with cores for every rank (MPICH's blocking calls spin, and 4 ranks share 2 cores here)."""
-        req = comm.Ibarrier()
-        while not req.Test():
-            time.sleep(0.005)
+    from mpiswarm import _mpi
+    from mpiswarm.packed import pack_message
+    from mpiswarm.runner import GATHER_ROWS_PER_ROUND
 
-    res = {"mpiswarm_s": [], "gather_s": [], "write_s": [], "bare_s": []}
+    res = {"mpiswarm_s": [], "gather_s": [], "write_s": [], "bare_s": [], "rounds": 0}
     for k in range(repeat):
         local = build()
         if k == 0 and rank == 0:
             res["rss_before_gather_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        wait_quietly()
+        _mpi.barrier_sleeping(comm)
+        # what the runner does: gather in rounds, rank 0 writes each round as it comes
         t0 = MPI.Wtime()
-        everything = gather_results(local, comm)
-        all_stats = gather_stats(stats, comm)
-        t1 = MPI.Wtime()
-        if rank == 0:
-            path = os.path.join(out_dir, "mpiswarm.h5")
-            with create_result_file(path, n, 1) as out:
-                out.write_rows(prompts, ids, everything)
+        write_s = 0.0
+        rounds = 0
+        with create_result_file(os.path.join(out_dir, "mpiswarm.h5"), n, 1) if rank == 0 else nullcontext() as out:
+            for part in gather_in_rounds(local, GATHER_ROWS_PER_ROUND, comm):
+                w0 = MPI.Wtime()
+                out.write_rows(prompts, ids, part)
+                write_s += MPI.Wtime() - w0
+                rounds += 1
+            all_stats = gather_stats(stats, comm)
+            if rank == 0:
+                w0 = MPI.Wtime()
                 out.write_ranks(all_stats)
                 out.set_attrs({"model": MODEL, "n_ranks": size, "complete": True, "params": {"bench": True}})
+        if rank == 0:
             t2 = MPI.Wtime()
+            write_s += t2 - w0  # the ranks table, the attributes and closing the file
+            path = os.path.join(out_dir, "mpiswarm.h5")
             res["mpiswarm_s"].append(t2 - t0)
-            res["gather_s"].append(t1 - t0)
-            res["write_s"].append(t2 - t1)
+            res["gather_s"].append(t2 - t0 - write_s)
+            res["write_s"].append(write_s)
+            res["rounds"] = rounds
             if k == 0:
                 res["rss_after_mpiswarm_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
                 res["file_mb"] = os.path.getsize(path) / 2**20
-                res["answer_bytes_mean"] = sum(len(s.encode()) for s in everything.completion[:10000]) / 10000
+                res["answer_bytes_mean"] = sum(len(s.encode()) for s in local.completion[:10000]) / 10000
             os.unlink(path)
-            # bare: rank 0 alone writes the same arrays with h5py
+        del local
+        _mpi.barrier_sleeping(comm)
+        if rank == 0:
+            # bare: rank 0 alone writes the same arrays with h5py (every rank's answers: the same
+            # generator, so rank r's rows are rebuilt here outside the timing)
+            everything = [None] * n
+            for r in range(size):
+                rng = random.Random(r)
+                text_r = " ".join(rng.choice(words) for _ in range(chars))
+                span_r = len(text_r) - chars - 100
+                for i in range(r * rows_per_rank, (r + 1) * rows_per_rank):
+                    everything[i] = text_r[(i * 7919) % span_r: (i * 7919) % span_r + chars - 50 + i % 100]
+            numbers = {"ok": np.ones(n, bool), "rank": np.repeat(np.arange(size, dtype=np.int32), rows_per_rank),
+                       "prompt_tokens": np.full(n, -1, np.int64), "completion_tokens": np.full(n, -1, np.int64),
+                       "latency_s": np.full(n, 1.5)}
             path = os.path.join(out_dir, "bare.h5")
             t0 = time.perf_counter()
             with h5py.File(path, "w") as f:
-                for name, values in (("prompt", prompts), ("completion", everything.completion), ("custom_id", ids)):
+                for name, values in (("prompt", prompts), ("completion", everything), ("custom_id", ids)):
                     arr = np.empty(len(values), dtype=object)
                     arr[:] = values
                     f.create_dataset(name, data=arr, dtype=STR)
-                for name in ("ok", "rank", "prompt_tokens", "completion_tokens", "latency_s"):
-                    f.create_dataset(name, data=getattr(everything, name))
+                for name, values in numbers.items():
+                    f.create_dataset(name, data=values)
             res["bare_s"].append(time.perf_counter() - t0)
             os.unlink(path)
-        del everything, local
-        wait_quietly()
+            del everything
+        _mpi.barrier_sleeping(comm)
     peak = comm.gather(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, root=0)
-    # where gather_results' time goes, its three steps timed alone for the completion column: UTF-8
-    # packing on every rank, the bare Gatherv of bytes + lengths, unpacking on rank 0
-    from mpiswarm import _mpi
-    from mpiswarm.wire import pack_strings, unpack_strings
-
+    # where the gather's time goes, one round's steps timed alone: packing one round's rows on
+    # every rank (mpiswarm.packed.pack_message), the Igatherv of the messages
     local = build()
-    mine = [] if rank == 0 else local.completion
-    wait_quietly()
+    block = GATHER_ROWS_PER_ROUND // size
+    _mpi.barrier_sleeping(comm)
     t0 = MPI.Wtime()
-    buffer, lengths = pack_strings(mine)
-    t_pack = MPI.Wtime() - t0
-    wait_quietly()
-    t_pack = comm.gather(t_pack, root=0)
+    message = pack_message(local, 0, block)
+    t_pack = comm.gather(MPI.Wtime() - t0, root=0)
+    _mpi.barrier_sleeping(comm)
     t0 = MPI.Wtime()
-    all_bytes, _ = _mpi.gatherv(buffer, comm)
-    all_lengths, _ = _mpi.gatherv(lengths, comm)
+    buffer, _ = _mpi.gatherv_bytes(message, comm)
     t_gatherv = MPI.Wtime() - t0
     if rank == 0:
-        t0 = MPI.Wtime()
-        unpack_strings(all_bytes, all_lengths)
-        res["diag"] = {"pack_s_per_rank": t_pack, "gatherv_s": t_gatherv, "unpack_s": MPI.Wtime() - t0,
-                       "bytes": int(len(all_bytes))}
-    del all_bytes, buffer
-    wait_quietly()
-    if rank == 0:
+        res["diag"] = {"round_rows": block * size, "pack_s_per_rank": t_pack, "gatherv_s": t_gatherv,
+                       "bytes": int(len(buffer))}
         res["peak_rss_mb_per_rank"] = peak
         print("BENCH-GATHER " + json.dumps(res), flush=True)
     return 0
@@ -679,7 +697,7 @@ def gather_child(argv) -> int:
 
 def bench_gather(a, work: str) -> dict:
     ranks = 4
-    rows, chars, repeat = (25000, 1000, 1) if a.quick else (250000, 1000, 2)
+    rows, chars, repeat = (25000, 1000, 1) if a.quick else (250000, 1000, 3)
     from mpiswarm.launch import find_mpiexec
 
     cmd = [find_mpiexec(), "-n", str(ranks), sys.executable, os.path.abspath(__file__), "_gather", work, str(rows),
@@ -736,6 +754,58 @@ def bench_scaling(a, work: str) -> dict:
     log("scaling: " + ", ".join(f"{r['ranks']} ranks {r['efficiency']:.0%}" for r in rows))
     return {"ranks": ranks, "prompts_per_rank": per, "time_scale": ts, "max_tokens": 64, "batch_size": 64,
             "rows": rows}
+
+
+# ============================================================================ 7. scale model
+def bench_model(a, work: str) -> dict:
+    import scale_model
+
+    res = scale_model.model(work, a.timeout)
+    t = {(r["ranks"], r["prompts"]): r for r in res["table"]}
+    log("model: rank 0 after the requests, s: " + ", ".join(f"{r:,} ranks {n:,} prompts {v['after_requests_s']:.0f}"
+                                                            for (r, n), v in t.items()))
+    return res
+
+
+def _model_markdown(m: dict) -> list[str]:
+    c = m["constants"]
+    L = ["## 7. Scale model: rank 0 at 1,000 and 10,000 ranks\n",
+         "`tools/scale_model.py`: rank 0's share of a job, measured per row, per message and per request with "
+         "mpiswarm's own functions on this machine, then projected (answers of "
+         f"{m['answer_bytes']:,} bytes, rounds of {m['round_rows']:,} rows, calls of {m['call_rows']} rows, "
+         f"a first share of {m['first_share']} rows a rank: the defaults).\n",
+         "| constant (rank 0 unless said) | measured |\n|---|---:|",
+         f"| read + validate the JSONL | {c['read_us_per_row']:.2f} µs/row |",
+         f"| scatter: pack the prompts | {c['scatter_pack_us_per_row']:.3f} µs/row |",
+         f"| serve one chunk request (`Control._hand_out` + `pack_rows`) at 1,000 / 10,000 ranks | "
+         f"{_keyed(c['request_us'])[1000]:.1f} / {_keyed(c['request_us'])[10000]:.1f} µs |",
+         f"| pack a rank's rows for the gather (`pack_message`; every rank, in parallel) | "
+         f"{c['pack_us_per_row']:.2f} µs/row |",
+         f"| unpack + sort a round (`unpack_messages`) | {c['unpack_us_per_row']:.3f} µs/row + "
+         f"{c['unpack_us_per_message']:.2f} µs/message |",
+         f"| receive one more small message (point to point, 2 ranks) | "
+         f"{next(r['message_s'] for r in m['rounds'] if r['ranks'] == 2) * 1e6:.2f} µs |",
+         f"| `Igatherv` byte rate (slowest of 2–8 ranks) | {m['bytes_per_s'] / 1e9:.1f} GB/s |",
+         f"| write (`write_rows`: 5 string columns, numbers) | {c['write_us_per_row']:.2f} µs/row |",
+         "",
+         "A gather round costs rank 0 a + b·R: a = an empty round at 2 ranks "
+         f"({m['fit']['a_s'] * 1e3:.2f} ms: two collectives and the waiting ranks' 1 ms sleeps), b = one more "
+         f"message received and parsed ({m['fit']['b_s_per_rank'] * 1e6:.2f} µs). Checked at 1–8 ranks "
+         "(4 and 8 ranks share 2 cores here: each waiting rank needs a core to wake up, so they read high):\n",
+         "| ranks | empty round, measured ms | model ms |\n|---:|---:|---:|"]
+    for r in m["rounds"]:
+        L.append(f"| {r['ranks']} | {r['round_s'] * 1e3:.2f} | "
+                 f"{'–' if r['predicted_s'] is None else format(r['predicted_s'] * 1e3, '.2f')} |")
+    L.append("\nRank 0's seconds, phase by phase (control: chunk requests served during the request phase, "
+             "spread over it; gather and write: after it):\n")
+    L.append("| ranks | prompts | read | scatter | control (requests) | gather (rounds) | write | after the requests |"
+             "\n|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for t in m["table"]:
+        L.append(f"| {t['ranks']:,} | {t['prompts']:,} | {t['read_s']:,.1f} | {t['scatter_s']:,.2f} | "
+                 f"{t['control_s']:,.1f} ({t['control_requests']:,}) | {t['gather_s']:,.1f} ({t['rounds']}) | "
+                 f"{t['write_s']:,.1f} | {t['after_requests_s']:,.1f} |")
+    L.append("")
+    return L
 
 
 # ============================================================================ report
@@ -817,6 +887,11 @@ def markdown(res: dict) -> str:
         last = sc["rows"][-1]
         L.append(f"| 6 | weak scaling, {sc['ranks'][0]} → {last['ranks']} ranks: efficiency (wall) | "
                  f"{_f(last['wall_s'])} s | {_f(sc['rows'][0]['wall_s'])} s (1 rank) | {last['efficiency']:.0%} | – | – |")
+    if "model" in s:
+        big = {(t["ranks"], t["prompts"]): t for t in s["model"]["table"]}[(10000, 100_000_000)]
+        L.append(f"| 7 | scale model: rank 0 after the requests, 10,000 ranks, 100M prompts (§7) | "
+                 f"{big['after_requests_s']:,.0f} s | write {big['write_s']:,.0f} s, read (before) {big['read_s']:,.0f} s "
+                 "| – | on paper | – |")
     L.append("")
 
     if "cpu" in s:
@@ -902,9 +977,10 @@ def markdown(res: dict) -> str:
     if "makespan" in s:
         m = s["makespan"]
         L.append("## 4. Makespan with one slow endpoint\n")
-        L.append(f"Calibrated in this run: one full-speed endpoint alone answered one list of "
-                 f"{m['calibration_prompts']:,} prompts at {m['rate_at_time_scale_1']:.0f} prompts/s at `--time-scale "
-                 f"1`, so `--time-scale {m['time_scale']:g}`; re-measured there: c = {m['full_speed_rate']:.0f} "
+        L.append(f"Calibrated in this run on the job's own prompts (the simulator's time depends on prompt "
+                 f"lengths): one full-speed endpoint alone answered the first {m['calibration_prompts']:,} as one list "
+                 f"at {m['rate_at_time_scale_1']:.0f} prompts/s at `--time-scale 1`, so `--time-scale "
+                 f"{m['time_scale']:g}`; there, all {m['prompts']:,} in one list: c = {m['full_speed_rate']:.0f} "
                  f"prompts/s. Capacity 3c + c/4 = {m['capacity']:.0f} prompts/s; ideal for {m['prompts']:,} prompts = "
                  f"{m['ideal_s']:.2f} s. `mpiexec -n 4 mpiswarm run --max-tokens {m['max_tokens']} --schedule S`, "
                  f"simulator `--count 4 --speeds 1,1,1,0.25 --time-scale {m['time_scale']:g}`. Makespan = "
@@ -926,7 +1002,7 @@ def markdown(res: dict) -> str:
         so = m["solo"]
         L.append(f"\n*engine fill* = a rank's prompts / its `t_requests` / its endpoint's capacity (c × speed); rank 0's "
                  "`t_requests` runs until every rank is done, so its fill reads low. One rank alone on one full-speed "
-                 f"endpoint, same {so['prompts']:,} prompts as the calibration: {so['dynamic_rate']:.0f} prompts/s with "
+                 f"endpoint, the job's first {so['prompts']:,} prompts (fill against one list of them): {so['dynamic_rate']:.0f} prompts/s with "
                  f"the default dynamic schedule ({so['dynamic_calls']} calls; fill {so['dynamic_fill']:.2f}), "
                  f"{so['static_rate']:.0f} prompts/s with `--schedule static` (one list; fill {so['static_fill']:.2f}), "
                  f"{so['fixed96_rate']:.0f} prompts/s with `--batch-size 96` ({so['fixed96_calls']} calls; fill "
@@ -935,7 +1011,7 @@ def markdown(res: dict) -> str:
         cl = m.get("client_layer_fill")
         if cl:
             L.append("\nThe same endpoint driven by one rank's client layer alone, in one process (no MPI, no control "
-                     f"plane; `Dispatcher` + `WorkSource`, 4 calls in flight, {so['prompts']:,} prompts): "
+                     f"plane; `Dispatcher` + `WorkSource`, the default 8 calls in flight, {so['prompts']:,} prompts): "
                      + ", ".join(f"{k}: {v['rate']:.0f} prompts/s ({v['calls']} calls; fill {v['fill']:.2f})"
                                  for k, v in cl.items()) + ".")
         ic = m["issue_check"]
@@ -950,30 +1026,32 @@ def markdown(res: dict) -> str:
         L.append("## 5. Gather + write\n")
         L.append(f"`mpiexec -n {g['ranks']}`: each rank builds {g['rows'] // g['ranks']:,} result rows (`ResultColumns`, "
                  f"answers of ~{g['answer_chars']:,} characters of the simulator's words, Latin-1 accents included: "
-                 f"{g['answer_bytes_mean']:.0f} UTF-8 bytes on average), then `gather_results` + `gather_stats` and "
-                 "rank 0 writes with `create_result_file` (rows, `ranks`, attributes) — against rank 0 alone writing "
-                 "the same arrays (prompt, completion, custom_id, ok, rank, prompt_tokens, completion_tokens, "
-                 f"latency_s) with bare h5py; best of {g['repeat']}. File {g['file_mb']:.0f} MB. While rank 0 "
-                 "writes, ranks 1–3 wait in a sleeping barrier (`Ibarrier` + `Test` + 5 ms sleeps) so that rank 0 has "
-                 "a core to itself for both writes, as on a machine with cores for every rank; the gather itself runs "
-                 "on 4 ranks sharing 2 cores.\n")
+                 f"{g['answer_bytes_mean']:.0f} UTF-8 bytes on average), then does what `mpiswarm run` does after its "
+                 f"requests: `gather_in_rounds` ({g.get('rounds', '?')} rounds of at most "
+                 f"{g.get('diag', {}).get('round_rows', 0):,} rows; a round is one packed message a rank, one "
+                 "`Igatherv`) with rank 0 writing each round as it comes (`ResultWriter.write_rows`: strings handed "
+                 "to HDF5 as pointers into the received buffer), then `gather_stats`, the `ranks` table and the "
+                 "attributes — against rank 0 alone writing the same arrays (prompt, completion, custom_id, ok, rank, "
+                 "prompt_tokens, completion_tokens, latency_s, held as Python objects) with bare h5py; best of "
+                 f"{g['repeat']}. File {g['file_mb']:.0f} MB. 4 ranks share 2 cores; ranks that wait sleep "
+                 "(`Ibarrier`/`Igatherv` + `Test` + 1 ms sleeps), so rank 0 has a core while it writes.\n")
         L.append("| pipeline | s | ratio |\n|---|---:|---:|")
         L.append(f"| bare h5py write on rank 0 | {_f(g['best']['bare_s'])} | 1.00 |")
         L.append(f"| mpiswarm gather + write | {_f(g['best']['mpiswarm_s'])} | {_f(g['ratio'])} |")
-        L.append(f"| of which gather (4 ranks → rank 0) | {_f(g['split']['gather_s'])} | |")
-        L.append(f"| of which write (`create_result_file`) | {_f(g['split']['write_s'])} | |")
+        L.append(f"| of which gather (packing, Igatherv, unpacking, waiting for the ranks) | {_f(g['split']['gather_s'])} | |")
+        L.append(f"| of which write (`write_rows`, `ranks`, attributes) | {_f(g['split']['write_s'])} | |")
         L.append(f"\nRank 0's peak memory (`ru_maxrss`): {g['rss_before_gather_mb']:,.0f} MB holding its rows and the "
-                 f"{g['rows']:,} prompts, {g['rss_after_mpiswarm_mb']:,.0f} MB after gather + write; other ranks "
+                 f"{g['rows']:,} prompts, {g['rss_after_mpiswarm_mb']:,.0f} MB after gather + write (a round's "
+                 "buffer at a time); other ranks "
                  f"{', '.join(f'{x:,.0f}' for x in g['peak_rss_mb_per_rank'][1:])} MB. mpiswarm also writes "
                  "`finish_reason` and `error` (two more string columns) and the `ranks` table, which the bare write "
                  "does not.\n")
         d = g.get("diag")
-        if d:
-            L.append(f"Where the gather's time goes, the completion column's three steps timed alone in the same run "
-                     f"({d['bytes'] / 2**20:,.0f} MB of UTF-8): packing (`wire.pack_strings`: join + encode) "
-                     f"{', '.join(f'{x:.2f}' for x in d['pack_s_per_rank'][1:])} s on ranks 1–{g['ranks'] - 1} "
-                     f"(4 ranks share 2 cores), the bare `Gatherv` of bytes + lengths {d['gatherv_s']:.2f} s, "
-                     f"unpacking on rank 0 (`wire.unpack_strings`: decode + one slice a row) {d['unpack_s']:.2f} s.\n")
+        if d and "round_rows" in d:
+            L.append(f"One round's steps timed alone in the same run ({d['round_rows']:,} rows, "
+                     f"{d['bytes'] / 2**20:,.0f} MB): packing (`packed.pack_message`: encode each string, join) "
+                     f"{', '.join(f'{x:.2f}' for x in d['pack_s_per_rank'])} s on ranks 0–{g['ranks'] - 1} "
+                     f"(4 ranks share 2 cores), the `Igatherv` of the messages {d['gatherv_s']:.2f} s.\n")
     if "scaling" in s:
         sc = s["scaling"]
         L.append("## 6. Weak scaling\n")
@@ -988,6 +1066,8 @@ def markdown(res: dict) -> str:
                      f"{_f(r['prompts_per_s'], 1)} | {r['efficiency']:.0%} | {r['requests_efficiency']:.0%} | "
                      f"{_f(r['imbalance'])} |")
         L.append("")
+    if "model" in s:
+        L.extend(_model_markdown(s["model"]))
     if res.get("notes"):
         L.append("## Notes\n")
         L.extend(f"* {n}" for n in res["notes"])
@@ -1008,13 +1088,17 @@ def notes(res: dict) -> list[str]:
         st, dy = c["by_schedule"]["static"], c["by_schedule"]["dynamic"]
         n0, n1 = c["sizes"]
         rs, rd = _keyed(st["requests_s"]), _keyed(dy["requests_s"])
-        out.append(f"CPU (1): against an instant endpoint the default dynamic schedule made {_keyed(dy['n_calls'])[n1]} "
-                   f"calls for {n1:,} prompts where static made {_keyed(st['n_calls'])[n1]}, and its request phase took "
-                   f"{rd[n1]:.2f} s against {rs[n1]:.2f} s: rank 0 lets a rank hold only `call_cap × (concurrency + 1)` "
-                   "unfinished rows (480 with the defaults), so even one rank fetches its work from itself in small "
-                   "chunks, with 50 ms waits, and the event loop's 1 ms control-plane polling runs all that time. "
-                   f"Per prompt: static {st['us_per_prompt']:.1f} µs, dynamic {dy['us_per_prompt']:.1f} µs "
-                   f"(one run each; `measure`'s best-of figure is the default, dynamic).")
+        calls_d, calls_s = _keyed(dy["n_calls"])[n1], _keyed(st["n_calls"])[n1]
+        if calls_d > 1.5 * calls_s:
+            out.append(f"CPU (1): against an instant endpoint the default dynamic schedule made {calls_d} calls for "
+                       f"{n1:,} prompts where static made {calls_s}, and its request phase took {rd[n1]:.2f} s against "
+                       f"{rs[n1]:.2f} s: one rank fetched its work from itself in small chunks.")
+        else:
+            out.append(f"CPU (1): one rank has nobody to balance with and runs the static path: {calls_d} calls for "
+                       f"{n1:,} prompts either way, request phase {rd[n1]:.2f} s (dynamic) and {rs[n1]:.2f} s (static). "
+                       f"Per prompt: static {st['us_per_prompt']:.1f} µs, dynamic {dy['us_per_prompt']:.1f} µs (one run "
+                       "each); the ratio moves with the machine's load (other jobs share these 2 cores): runs of the "
+                       "same code gave 0.8–1.6× before the gather and write were reworked.")
     b = s.get("batch")
     if b:
         lg = b["large"]["rows"]
@@ -1046,43 +1130,46 @@ def notes(res: dict) -> list[str]:
         dyn_cl = next((v for k, v in cl.items() if k.startswith("dynamic")), None)
         fix_cl = next((v for k, v in cl.items() if k.startswith("fixed")), None)
         one_cl = cl.get("one list")
+        fill = best["fill_per_rank"]
         text = (f"Makespan (4): in the best default dynamic run the fast ranks 1–2 finished their requests at "
                 f"{fast_end:.2f} s and the quarter-speed rank 3 at {t[3]:.2f} s (ideal {m['ideal_s']:.2f} s); engine "
-                f"fill per rank {', '.join(f'{x:.2f}' for x in best['fill_per_rank'])}: no rank kept its engine full. "
-                f"One rank alone on one endpoint: fill {so['dynamic_fill']:.2f} with the defaults "
-                f"({so['dynamic_calls']} calls), {so['fixed96_fill']:.2f} with `--batch-size 96`, "
-                f"{so['static_fill']:.2f} with one list (`--schedule static`).")
+                f"fill per rank {', '.join(f'{x:.2f}' for x in fill)} (rank 0's reads low: its `t_requests` ends "
+                f"with the last rank). The slow rank served {best['ranks']['n_prompts'][3]} rows, its first share "
+                f"(a fair share is {m['prompts'] * m['speeds'][3] / sum(m['speeds']):.0f}): a later chunk would wait "
+                "behind its engine's queue longer than the others need to finish. One rank alone on one endpoint "
+                f"reaches {so['dynamic_fill']:.2f} of the capacity of one list of the same prompts.")
         if dyn_cl and fix_cl and one_cl:
-            text += (f" Without MPI, the client layer alone: one list {one_cl['fill']:.2f}, fixed calls of 96 "
-                     f"{fix_cl['fill']:.2f} ({fix_cl['calls']} calls), the dynamic schedule's sizing "
-                     f"{dyn_cl['fill']:.2f} ({dyn_cl['calls']} calls): once a rank's source is exhausted each call "
-                     "takes ceil(queued / concurrency) rows, recomputed at every call, so the last few hundred rows "
-                     "go out in a dozen shrinking calls one after another, each paying a full decode latency with "
-                     f"the engine nearly empty. Under mpiexec fixed calls of 96 stay at {so['fixed96_fill']:.2f} "
-                     f"against {so['static_fill']:.2f} for one list: there the control plane's chunks and refills "
-                     "(rank 0 lets a rank hold at most 480 unfinished rows) cost about as much again.")
+            text += (f" The client layer alone, without MPI, with the default 8 calls in flight: one list "
+                     f"{one_cl['fill']:.2f}, fixed calls {fix_cl['fill']:.2f} ({fix_cl['calls']} calls), the dynamic "
+                     f"schedule's sizing {dyn_cl['fill']:.2f} ({dyn_cl['calls']} calls). A list call frees its rows "
+                     "only when its last prompt is done, so smaller calls with more in flight keep an engine fuller: "
+                     "4 calls of ~96 (the earlier default) left each fast engine at ~0.88, 8 of ~48 at ~0.94.")
         text += (f" Our processes used {best['cpu_busy_fraction']:.0%} of the 2 cores; the machine as a whole (other "
                  f"jobs included) {'?' if best.get('machine_busy') is None else format(best['machine_busy'], '.0%')}.")
         out.append(text)
         tuned = [f for f in m["runs"] if "--batch-size" in f["schedule"]]
         if tuned:
-            out.append(f"Makespan (4): `--batch-size 96 --concurrency 8` (768 rows in flight a rank instead of 384, "
-                       f"calls of a fixed size) gave {tuned[0]['ideal_over_makespan']:.2f} of ideal in this run.")
+            out.append(f"Makespan (4): `--batch-size 96 --concurrency 8` (768 rows in flight a rank, calls of 96) gave "
+                       f"{tuned[0]['ideal_over_makespan']:.2f} of ideal: each rank's first share (9 calls' worth, "
+                       f"{tuned[0]['ranks']['n_prompts'][3]} rows for the slow rank) is more than the slow endpoint "
+                       "finishes in time.")
         st = [f for f in m["runs"] if f["schedule"] == "static"]
         if st:
             cpu = st[0]["ranks"]["cpu_s"]
-            out.append(f"Makespan (4), static: ranks 1–2 finished after {st[0]['ranks']['t_requests'][1]:.1f} s and then "
-                       f"used {cpu[1]:.1f} and {cpu[2]:.1f} s of CPU waiting for the slow rank: MPICH's blocking "
-                       "collectives spin, which on an oversubscribed node (here 4 ranks and the simulator on 2 cores) "
-                       "takes CPU from the ranks still working.")
+            out.append(f"Makespan (4), static: ranks 1–2 finished after {st[0]['ranks']['t_requests'][1]:.1f} s and used "
+                       f"{cpu[1]:.1f} and {cpu[2]:.1f} s of CPU in all, waiting for the slow rank in a sleeping barrier "
+                       "(`Ibarrier` + `Test` + 1 ms sleeps). MPICH's blocking `Barrier` spins: in the run before it, "
+                       "the same ranks used 14.3 and 13.7 s, taken from the ranks still working on these 2 cores "
+                       "(static makespan then 17.56 s, 0.28 of ideal).")
     g = s.get("gather")
-    if g and g.get("diag"):
+    if g and g.get("diag") and "round_rows" in g["diag"]:
         d = g["diag"]
         out.append(f"Gather + write (5): the write is {g['split']['write_s'] / g['best']['bare_s']:.2f}× the bare write "
-                   f"(two more string columns, `finish_reason` and `error`, of {g['rows']:,} rows each); the gather adds "
-                   f"{g['split']['gather_s']:.2f} s: UTF-8 packing {max(d['pack_s_per_rank'][1:]):.2f} s a rank, the "
-                   f"Gatherv itself {d['gatherv_s']:.2f} s for {d['bytes'] / 2**20:,.0f} MB (4 ranks spinning on 2 "
-                   f"cores), and rank 0's decode + {g['rows'] * 3 // 4:,} slices {d['unpack_s']:.2f} s.")
+                   f"(it also writes `finish_reason` and `error`, two more string columns of {g['rows']:,} rows each); "
+                   f"the gather adds {g['split']['gather_s']:.2f} s, most of it rank 0 packing its own rows and "
+                   f"waiting for the others' (packing one round: {max(d['pack_s_per_rank']):.2f} s a rank with 4 ranks "
+                   f"on 2 cores); the `Igatherv` of one round moves {d['bytes'] / 2**20:,.0f} MB in "
+                   f"{d['gatherv_s']:.2f} s.")
     return out
 
 
@@ -1122,7 +1209,7 @@ def main(argv=None) -> int:
         p.error(f"unknown sections {bad}; choose from {','.join(SECTIONS)}")
     os.environ.update({k: v for k, v in child_env().items() if k in ("NO_PROXY", "no_proxy")})
     funcs = {"cpu": bench_cpu, "batch": bench_batch, "concurrency": bench_concurrency, "makespan": bench_makespan,
-             "gather": bench_gather, "scaling": bench_scaling}
+             "gather": bench_gather, "scaling": bench_scaling, "model": bench_model}
     t0 = time.perf_counter()
     load_before = os.getloadavg()[0]
     res = {"sections": {}, "errors": {}, "section_wall_s": {}}

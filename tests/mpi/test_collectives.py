@@ -123,7 +123,7 @@ def test_gather_in_rounds_bounds_what_the_root_holds(rows_per_round):
         assert rank == 0
         assert len(part) <= max(rows_per_round, size)
         assert part.index.tolist() == sorted(part.index.tolist())
-        assert part.completion == [f"answer {i}" for i in part.index.tolist()]
+        assert part.to_results().completion == [f"answer {i}" for i in part.index.tolist()]
         seen += part.index.tolist()
     if rank == 0:
         assert sorted(seen) == list(range(53))
@@ -158,3 +158,31 @@ def test_reasoning_column_is_gathered_only_when_some_rank_has_one(thinking_ranks
     thinker = {"odd": lambda r: r % 2 == 1, "root": lambda r: r == 0}[thinking_ranks]
     assert got == {row: [""] * (n - 1) + ([f"why {row} ☃"] if thinker(row % size) else [""])
                    for row in range(30)}
+
+
+def test_gatherv_bytes_returns_every_message_and_where_it_starts():
+    comm, rank, size = comm_info()
+    mine = bytes([rank]) * (rank * 3)  # rank 0 sends nothing
+    buffer, offsets = _mpi.gatherv_bytes(mine, comm)
+    if rank != 0:
+        assert buffer is None and offsets is None
+        return
+    assert offsets.tolist() == [sum(r * 3 for r in range(k)) for k in range(size)]
+    assert buffer.tobytes() == b"".join(bytes([r]) * (r * 3) for r in range(size))
+
+
+def test_waiting_in_a_sleeping_barrier_costs_no_core():
+    """Ranks that are done early wait without spinning (MPICH's Barrier spins: on a shared node
+    that core is taken from the ranks still working)."""
+    import time
+
+    comm, rank, size = comm_info()
+    _mpi.barrier_sleeping(comm)
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    if rank == 0:
+        time.sleep(1.0)  # the late rank (what is being waited for, not synchronisation)
+    _mpi.barrier_sleeping(comm)
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - t0
+    if rank != 0:
+        assert wall >= 0.9
+        assert cpu < 0.1 * wall, f"rank {rank} used {cpu:.2f} s of CPU in {wall:.2f} s of waiting"

@@ -1,0 +1,243 @@
+#!/usr/bin/env python3
+"""The scale model: what rank 0 costs at 1,000 and 10,000 ranks with 1M and 100M prompts.
+
+Rank 0 does everything that does not parallelize: it reads the input, scatters the first share,
+serves the control plane's chunk requests during the request phase, and at the end receives,
+parses and writes every row. This script measures each of those per row, per message or per
+request on this machine, with mpiswarm's own functions, then projects them:
+
+* in process (no MPI): ``read_prompts`` per row; the scatter's packing per row; one chunk
+  request served by rank 0 (``Control._hand_out`` + ``pack_rows``) at 1,000 and 10,000 ranks;
+  ``pack_message`` per row (every rank, in parallel: rank 0 packs only its own share);
+  ``unpack_messages`` per message and per row; ``ResultWriter.write_rows`` per row (1 KB answers);
+* under ``mpiexec -n R`` for R = 1, 2, 4, 8: one empty gather round (``gather_packed`` of 0
+  rows: the collectives alone) and the byte rate of one large ``Igatherv``; at 2 ranks also one
+  small message received. A round costs rank 0 a + b·R (a: a round at 2 ranks; b: one more
+  message received and parsed); its prediction is checked against the rounds at 4 and 8 ranks
+  (which here share 2 cores, so they read high).
+
+``python tools/scale_model.py`` prints the constants and the projection as JSON; ``tools/bench.py
+--only model`` puts them in docs/bench.md.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+TOOLS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(TOOLS)
+ANSWER_BYTES = 1000
+ROUND_ROWS = 1 << 18  # runner.GATHER_ROWS_PER_ROUND
+CALL_ROWS = 48  # rows of one call with the defaults (call_cap(256, 8)): what a chunk request brings
+LIMIT = CALL_ROWS * 9  # rows a rank may hold unfinished with the defaults: its first share
+
+
+def _best(f, repeat=3) -> float:
+    best = math.inf
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        f()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _results(k: int, rank: int = 0):
+    import numpy as np
+
+    from mpiswarm.records import ResultColumns
+
+    res = ResultColumns.pending(np.arange(k, dtype=np.int64), 1, rank)
+    text = ("Gène café naïve résumé " * (ANSWER_BYTES // 20 + 2))[:ANSWER_BYTES - 10]
+    res.completion = [f"{text}{i:09d}" for i in range(k)]
+    res.finish_reason = ["stop"] * k
+    res.error = [""] * k
+    res.ok[:] = True
+    res.done[:] = True
+    return res
+
+
+def measure_in_process(work: str) -> dict:
+    """Per-row, per-message and per-request constants of rank 0's code, in this process."""
+    import numpy as np
+
+    from mpiswarm.control import Control, Pool
+    from mpiswarm.inputs import PromptSet, read_prompts
+    from mpiswarm.packed import PackedColumns, pack_message, unpack_messages
+    from mpiswarm.partition import contiguous_bounds
+    from mpiswarm.store import create_result_file
+    from mpiswarm.wire import pack_rows, pack_string_slices
+
+    sys.path.insert(0, TOOLS)
+    import scaling_study
+
+    c = {}
+    n = 200_000
+    path = os.path.join(work, "model.jsonl")
+    scaling_study.write_prompts(path, n)
+    c["read_us_per_row"] = _best(lambda: read_prompts(path), 2) / n * 1e6
+    ps = read_prompts(path)
+    c["prompt_bytes"] = sum(len(p.encode()) for p in ps.prompts[:10000]) / 10000
+    bounds = contiguous_bounds(n, 1000)
+    c["scatter_pack_us_per_row"] = _best(lambda: pack_string_slices(ps.prompts, bounds)) / n * 1e6
+
+    class _Quiet:  # a mailbox that sends nothing: rank 0's own cost of a request
+        def send(self, *args):
+            pass
+
+    c["request_us"] = {}
+    for ranks in (1000, 10000):
+        todo = np.arange(n, dtype=np.int64)
+        control = Control(_Quiet(), 0, ranks, 1)
+        control.pool = Pool(ps, todo, ranks, minimum=8, limit=CALL_ROWS)
+        served = 0
+        t0 = time.perf_counter()
+        while control.pool.remaining and served < 2000:
+            rank = served % ranks
+            got = control._hand_out(rank)
+            pack_rows(*got)
+            control.counts[rank, 0] = control.pool.handed[rank]  # as if it finished them
+            served += 1
+        c["request_us"][ranks] = (time.perf_counter() - t0) / served * 1e6
+    k = 50_000
+    res = _results(k)
+    c["pack_us_per_row"] = _best(lambda: pack_message(res)) / k * 1e6
+    message = np.frombuffer(pack_message(res), np.uint8)
+    c["unpack_us_per_row"] = _best(lambda: unpack_messages(message, [0]).in_index_order()) / k * 1e6
+    small = pack_message(_results(26))
+    many = np.frombuffer(small * 10000, np.uint8)
+    offsets = np.arange(10000) * len(small)
+    c["unpack_us_per_message"] = max(0.0, _best(lambda: unpack_messages(many, offsets)) / 10000 * 1e6
+                                     - 26 * c["unpack_us_per_row"])
+    packed = PackedColumns.from_results(res)
+    prompts = ps.prompts[:k]
+    ids = ps.custom_ids[:k]
+
+    def write():
+        with create_result_file(os.path.join(work, "model.h5"), k, 1) as out:
+            out.write_rows(prompts, ids, packed)
+
+    c["write_us_per_row"] = _best(write) / k * 1e6
+    os.unlink(os.path.join(work, "model.h5"))
+    return c
+
+
+def rounds_child(argv) -> int:
+    """Under ``mpiexec -n R``: ``scale_model.py _rounds ROUNDS MB`` — empty gather rounds, then
+    one large ``Igatherv``; prints one JSON line on rank 0."""
+    import numpy as np
+    from mpi4py import MPI
+
+    from mpiswarm import _mpi
+    from mpiswarm.gather import gather_packed
+
+    rounds, mb = int(argv[0]), float(argv[1])
+    comm = MPI.COMM_WORLD
+    empty = _results(0, comm.Get_rank())
+    gather_packed(empty, comm)
+    _mpi.barrier_sleeping(comm)
+    t0 = MPI.Wtime()
+    for _ in range(rounds):
+        gather_packed(empty, comm)
+    per_round = (MPI.Wtime() - t0) / rounds
+    payload = np.ones(int(mb * 2**20) if comm.Get_rank() else 0, np.uint8)
+    _mpi.gatherv_bytes(payload, comm)
+    _mpi.barrier_sleeping(comm)
+    t0 = MPI.Wtime()
+    buffer, _ = _mpi.gatherv_bytes(payload, comm)
+    dt = MPI.Wtime() - t0
+    msg_s = None
+    if comm.Get_size() == 2:  # what one more rank costs the root in a linear gather: one more receive
+        k = 5000
+        _mpi.barrier_sleeping(comm)
+        t0 = MPI.Wtime()
+        small = np.zeros(1, np.int64)
+        for _ in range(k):
+            if comm.Get_rank() == 0:
+                comm.Recv(small, source=1, tag=5)
+            else:
+                comm.Send(small, dest=0, tag=5)
+        msg_s = (MPI.Wtime() - t0) / k
+    if comm.Get_rank() == 0:
+        rate = len(buffer) / dt if len(buffer) else None
+        print("ROUNDS " + json.dumps({"ranks": comm.Get_size(), "round_s": per_round, "bytes_per_s": rate,
+                                      "message_s": msg_s}), flush=True)
+    return 0
+
+
+def measure_rounds(ranks=(1, 2, 4, 8), timeout: float = 300.0) -> list[dict]:
+    sys.path.insert(0, ROOT)
+    from mpiswarm.launch import find_mpiexec
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, TOOLS, os.environ.get("PYTHONPATH", "")]))
+    out = []
+    for r in ranks:
+        proc = subprocess.run([find_mpiexec(), "-n", str(r), sys.executable, os.path.abspath(__file__), "_rounds",
+                               "200", "64"], env=env, capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0:
+            raise RuntimeError(f"scale model rounds at {r} ranks: exit {proc.returncode}\n{proc.stderr[-2000:]}")
+        line = next(x for x in proc.stdout.splitlines() if x.startswith("ROUNDS "))
+        out.append(json.loads(line.split(" ", 1)[1]))
+    return out
+
+
+def fit_rounds(rounds: list[dict], c: dict) -> dict:
+    """A round costs rank 0 ``a + b·R``: ``a`` is a round at 2 ranks (each with a core: the
+    latency of two collectives and the waiting ranks' sleeps), ``b`` one more message received
+    (measured point to point at 2 ranks: a linear gather receives one a rank) plus parsing it."""
+    two = next(r for r in rounds if r["ranks"] == 2)
+    return {"a_s": two["round_s"], "b_s_per_rank": two["message_s"] + c["unpack_us_per_message"] * 1e-6}
+
+
+def project(c: dict, fit: dict, bytes_per_s: float, ranks: int, prompts: int) -> dict:
+    """Rank 0's seconds for one job, phase by phase (answers of ANSWER_BYTES)."""
+    req_us = c["request_us"][str(ranks)] if str(ranks) in c["request_us"] else c["request_us"][ranks]
+    first = min(prompts, ranks * max(LIMIT, -(-prompts // (8 * ranks))))  # the first share, scattered
+    requests = -(-(prompts - first) // CALL_ROWS)  # chunk requests served during the request phase
+    rounds = -(-prompts // ROUND_ROWS)
+    row_bytes = ANSWER_BYTES + 40
+    p = {
+        "read_s": prompts * c["read_us_per_row"] * 1e-6,
+        "scatter_s": first * c["scatter_pack_us_per_row"] * 1e-6 + first * c["prompt_bytes"] / bytes_per_s,
+        "control_requests": requests,
+        "control_s": requests * req_us * 1e-6,
+        "gather_s": (rounds * (fit["a_s"] + fit["b_s_per_rank"] * ranks)
+                     + prompts * (c["unpack_us_per_row"] * 1e-6 + row_bytes / bytes_per_s)
+                     + prompts / ranks * c["pack_us_per_row"] * 1e-6),
+        "write_s": prompts * c["write_us_per_row"] * 1e-6,
+        "rounds": rounds,
+    }
+    p["after_requests_s"] = p["gather_s"] + p["write_s"]
+    return p
+
+
+def model(work: str, timeout: float = 300.0) -> dict:
+    constants = measure_in_process(work)
+    rounds = measure_rounds(timeout=timeout)
+    fit = fit_rounds(rounds, constants)
+    rates = [r["bytes_per_s"] for r in rounds if r["bytes_per_s"]]
+    bytes_per_s = min(rates)
+    for r in rounds:  # the model's own prediction at the measured rank counts (1 rank: no one to wait for)
+        r["predicted_s"] = fit["a_s"] + fit["b_s_per_rank"] * (r["ranks"] - 2) if r["ranks"] > 1 else None
+    table = [{"ranks": r, "prompts": n, **project(constants, fit, bytes_per_s, r, n)}
+             for r in (1000, 10000) for n in (1_000_000, 100_000_000)]
+    return {"constants": constants, "rounds": rounds, "fit": fit, "bytes_per_s": bytes_per_s, "table": table,
+            "answer_bytes": ANSWER_BYTES, "round_rows": ROUND_ROWS, "call_rows": CALL_ROWS, "first_share": LIMIT}
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    sys.path[:0] = [ROOT, TOOLS]
+    if argv and argv[0] == "_rounds":
+        return rounds_child(argv[1:])
+    with tempfile.TemporaryDirectory(prefix="mpiswarm-model-") as work:
+        print(json.dumps(model(work), indent=1, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
