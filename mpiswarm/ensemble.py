@@ -30,7 +30,11 @@ class EnsemblePlan:
         return self.n_prompts * self.n_ranks * self.repeat
 
     def source_row(self) -> np.ndarray:
-        return np.repeat(np.arange(self.n_prompts, dtype=np.int64), self.n_ranks * self.repeat)
+        return self.source_of(np.arange(self.n_rows, dtype=np.int64))
+
+    def source_of(self, rows: np.ndarray) -> np.ndarray:
+        """The input prompt of each of ``rows``."""
+        return np.asarray(rows, dtype=np.int64) // (self.n_ranks * self.repeat)
 
     def rank(self) -> np.ndarray:
         per_prompt = np.repeat(np.arange(self.n_ranks, dtype=np.int64), self.repeat)

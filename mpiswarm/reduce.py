@@ -253,7 +253,8 @@ def reduce_tree(level0: Items, n_answers: int, combiner: Combiner, comm=None) ->
     fanin = options.fanin
     reduction = Reduction(options, n_answers) if rank == _mpi.ROOT else None
     items, n_prev = level0, n_answers
-    for level, size in enumerate(level_sizes(n_answers, fanin), 1):
+    sizes = level_sizes(n_answers, fanin)
+    for level, size in enumerate(sizes, 1):
         held = np.bincount(items.index // fanin, minlength=size)
         owners = _mpi.allreduce_argmax(held, comm)
         mine = _exchange(items, owners, fanin, comm)
@@ -278,20 +279,23 @@ def reduce_tree(level0: Items, n_answers: int, combiner: Combiner, comm=None) ->
             return reduction
         items = Items(groups, results.completion, results.ok.copy())
         n_prev = size
-    return _final(reduction, items, comm)
+    return _final(reduction, items, bool(sizes), comm)
 
 
-def _final(reduction: Reduction | None, top: Items, comm) -> Reduction | None:
-    """The last remaining output (the single answer when there was nothing to combine)."""
-    got = _mpi.gather((top.text, top.ok.tolist(), top.index.tolist()) if len(top.index) else None, comm)
+def _final(reduction: Reduction | None, top: Items, combined: bool, comm) -> Reduction | None:
+    """The last remaining output: the top level's one group when anything was ``combined``,
+    else the single answer (or none), which then has to travel to the root."""
+    if combined:
+        if reduction is not None:
+            last = reduction.levels[-1].results
+            reduction.final, reduction.final_ok, reduction.final_error = last.completion[0], bool(last.ok[0]), last.error[0]
+        return reduction
+    got = _mpi.gather((top.text, top.ok.tolist()) if len(top.index) else None, comm)
     if reduction is None:
         return None
     held = [g for g in got if g is not None]
-    if reduction.levels:
-        last = reduction.levels[-1].results
-        reduction.final, reduction.final_ok, reduction.final_error = last.completion[0], bool(last.ok[0]), last.error[0]
-    elif held and reduction.n_answers == 1:
-        texts, ok, _ = held[0]
+    if held:
+        texts, ok = held[0]
         reduction.final, reduction.final_ok = texts[0], ok[0]
         reduction.final_error = "" if ok[0] else "the only answer failed"
     else:

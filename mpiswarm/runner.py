@@ -300,7 +300,7 @@ async def _serve(urls: list[str], config: RunConfig, piece: RankSlice, plan: Pla
 def _count_votes(votes: VoteCounter | None, ensemble: EnsemblePlan | None, part: ResultColumns) -> None:
     """Add a block of an ensemble's rows (every choice a vote) to the votes per prompt."""
     if votes is not None and len(part):
-        sources = np.repeat(ensemble.source_row()[part.index], part.n)
+        sources = np.repeat(ensemble.source_of(part.index), part.n)
         votes.add(sources.tolist(), part.completion, np.repeat(part.ok, part.n).tolist())
 
 
