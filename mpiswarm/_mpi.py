@@ -85,7 +85,7 @@ def scatterv(sendbuf: np.ndarray | None, counts: np.ndarray | None, dtype, comm=
         send = [np.ascontiguousarray(sendbuf, dtype=dtype), (counts, _displacements(counts))]
     else:
         send = None
-    comm.Scatterv(send, recv, root=ROOT)
+    _wait_sleeping(comm.Iscatterv(send, recv, root=ROOT))  # the others sleep while the root sends
     return recv
 
 
@@ -209,7 +209,7 @@ def gatherv_bytes(payload: bytes | np.ndarray, comm=None, poll_s: float = WAIT_P
     while the root receives (the root waits in ``Wait``: it is the one copying).
     """
     comm = world(comm)
-    send = np.frombuffer(payload, dtype=np.uint8) if isinstance(payload, (bytes, bytearray)) else payload
+    send = _as_bytes(payload)
     root = comm.Get_rank() == ROOT
     counts = np.empty(comm.Get_size() if root else 0, dtype=np.int64)
     # everyone sleeps until every message is ready (the root too: it would spin on the cores
@@ -222,3 +222,28 @@ def gatherv_bytes(payload: bytes | np.ndarray, comm=None, poll_s: float = WAIT_P
     out = np.empty(int(counts.sum()), dtype=np.uint8)
     comm.Igatherv(send, [out, (counts, displ)], root=ROOT).Wait()
     return out, displ
+
+
+def _as_bytes(payload) -> np.ndarray:
+    return np.frombuffer(payload, dtype=np.uint8) if isinstance(payload, (bytes, bytearray)) else payload
+
+
+def alltoallv_bytes(messages: list, comm=None, poll_s: float = WAIT_POLL_S) -> tuple[np.ndarray, np.ndarray]:
+    """Message r of ``messages`` (bytes, one per rank) to rank r, in ONE ``Ialltoallv``.
+
+    Returns ``(buffer, offsets)``: what every rank sent here, one message after the other in
+    rank order, and where each non-empty one starts. Ranks sleep between tests while the bytes move (a rank
+    whose messages are small would otherwise spin on the cores the others pack with).
+    """
+    comm = world(comm)
+    sends = [_as_bytes(m) for m in messages]
+    send_counts = np.fromiter(map(len, sends), dtype=np.int64, count=len(sends))
+    recv_counts = np.empty_like(send_counts)
+    _wait_sleeping(comm.Ialltoall(send_counts, recv_counts), poll_s)
+    send = np.concatenate(sends) if sends else np.zeros(0, np.uint8)
+    recv_displ = _displacements(recv_counts)
+    out = np.empty(int(recv_counts.sum()), dtype=np.uint8)
+    request = comm.Ialltoallv([send, (send_counts, _displacements(send_counts))], [out, (recv_counts, recv_displ)])
+    _wait_sleeping(request, poll_s)
+    return out, recv_displ[recv_counts > 0]
+

@@ -68,6 +68,10 @@ def _max_tokens(text: str) -> int | str:
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", help="prompts: .jsonl (plain or OpenAI Batch rows) or .txt (one a line)")
     p.add_argument("-o", "--output", required=True, help="the HDF5 result file to write")
+    p.add_argument("--layout", choices=("single", "virtual"), default="single",
+                   help="single (default): rank 0 writes one self-contained file; virtual: every rank "
+                   "writes its block of rows to OUTPUT.parts/ in parallel and OUTPUT maps them with HDF5 "
+                   "virtual datasets (for millions of prompts; keep the two together)")
     p.add_argument("--model", required=True, help="model name sent with every request")
     where = p.add_mutually_exclusive_group()
     where.add_argument(
@@ -208,7 +212,7 @@ def config_from_args(args):
         restart=args.restart,
         retry=RetryPolicy(max_attempts=args.max_attempts), schedule=args.schedule, max_num_seqs=args.max_num_seqs,
         progress=args.progress, progress_interval=args.progress_interval, quiet=args.quiet, reduce=reduce,
-        repeat=args.repeat,
+        repeat=args.repeat, layout=args.layout,
         template=map_template, prompt_format=prompt_format, max_tokens_auto=auto, max_tokens_cap=args.max_tokens_cap,
     )
 

@@ -1,4 +1,6 @@
-"""``mpiswarm export OUT.h5 --format jsonl|openai-batch|csv -o FILE``: the rows as text.
+"""``mpiswarm export OUT.h5 --format jsonl|openai-batch|csv|h5 -o FILE``: the rows as text
+(or, ``h5``, the whole file as one self-contained HDF5 file: a virtual layout's part files
+copied in).
 
 * ``jsonl`` — one object a row, in row order: ``custom_id``, ``prompt``, ``completion``
   (a list when the file holds several completions a prompt), ``finish_reason`` (likewise),
@@ -19,6 +21,9 @@
   in prompts and completions survive ``csv.reader``); ``completion_0``, ``completion_1``, …
   when the file holds several completions a prompt; empty cells where unknown.
 
+* ``h5`` — the result file with every dataset in it: a ``--layout virtual`` file's rows copied
+  from its part files (:func:`mpiswarm.store.write_self_contained`), so it can travel alone.
+
 Rows stream a block at a time (:func:`mpiswarm.store.iter_rows`), never the whole file. The
 output is written under a temporary name beside ``FILE`` and renamed when complete; ``-o -``
 writes to standard output.
@@ -36,10 +41,10 @@ import sys
 import time
 
 from .inputs import InputError
-from .store import DEFAULT_CHUNK_ROWS, ROW_DATASETS, is_unanswered, iter_rows, read_info
+from .store import DEFAULT_CHUNK_ROWS, ROW_DATASETS, is_unanswered, iter_rows, read_info, write_self_contained
 from .textout import atomic_text, check_directory, quiet_broken_pipe
 
-FORMATS = ("jsonl", "openai-batch", "csv")
+FORMATS = ("jsonl", "openai-batch", "csv", "h5")
 ROW_SELECTIONS = ("all", "ok", "failed")
 
 _HTTP_ERROR = re.compile(r"^HTTP (\d{3})(?::\s*(.*))?$", re.S)
@@ -230,6 +235,10 @@ def export(path, fmt: str, output: str, rows: str = "all", chunk_rows: int = DEF
         raise InputError(problem)
     if output != "-" and os.path.exists(output) and os.path.samefile(path, output):
         raise InputError(f"{output}: the export would overwrite the result file")
+    if fmt == "h5":
+        if output == "-" or rows != "all":
+            raise InputError("--format h5: copies every row to a file (-o FILE; no --rows, not standard output)")
+        return write_self_contained(path, output)
     n = info.n
     written = 0
     with atomic_text(output) as fh:
@@ -250,7 +259,7 @@ def export(path, fmt: str, output: str, rows: str = "all", chunk_rows: int = DEF
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("export", help="write a result file's rows as JSONL, OpenAI Batch output or CSV",
+    p = sub.add_parser("export", help="write a result file's rows as JSONL, OpenAI Batch output, CSV or one self-contained HDF5 file",
                        description="Write a result file's rows, in row order, as JSONL, OpenAI Batch "
                        "output lines or CSV. Streams the file a block of rows at a time.")
     p.add_argument("file", help="an mpiswarm result file (.h5)")

@@ -1,4 +1,5 @@
-"""Every rank's results back to rank 0, in input order.
+"""Every rank's results back to rank 0, in input order — or, for a virtual layout, every
+rank's results to the rank whose block of rows holds them (:func:`redistribute_in_rounds`).
 
 Each round every rank packs its next rows into ONE byte message (:mod:`mpiswarm.packed`) and
 rank 0 receives all of them with one ``Igatherv`` (two collectives a round: the sizes, the
@@ -8,11 +9,15 @@ the HDF5 writer takes as they are. Ranks pack round k+1 while rank 0 writes roun
 """
 from __future__ import annotations
 
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
 
 from . import _mpi
-from .packed import PackedColumns, pack_message, unpack_messages
+from .packed import PackedColumns, PackedStrings, pack_message, unpack_messages
 from .records import RankStats, ResultColumns
+from .scatter import scatter_packed
 
 
 def any_reasoning(local: ResultColumns, comm=None) -> bool:
@@ -64,3 +69,49 @@ def gather_stats(stats: RankStats, comm=None) -> list[RankStats] | None:
     """Per-rank statistics on the root, in rank order (small: pickled)."""
     gathered = _mpi.gather(stats.as_dict(), comm)
     return None if gathered is None else [RankStats(**d) for d in gathered]
+
+
+@dataclass
+class BlockRound:
+    """One round of a rank's own block: the window of input rows ``start:stop``, the root's
+    text columns for it (``texts[j]``: column j, one string a row of the window) and the
+    results every rank held for its rows, sorted by index."""
+
+    start: int
+    stop: int
+    texts: list[PackedStrings]
+    rows: PackedColumns
+
+
+def redistribute_in_rounds(local: ResultColumns, bounds: np.ndarray, rows_per_round: int,
+                           texts: Callable[[int, int], list[list[str]]] | None = None,
+                           n_texts: int = 0, comm=None) -> Iterator[BlockRound]:
+    """Move every row of every rank's ``local`` to the rank whose block holds it (rank r's block
+    is rows ``bounds[r]:bounds[r + 1]``), a round at a time: each round every rank gets the next
+    ``rows_per_round / ranks`` rows of its block, in ONE ``Ialltoallv`` of packed messages (a
+    rank sends only to the blocks it holds rows of), with ``n_texts`` string columns for the
+    same rows from the root (``texts(a, b)`` on the root: the columns of rows ``a:b``, e.g. the
+    prompts and custom_ids), so that the root's part of a round is encoding strings, never
+    writing them. Every rank must exhaust the iterator; every round holds at most
+    ``rows_per_round / ranks`` rows on any rank (the root: ``rows_per_round`` rows of text)."""
+    rank, size = _mpi.rank_and_size(comm)
+    bounds = np.asarray(bounds, dtype=np.int64)
+    local = local.in_index_order()
+    window = max(1, rows_per_round // size)
+    n_rounds = -(-int(np.diff(bounds).max(initial=0)) // window)
+    reasoning = any_reasoning(local, comm)
+    for k in range(n_rounds):
+        lo = np.minimum(bounds[:-1] + k * window, bounds[1:])
+        hi = np.minimum(lo + window, bounds[1:])
+        first, last = np.searchsorted(local.index, lo), np.searchsorted(local.index, hi)
+        messages = [pack_message(local, a, b, reasoning) if b > a else b""
+                    for a, b in zip(first.tolist(), last.tolist())]
+        buffer, offsets = _mpi.alltoallv_bytes(messages, comm)
+        rows = unpack_messages(buffer, offsets).in_index_order() if len(offsets) else PackedColumns.empty(local.n)
+        columns = None
+        if texts is not None and rank == _mpi.ROOT:
+            windows = [texts(a, b) for a, b in zip(lo.tolist(), hi.tolist()) if b > a]
+            columns = [[s for w in windows for s in w[j]] for j in range(n_texts)]
+        counts = np.concatenate([[0], np.cumsum(hi - lo)])
+        got = [scatter_packed(None if columns is None else columns[j], counts, comm) for j in range(n_texts)]
+        yield BlockRound(int(lo[rank]), int(hi[rank]), got, rows)

@@ -8,6 +8,7 @@ was spread, and the run's model and options. The rows are read a block at a time
 from __future__ import annotations
 
 import json
+import os
 import math
 from collections import Counter
 
@@ -92,6 +93,8 @@ def build_report(path, errors_shown: int = 5, chunk_rows: int | None = None) -> 
                     "not_answered": counts["unanswered"]},
         "complete": complete,
         "resume": None if complete else "run the same command again to resume",
+        "layout": a.get("layout", "single"),
+        "parts": json.loads(a["parts"]) if isinstance(a.get("parts"), str) else [],
         "errors": [{"message": m, "count": c} for m, c in counts["errors"].most_common(errors_shown)],
         "distinct_errors": len(counts["errors"]),
         "finish_reasons": dict(counts["finish"].most_common()),
@@ -150,6 +153,9 @@ def format_report(r: dict, all_ranks: bool = False) -> str:
     lines.append(f"  prompts      {_num(p['total'])}: {_num(p['ok'])} ok, {_num(p['failed'])} failed, "
                  f"{_num(p['not_answered'])} not answered"
                  + (f" ({r['choices_per_prompt']} completions each)" if r["choices_per_prompt"] > 1 else ""))
+    if r["layout"] == "virtual":
+        lines.append(f"  layout       virtual: rows in {len(r['parts'])} part files "
+                     f"({os.path.dirname(r['parts'][0]) if r['parts'] else '-'}/)")
     if r["complete"]:
         lines.append("  complete     yes")
     else:

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import resource
+import secrets
 import signal
 import threading
 import time
@@ -30,7 +31,7 @@ from .aggregate import VoteCounter
 from .ensemble import EnsemblePlan, expand
 from .endpoints import check_template, endpoint_from_hostfile, expand_endpoint, parse_hostfile
 from .exitcodes import EXIT_ENDPOINT_DOWN, EXIT_OK, EXIT_PROMPTS_FAILED, EXIT_RESUME
-from .gather import gather_in_rounds, gather_stats
+from .gather import any_reasoning, gather_in_rounds, gather_stats, redistribute_in_rounds
 from .packed import PackedColumns
 from .inputs import InputError, PromptSet, read_prompts
 from .metrics import engine_deltas
@@ -39,7 +40,7 @@ from .records import RankStats, ResultColumns
 from .reduce import Combiner, Items, ReduceOptions, reduce_tree
 from .retry import RetryPolicy
 from .scatter import RankSlice, scatter_rows
-from .store import create_result_file
+from .store import create_part_file, create_result_file, create_virtual_file, part_name, parts_dir, remove_stale_parts
 from .progress import ProgressPrinter
 from .summary import Tally, format_reduction, format_summary, format_votes
 
@@ -49,6 +50,8 @@ DEFAULT_ENDPOINT = "http://127.0.0.1:8000/v1"
 INITIAL_SHARE_FACTOR = 8
 #: rows rank 0 gathers and writes at a time (bounded memory for jobs of millions of rows)
 GATHER_ROWS_PER_ROUND = 1 << 18
+#: how the result file is written (RunConfig.layout)
+LAYOUTS = ("single", "virtual")
 
 
 @dataclass
@@ -78,6 +81,10 @@ class RunConfig:
     prompt_format: str | None = None  # chat format around each prompt, e.g. '<|user|>\n{prompt}…'
     max_tokens_auto: bool = False  # each prompt's max_tokens: what fits in max_model_len beside it
     max_tokens_cap: int | None = None  # with max_tokens_auto: never more than this
+    #: "single": rank 0 gathers every row and writes one self-contained file; "virtual": every
+    #: rank writes its block of rows to a part file in OUTPUT.parts/ and the output's datasets
+    #: are HDF5 virtual datasets over them (no row passes through rank 0's writer)
+    layout: str = "single"
 
     def balances(self, n_ranks: int) -> bool:
         """Whether work moves between ranks (the dynamic schedule, with someone to move it to)."""
@@ -121,6 +128,7 @@ class RunConfig:
             "prompt_format": self.prompt_format,
             "max_tokens_auto": self.max_tokens_auto,
             "max_tokens_cap": self.max_tokens_cap,
+            "layout": self.layout,
         }
 
 
@@ -140,6 +148,11 @@ def _check_output(config: RunConfig) -> None:
         raise InputError(f"{config.output}: the output would overwrite the input")
     if os.path.isdir(out):
         raise InputError(f"{config.output}: is a directory")
+    if config.layout not in LAYOUTS:
+        raise InputError(f"--layout: must be one of {', '.join(LAYOUTS)}, got {config.layout!r}")
+    if config.layout == "virtual" and config.repeat:
+        raise InputError("--layout virtual: not with --repeat (an ensemble's votes are counted as rank 0 "
+                         "gathers the rows); use the single layout")
 
 
 @dataclass
@@ -322,6 +335,63 @@ def _token_budget(config: RunConfig, reports: list, max_model_len: int, plan: Pl
     return TokenBudget(min(length for length, _ in known), config.max_tokens_cap)
 
 
+def _gather_and_write(out, prompt_set: PromptSet | None, finished: ResultColumns | None, results: ResultColumns,
+                      tally: Tally, votes: VoteCounter | None, ensemble: EnsemblePlan | None, comm) -> float:
+    """The single layout: every rank's rows to rank 0 in rounds, rank 0 writing each round (and
+    the rows of earlier attempts) as it comes. Returns rank 0's seconds spent writing."""
+    root = out is not None
+    write_s = 0.0
+    for part in [PackedColumns.from_results(finished)] if root and len(finished) else []:
+        out.write_rows(prompt_set.prompts, prompt_set.custom_ids, part)
+        tally.add(part)
+        _count_votes(votes, ensemble, part)
+    for part in gather_in_rounds(results, GATHER_ROWS_PER_ROUND, comm):
+        w0 = time.perf_counter()
+        out.write_rows(prompt_set.prompts, prompt_set.custom_ids, part)
+        write_s += time.perf_counter() - w0
+        tally.add(part)
+        _count_votes(votes, ensemble, part)
+    return write_s
+
+
+def write_parts(output: str, n_rows: int, n: int, local: ResultColumns, prompts: list[str] | None,
+                custom_ids: list[str] | None, comm=None) -> tuple[Tally | None, float, list, bool]:
+    """The virtual layout's collective write: rank r writes input rows ``bounds[r]:bounds[r + 1]``
+    to its own part file in ``OUTPUT.parts/`` — its block's results from whichever ranks hold
+    them (``local``), the ``prompts`` and ``custom_ids`` from the root (None elsewhere) — in
+    rounds. Returns, on the root, every rank's :class:`Tally` added up (None elsewhere); this
+    rank's seconds writing; every part as ``(path relative to the output's directory, first
+    row, rows)``; whether the reasoning column exists. Every part file is in place when it
+    returns; the root then writes the output over them (:func:`~mpiswarm.store.create_virtual_file`)."""
+    rank, size = _mpi.rank_and_size(comm)
+    root = rank == _mpi.ROOT
+    token = _mpi.bcast(secrets.token_hex(4) if root else None, comm)
+    directory = parts_dir(output)
+    if root:
+        os.makedirs(directory, exist_ok=True)
+    _mpi.barrier_sleeping(comm)
+    reasoning = any_reasoning(local, comm)
+    bounds = contiguous_bounds(n_rows, size)
+    first, count = int(bounds[rank]), int(bounds[rank + 1] - bounds[rank])
+    texts = (lambda a, b: [prompts[a:b], custom_ids[a:b]]) if root else None  # noqa: E731
+    tally, write_s = Tally(), 0.0
+    path = os.path.join(directory, part_name(token, rank))
+    with create_part_file(path, first, count, n, reasoning) if count else nullcontext() as part:
+        for block in redistribute_in_rounds(local, bounds, GATHER_ROWS_PER_ROUND, texts, 2, comm):
+            if part is None:  # no rows of its own (more ranks than rows)
+                continue
+            w0 = time.perf_counter()
+            part.write_rows(block.texts[0], block.texts[1], block.rows, base=block.start)
+            write_s += time.perf_counter() - w0
+            tally.add(block.rows)
+    tallies = _mpi.gather(tally, comm)
+    _mpi.barrier_sleeping(comm)  # every part renamed into place before the output points to them
+    name = os.path.basename(directory)
+    parts = [(os.path.join(name, part_name(token, r)), int(bounds[r]), int(bounds[r + 1] - bounds[r]))
+             for r in range(size)]
+    return (Tally.merge(tallies) if root else None), write_s, parts, reasoning
+
+
 def _ring(urls: list[str], rank: int) -> list[str]:
     """Every rank's endpoint, starting with this rank's own: its failover order."""
     return urls[rank:] + urls[:rank]
@@ -412,22 +482,24 @@ def run(config: RunConfig, comm=None) -> int:
     _mpi.barrier_sleeping(comm)  # the slowest rank sets the end of the request phase; the others sleep
     phase("requests")
 
-    # Gather and write in rounds: rank 0 never holds more than GATHER_ROWS_PER_ROUND new rows.
+    # Gather and write in rounds: no rank holds more than GATHER_ROWS_PER_ROUND new rows at once.
     t0 = time.perf_counter()
-    tally = Tally()
     votes = VoteCounter(ensemble.n_prompts) if ensemble is not None else None
-    write_s = 0.0
-    with create_result_file(config.output, plan.n_rows, plan.n) if root else nullcontext() as out:
-        for part in [PackedColumns.from_results(finished)] if root and len(finished) else []:
-            out.write_rows(prompt_set.prompts, prompt_set.custom_ids, part)
-            tally.add(part)
-            _count_votes(votes, ensemble, part)
-        for part in gather_in_rounds(results, GATHER_ROWS_PER_ROUND, comm):
-            w0 = time.perf_counter()
-            out.write_rows(prompt_set.prompts, prompt_set.custom_ids, part)
-            write_s += time.perf_counter() - w0
-            tally.add(part)
-            _count_votes(votes, ensemble, part)
+    if config.layout == "virtual":  # every rank writes its own block; rank 0 maps them
+        local = ResultColumns.concat([finished, results]) if root and len(finished) else results
+        tally, write_s, parts, reasoning = write_parts(config.output, plan.n_rows, plan.n, local,
+                                                       *((prompt_set.prompts, prompt_set.custom_ids) if root
+                                                         else (None, None)), comm)
+        opened = create_virtual_file(config.output, plan.n_rows, plan.n, parts, reasoning) if root else nullcontext()
+    else:
+        tally, write_s, parts = Tally(), 0.0, []
+        opened = create_result_file(config.output, plan.n_rows, plan.n) if root else nullcontext()
+    with opened as out:
+        if config.layout == "virtual":
+            if root:
+                out.n_ok = tally.ok
+        else:
+            write_s = _gather_and_write(out, prompt_set, finished, results, tally, votes, ensemble, comm)
         if votes is not None:
             out.write_ensemble(ensemble, votes.votes())
         stats.t_gather = time.perf_counter() - t0 - write_s
@@ -465,6 +537,7 @@ def run(config: RunConfig, comm=None) -> int:
                 **{f"time_{k}_s": v for k, v in times.items()},
             })
     if root:
+        remove_stale_parts(config.output, keep=[p for p, _, k in parts if k])  # earlier runs' parts
         if complete:
             remove_run_dir(plan.run_dir)
             all_ok = tally.ok == tally.rows and (reduction is None or reduction.final_ok)

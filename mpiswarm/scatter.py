@@ -7,6 +7,7 @@ import numpy as np
 
 from . import _mpi
 from .inputs import PromptSet
+from .packed import PackedStrings
 from .partition import contiguous_bounds
 from .wire import pack_string_slices, unpack_strings
 
@@ -63,3 +64,21 @@ def scatter_rows(prompt_set: PromptSet | None, todo: np.ndarray | None = None, c
     else:
         my_overrides = [""] * len(my_prompts)
     return RankSlice(index, my_prompts, my_overrides)
+
+
+def scatter_packed(strings: list[str] | None, bounds: np.ndarray | None, comm=None) -> PackedStrings:
+    """Strings ``bounds[r]:bounds[r + 1]`` of ``strings`` (given on the root) to rank r, as
+    :class:`~mpiswarm.packed.PackedStrings` (UTF-8, NUL after each) ready for the HDF5 writer:
+    the root encodes them once, nobody builds a Python string per row."""
+    if strings is not None:
+        packed = PackedStrings.pack(strings)
+        ends = np.append(packed.starts, len(packed.data))  # string i's bytes and NUL: ends[i]:ends[i + 1]
+        byte_counts, row_counts = np.diff(ends[bounds]), np.diff(bounds)
+        data, lengths, has_nul = packed.data, packed.lengths, packed.has_nul
+    else:
+        data = lengths = byte_counts = row_counts = has_nul = None
+    has_nul = _mpi.bcast(has_nul, comm)
+    my_data = _mpi.scatterv(data, byte_counts, np.uint8, comm)
+    my_lengths = _mpi.scatterv(lengths, row_counts, np.int64, comm)
+    step = my_lengths + 1
+    return PackedStrings(my_data, np.cumsum(step) - step, my_lengths, has_nul)

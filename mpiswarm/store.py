@@ -64,6 +64,17 @@ def _write_strings(ds: h5py.Dataset, start: int, strings: PackedStrings) -> None
     del pointers  # the buffer they point into (strings.data) is alive until here
 
 
+def row_datasets(n_rows: int, n: int, reasoning: bool = False) -> list[tuple]:
+    """``(name, shape, dtype, fill value)`` of every row dataset of a file of ``n_rows`` rows
+    and ``n`` completions a row (``reasoning`` included only when asked for)."""
+    shape = (n_rows,) if n == 1 else (n_rows, n)
+    out = [(name, (n_rows,), STR, None) for name in ("prompt", "custom_id", "error")]
+    out += [(name, shape, STR, None) for name in ("completion", "finish_reason") + (("reasoning",) if reasoning else ())]
+    out += [("ok", (n_rows,), bool, None), ("rank", (n_rows,), np.int32, -1)]
+    out += [(name, (n_rows,), np.int64, -1) for name in ("prompt_tokens", "completion_tokens")]
+    return out + [("latency_s", (n_rows,), np.float64, np.nan)]
+
+
 @contextmanager
 def atomic_h5(path: str | os.PathLike):
     """Open a new HDF5 file at a temporary name beside ``path``; rename it into place on
@@ -74,29 +85,32 @@ def atomic_h5(path: str | os.PathLike):
 
 
 class ResultWriter:
-    """Writes one result file's rows (in blocks, any order) and its metadata."""
+    """Writes one result file's rows (in blocks, any order) and its metadata. A part file of a
+    virtual layout holds rows ``first_row:first_row + n_rows`` of the input (``reasoning``:
+    create that column now, so that every part has it)."""
 
-    def __init__(self, f: h5py.File, n_rows: int, n: int):
+    def __init__(self, f: h5py.File, n_rows: int, n: int, first_row: int = 0, reasoning: bool = False,
+                 parts: list[tuple[str, int, int]] | None = None):
         self.file = f
         self.n_rows = n_rows
         self.n = n
+        self.first_row = first_row
         self.n_ok = 0
-        shape = (n_rows,) if n == 1 else (n_rows, n)
-        for name in ("prompt", "custom_id", "error"):
-            f.create_dataset(name, shape=(n_rows,), dtype=STR)
-        for name in ("completion", "finish_reason"):
-            f.create_dataset(name, shape=shape, dtype=STR)
-        f.create_dataset("ok", shape=(n_rows,), dtype=bool)
-        f.create_dataset("rank", shape=(n_rows,), dtype=np.int32, fillvalue=-1)
-        for name in ("prompt_tokens", "completion_tokens"):
-            f.create_dataset(name, shape=(n_rows,), dtype=np.int64, fillvalue=-1)
-        f.create_dataset("latency_s", shape=(n_rows,), dtype=np.float64, fillvalue=np.nan)
+        for name, shape, dtype, fill in row_datasets(n_rows, n, reasoning):
+            if parts is None:
+                f.create_dataset(name, shape=shape, dtype=dtype, fillvalue=fill)
+            else:  # rows of part files (path relative to this file's directory, first row, rows)
+                layout = h5py.VirtualLayout(shape=shape, dtype=dtype)
+                for path, first, count in parts:
+                    if count:
+                        layout[first:first + count] = h5py.VirtualSource(path, name, shape=(count,) + shape[1:])
+                f.create_virtual_dataset(name, layout, fillvalue=fill)
 
-    def write_rows(self, prompts: list[str], custom_ids: list[str], results: ResultColumns | PackedColumns) -> None:
+    def write_rows(self, prompts, custom_ids, results: ResultColumns | PackedColumns, base: int = 0) -> None:
         """Write ``results`` (rows sorted by index, any subset) with their prompts and ids;
-        ``prompts`` and ``custom_ids`` are the whole input's, indexed by row. Each run of
-        consecutive rows is one slice write per dataset; strings go to HDF5 from packed
-        UTF-8 (:class:`~mpiswarm.packed.PackedColumns`), never as Python objects."""
+        ``prompts`` and ``custom_ids`` hold rows ``base:`` of the input (lists of ``str`` or
+        :class:`~mpiswarm.packed.PackedStrings`). Each run of consecutive rows is one slice
+        write per dataset; strings go to HDF5 from packed UTF-8, never as Python objects."""
         if isinstance(results, ResultColumns):
             results = PackedColumns.from_results(results)
         index = results.index
@@ -104,16 +118,19 @@ class ResultWriter:
             return
         cuts = np.flatnonzero(np.diff(index) != 1) + 1
         for a, b in zip([0, *cuts.tolist()], [*cuts.tolist(), len(index)]):
-            self._write_run(prompts, custom_ids, results, a, b)
+            self._write_run(prompts, custom_ids, base, results, a, b)
         self.n_ok += int(results.ok.sum())
 
-    def _write_run(self, prompts, custom_ids, results: PackedColumns, a: int, b: int) -> None:
+    def _write_run(self, prompts, custom_ids, base: int, results: PackedColumns, a: int, b: int) -> None:
         k, n = b - a, self.n
-        start = int(results.index[a])
+        row = int(results.index[a])
+        start = row - self.first_row  # in this file
         rows = slice(start, start + k)
+        texts = slice(row - base, row - base + k)
         f = self.file
-        _write_strings(f["prompt"], start, PackedStrings.pack(prompts[rows]))
-        _write_strings(f["custom_id"], start, PackedStrings.pack(custom_ids[rows]))
+        for name, column in (("prompt", prompts), ("custom_id", custom_ids)):
+            strings = column.take(texts) if isinstance(column, PackedStrings) else PackedStrings.pack(column[texts])
+            _write_strings(f[name], start, strings)
         for name in ("completion", "finish_reason"):
             _write_strings(f[name], start, results.strings[name].take(slice(a * n, b * n)))
         _write_strings(f["error"], start, results.strings["error"].take(slice(a, b)))
@@ -197,6 +214,58 @@ def create_result_file(path: str | os.PathLike, n_rows: int, n: int = 1):
         writer.set_attrs({"mpiswarm_version": __version__, "n_prompts": n_rows, "n_ok": writer.n_ok})
 
 
+#: A virtual layout's part files live in the directory ``OUTPUT + PARTS_SUFFIX`` beside the output.
+PARTS_SUFFIX = ".parts"
+
+
+def parts_dir(output: str | os.PathLike) -> str:
+    """Where the part files of a virtual layout of ``output`` live."""
+    return os.path.abspath(os.fspath(output)) + PARTS_SUFFIX
+
+
+def part_name(token: str, rank: int) -> str:
+    """Rank ``rank``'s part file in the parts directory; ``token`` names one run, so a run never
+    overwrites the parts an earlier output file still points to."""
+    return f"{token}-r{rank:06d}.h5"
+
+
+@contextmanager
+def create_part_file(path: str | os.PathLike, first_row: int, n_rows: int, n: int = 1, reasoning: bool = False):
+    """A :class:`ResultWriter` for the part file at ``path`` holding input rows
+    ``first_row:first_row + n_rows`` (written atomically; rows only, no metadata)."""
+    with atomic_h5(path) as f:
+        writer = ResultWriter(f, n_rows, n, first_row=first_row, reasoning=reasoning)
+        yield writer
+        f.attrs["first_row"] = first_row
+
+
+@contextmanager
+def create_virtual_file(path: str | os.PathLike, n_rows: int, n: int, parts: list[tuple[str, int, int]],
+                        reasoning: bool = False):
+    """A :class:`ResultWriter` for a new result file at ``path`` whose row datasets are HDF5
+    virtual datasets over the part files ``parts`` (``(path relative to the output's
+    directory, first row, rows)``); the caller sets ``n_ok``. Written atomically."""
+    with atomic_h5(path) as f:
+        writer = ResultWriter(f, n_rows, n, reasoning=reasoning, parts=parts)
+        yield writer
+        writer.set_attrs({"mpiswarm_version": __version__, "n_prompts": n_rows, "n_ok": writer.n_ok,
+                          "layout": "virtual", "parts": [p for p, _, k in parts if k]})
+
+
+def remove_stale_parts(output: str | os.PathLike, keep: list[str]) -> None:
+    """Remove the part files beside ``output`` that its file no longer points to (earlier runs'),
+    and the parts directory when nothing is left in it."""
+    directory = parts_dir(output)
+    if not os.path.isdir(directory):
+        return
+    keep = {os.path.basename(p) for p in keep}
+    for name in os.listdir(directory):
+        if name.endswith(".h5") and name not in keep:
+            os.unlink(os.path.join(directory, name))
+    if not os.listdir(directory):
+        os.rmdir(directory)
+
+
 def write_results(path, *, prompts, custom_ids, results: ResultColumns, rank_stats, attrs) -> None:
     """Write a whole result file in one go (rows in index order, covering the input)."""
     if len(results) != len(prompts) or (len(prompts) and not np.array_equal(results.index, np.arange(len(prompts)))):
@@ -214,6 +283,8 @@ def read_results(path: str | os.PathLike) -> dict:
     """
     out: dict = {}
     with h5py.File(path, "r") as f:
+        if isinstance(f.get("prompt"), h5py.Dataset):
+            _check_parts(os.fspath(path), f)
         attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
         if "params" in attrs:
             attrs["params"] = json.loads(attrs["params"])
@@ -281,7 +352,22 @@ def open_result_file(path: str | os.PathLike):
         if _MARK_ATTR not in f.attrs or missing:
             why = f"no '{_MARK_ATTR}' attribute" if _MARK_ATTR not in f.attrs else f"no '{missing[0]}' dataset"
             raise ResultFileError(f"{path}: not an mpiswarm result file ({why})")
+        _check_parts(path, f)
         yield f
+
+
+def _check_parts(path: str, f: h5py.File) -> None:
+    """A virtual layout's rows are in part files beside it: HDF5 would read fill values for a
+    missing one, silently, so a missing part is an error naming it."""
+    prompt = f["prompt"]
+    if not prompt.is_virtual:
+        return
+    here = os.path.dirname(os.path.abspath(path))
+    for source in prompt.virtual_sources():
+        where = os.path.join(here, source.file_name)
+        if not os.path.isfile(where):
+            raise ResultFileError(f"{path}: part file {source.file_name} is missing (a virtual layout: keep "
+                                  f"{os.path.basename(path)}{PARTS_SUFFIX}/ beside the file)")
 
 
 @dataclass
@@ -338,6 +424,28 @@ def iter_rows(path: str | os.PathLike, columns=ROW_DATASETS + OPTIONAL_ROW_DATAS
         for start in range(0, n_rows, chunk_rows):
             stop = min(start + chunk_rows, n_rows)
             yield start, {c: ds[start:stop] for c, ds in datasets.items()}
+
+
+def write_self_contained(path: str | os.PathLike, output: str | os.PathLike,
+                         chunk_rows: int = DEFAULT_CHUNK_ROWS * 64) -> int:
+    """Copy the result file at ``path`` to ``output`` as one self-contained file: virtual
+    datasets (a virtual layout's rows, in its part files) become ordinary ones, copied a block
+    of rows at a time; everything else is copied as it is. Written atomically; returns the
+    row count."""
+    with open_result_file(path) as f, atomic_h5(output) as out:
+        for name, item in f.items():
+            if isinstance(item, h5py.Dataset) and item.is_virtual:
+                ds = out.create_dataset(name, shape=item.shape, dtype=item.dtype, fillvalue=item.fillvalue)
+                for start in range(0, item.shape[0], chunk_rows):
+                    ds[start:start + chunk_rows] = item[start:start + chunk_rows]
+            else:
+                f.copy(item, out, name=name)
+        for key, value in f.attrs.items():
+            out.attrs[key] = value
+        out.attrs["layout"] = "single"
+        if "parts" in out.attrs:
+            del out.attrs["parts"]
+        return int(f["prompt"].shape[0])
 
 
 def prompt_fingerprint(path: str | os.PathLike, sample: int = 1024) -> str:

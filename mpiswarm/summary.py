@@ -22,6 +22,15 @@ class Tally:
         self.open += int((~results.done).sum())
         self.errors.update(e for e in results.failed_errors() if e)
 
+    @classmethod
+    def merge(cls, tallies: list["Tally"]) -> "Tally":
+        """The sum of ``tallies`` (every rank's rows, in a virtual layout)."""
+        total = cls()
+        for t in tallies:
+            total.rows, total.ok, total.open = total.rows + t.rows, total.ok + t.ok, total.open + t.open
+            total.errors.update(t.errors)
+        return total
+
 
 def format_summary(tally: Tally, stats: list[RankStats], times: dict, output: str, *,
                    resumed: int = 0, stopped: str | None = None) -> str:

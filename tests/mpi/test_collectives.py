@@ -186,3 +186,45 @@ def test_waiting_in_a_sleeping_barrier_costs_no_core():
     if rank != 0:
         assert wall >= 0.9
         assert cpu < 0.1 * wall, f"rank {rank} used {cpu:.2f} s of CPU in {wall:.2f} s of waiting"
+
+
+@pytest.mark.parametrize("n_rows, rows_per_round", [(0, 8), (3, 8), (101, 8), (101, 1 << 18), (257, 2)])
+@pytest.mark.parametrize("n", [1, 2])
+def test_redistribute_gives_each_rank_its_block_with_the_roots_texts(n_rows, rows_per_round, n):
+    """Rows served anywhere (here: dealt round-robin, shuffled) arrive at the rank whose block
+    holds them, a window at a time, with the root's prompts and ids for the same rows."""
+    from mpiswarm.gather import redistribute_in_rounds
+
+    comm, rank, size = comm_info()
+    full = prompt_set(n_rows)
+    mine = np.random.default_rng(rank).permutation(np.arange(rank, n_rows, size))
+    res = ResultColumns.pending(mine, n, rank)
+    for i, row in enumerate(mine.tolist()):
+        res.completion[i * n:(i + 1) * n] = [f"{full.prompts[row]}>{j}" for j in range(n)]
+        res.ok[i] = res.done[i] = row % 3 != 0
+        res.error[i] = "" if res.ok[i] else f"bad {row}"
+    bounds = contiguous_bounds(n_rows, size)
+    texts = (lambda a, b: [full.prompts[a:b], full.custom_ids[a:b]]) if rank == 0 else None
+    window = max(1, rows_per_round // size)
+    seen, rows_got = [], []
+    for block in redistribute_in_rounds(res, bounds, rows_per_round, texts, 2, comm):
+        assert block.stop - block.start <= window
+        assert block.rows.index.tolist() == list(range(block.start, block.stop))
+        assert block.texts[0].decode() == full.prompts[block.start:block.stop]
+        assert block.texts[1].decode() == full.custom_ids[block.start:block.stop]
+        seen += list(range(block.start, block.stop))
+        rows_got.append(block.rows.to_results())
+    assert seen == list(range(int(bounds[rank]), int(bounds[rank + 1])))
+    got = ResultColumns.concat(rows_got) if rows_got else ResultColumns.pending(np.zeros(0, np.int64), n, 0)
+    assert got.completion == [f"{full.prompts[r]}>{j}" for r in seen for j in range(n)]
+    assert got.rank.tolist() == [r % size for r in seen]
+    assert got.error == ["" if r % 3 else f"bad {r}" for r in seen]
+
+
+def test_alltoallv_bytes_delivers_every_message():
+    comm, rank, size = comm_info()
+    messages = [bytes([rank, dest]) * (dest + rank) for dest in range(size)]  # some empty
+    buffer, offsets = _mpi.alltoallv_bytes(messages, comm)
+    expected = [bytes([src, rank]) * (src + rank) for src in range(size)]
+    assert bytes(buffer) == b"".join(expected)
+    assert offsets.tolist() == [sum(map(len, expected[:s])) for s in range(size) if expected[s]]
