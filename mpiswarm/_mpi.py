@@ -65,6 +65,15 @@ def allreduce_max(value: int, comm=None) -> int:
     return world(comm).allreduce(value, op=MPI.MAX)
 
 
+def exscan_sum(value: int, comm=None) -> int:
+    """The sum of ``value`` over the ranks before this one (0 on the first rank): ``MPI_Exscan``."""
+    comm = world(comm)
+    send = np.array([value], dtype=np.int64)
+    recv = np.zeros(1, dtype=np.int64)
+    comm.Exscan(send, recv, op=MPI.SUM)
+    return int(recv[0]) if comm.Get_rank() else 0
+
+
 def barrier(comm=None) -> None:
     world(comm).Barrier()
 
