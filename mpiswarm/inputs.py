@@ -398,11 +398,12 @@ def _check_duplicates(path: str, ids: list[str], lines: list[int], before: int |
 
 def _custom_ids(path: str, n_rows: int, id_rows: list[int], ids: list[str], lines: list[int],
                 unique: set[str]) -> list[str]:
-    """Explicit ids where rows set one, else the row number — which must not repeat an explicit id."""
-    if len(id_rows) == n_rows:
+    """Explicit ids where rows set one, else the row number — which must not repeat an explicit
+    id. ``id_rows`` (the rows that set one) is only read when some rows do and some do not."""
+    if len(ids) == n_rows:
         return ids
     custom = list(map(str, range(n_rows)))
-    if not id_rows:
+    if not ids:
         return custom
     for row, cid in zip(id_rows, ids):
         custom[row] = cid
@@ -434,7 +435,8 @@ def merge_parts(path: str, parts: list[Part]) -> PromptSet:
         raise InputError(error[1])
     starts = list(accumulate((len(p.prompts) for p in parts), initial=0))
     n_rows = starts[-1]
-    id_rows = _concat([p.id_rows if s == 0 else [r + s for r in p.id_rows] for p, s in zip(parts, starts)])
+    id_rows = [] if len(ids) in (0, n_rows) else _concat(
+        [p.id_rows if s == 0 else [r + s for r in p.id_rows] for p, s in zip(parts, starts)])
     custom_ids = _custom_ids(path, n_rows, id_rows, ids, lines, unique)
     for p, s in zip(parts, starts):
         if p.bad_unicode >= 0:
