@@ -28,6 +28,8 @@ import struct
 from dataclasses import dataclass, field
 from itertools import accumulate, chain
 
+import numpy as np
+
 from .template import check_prompt_format, compile_template, format_prompts
 
 #: Keys a row may set for itself; they override the command line's sampling options.
@@ -254,13 +256,13 @@ class Part:
 
     prompts: list[str] = field(default_factory=list)
     overrides: list[str] = field(default_factory=list)
-    id_rows: list[int] = field(default_factory=list)  # rows that set a custom_id ...
+    id_rows: list[int] = field(default_factory=list)  # rows that set a custom_id (or an int64 array) ...
     ids: list[str] = field(default_factory=list)  # ... the ids ...
-    id_lines: list[int] = field(default_factory=list)  # ... and their lines
+    id_lines: list[int] = field(default_factory=list)  # ... and their lines (or an int64 array)
     fields: list[dict] | None = None  # as PromptSet.fields, for the range's rows
     error: tuple[int, str] | None = None
     bad_unicode: int = -1  # the first row whose prompt holds a lone surrogate, -1 if none
-    encoded: bytes = b""  # the prompts' UTF-8, one after the other (lone surrogates passed)
+    encoded: bytes = b""  # the prompts' UTF-8, NUL between them (lone surrogates passed)
 
 
 def _parse_jsonl(path: str, text: str, first_lineno: int, fill, part: Part) -> None:
@@ -337,13 +339,14 @@ def _parse_txt(path: str, text: str, first_lineno: int, fill, part: Part) -> Non
 
 
 def _encode(prompts: list[str]) -> tuple[bytes, int]:
-    """(the prompts' UTF-8, the first prompt holding a lone surrogate or -1). Lone surrogates
-    (legal in JSON escapes) cannot be sent or stored as UTF-8."""
+    """(the prompts' UTF-8 with a NUL between them, the first prompt holding a lone surrogate or
+    -1). Lone surrogates (legal in JSON escapes) cannot be sent or stored as UTF-8."""
+    text = "\0".join(prompts)
     try:
-        return "".join(prompts).encode("utf-8"), -1
+        return text.encode("utf-8"), -1
     except UnicodeEncodeError:
         bad = next(row for row, p in enumerate(prompts) if not _encodable(p))
-        return "".join(prompts).encode("utf-8", "surrogatepass"), bad
+        return text.encode("utf-8", "surrogatepass"), bad
 
 
 def _encodable(text: str) -> bool:
@@ -381,13 +384,13 @@ def parse_range(path: str, raw: bytes, first_lineno: int = 1, suffix: str = ".js
     return part
 
 
-def _check_duplicates(path: str, ids: list[str], lines: list[int], before: int | None) -> set[str]:
+def _check_duplicates(path: str, ids: list[str], lines, before: int | None) -> set[str]:
     """The set of explicit ids; raises for the first line (before line ``before``, if given)
-    whose ``custom_id`` an earlier line already has."""
+    whose ``custom_id`` an earlier line already has (``lines()``: the ids' lines)."""
     unique = set(ids)
     if len(unique) < len(ids):
         first: dict[str, int] = {}
-        for cid, lineno in zip(ids, lines):
+        for cid, lineno in zip(ids, lines()):
             if before is not None and lineno >= before:
                 break
             seen = first.setdefault(cid, lineno)
@@ -396,15 +399,16 @@ def _check_duplicates(path: str, ids: list[str], lines: list[int], before: int |
     return unique
 
 
-def _custom_ids(path: str, n_rows: int, id_rows: list[int], ids: list[str], lines: list[int],
-                unique: set[str]) -> list[str]:
+def _custom_ids(path: str, n_rows: int, id_rows, ids: list[str], lines, unique: set[str]) -> list[str]:
     """Explicit ids where rows set one, else the row number — which must not repeat an explicit
-    id. ``id_rows`` (the rows that set one) is only read when some rows do and some do not."""
+    id. ``id_rows()`` (the rows that set one) and ``lines()`` (their lines) are only called when
+    some rows set one and some do not."""
     if len(ids) == n_rows:
         return ids
     custom = list(map(str, range(n_rows)))
     if not ids:
         return custom
+    id_rows = id_rows()
     for row, cid in zip(id_rows, ids):
         custom[row] = cid
     given = set(id_rows)
@@ -414,12 +418,19 @@ def _custom_ids(path: str, n_rows: int, id_rows: list[int], ids: list[str], line
     if clashes:
         row = min(clashes)
         raise InputError(f"{path}: prompt {row} has no custom_id and its default id {custom[row]!r} repeats the "
-                         f"custom_id on line {lines[ids.index(custom[row])]}")
+                         f"custom_id on line {lines()[ids.index(custom[row])]}")
     return custom
 
 
 def _concat(columns: list[list]) -> list:
     return columns[0] if len(columns) == 1 else list(chain.from_iterable(columns))
+
+
+def _numbers(parts: list[Part], name: str, shifts: list[int] | None = None) -> list[int]:
+    """A column of row or line numbers over the parts (lists, or int64 arrays from a message),
+    each part's shifted by ``shifts``."""
+    columns = [np.asarray(getattr(p, name), np.int64) + (shifts[k] if shifts else 0) for k, p in enumerate(parts)]
+    return np.concatenate(columns).tolist() if columns else []
 
 
 def merge_parts(path: str, parts: list[Part]) -> PromptSet:
@@ -429,15 +440,13 @@ def merge_parts(path: str, parts: list[Part]) -> PromptSet:
     then a default id that repeats an explicit one, then a prompt holding a lone surrogate."""
     error = min((p.error for p in parts if p.error is not None), default=None)
     ids = _concat([p.ids for p in parts])
-    lines = _concat([p.id_lines for p in parts])
+    lines = lambda: _numbers(parts, "id_lines")  # noqa: E731 - needed only for an error
     unique = _check_duplicates(path, ids, lines, error[0] if error else None)
     if error:
         raise InputError(error[1])
     starts = list(accumulate((len(p.prompts) for p in parts), initial=0))
     n_rows = starts[-1]
-    id_rows = [] if len(ids) in (0, n_rows) else _concat(
-        [p.id_rows if s == 0 else [r + s for r in p.id_rows] for p, s in zip(parts, starts)])
-    custom_ids = _custom_ids(path, n_rows, id_rows, ids, lines, unique)
+    custom_ids = _custom_ids(path, n_rows, lambda: _numbers(parts, "id_rows", starts), ids, lines, unique)
     for p, s in zip(parts, starts):
         if p.bad_unicode >= 0:
             row = s + p.bad_unicode

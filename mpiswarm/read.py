@@ -4,9 +4,9 @@ Every rank opens the file and reads one byte range of it (the even share of its 
 ends moved to just after a newline: :func:`~mpiswarm.inputs.split_point`), parses it with
 :func:`~mpiswarm.inputs.parse_range` — line numbers are the file's (an exclusive prefix sum of
 the ranges' newline counts) — and digests the 16 MiB blocks that begin in it. Rank 0 receives
-every range's columns in ONE ``Igatherv`` (strings as UTF-8 bytes plus character lengths, as in
-:mod:`mpiswarm.wire`; the rare ``fields`` of plain rows and the range's first error pickled),
-decodes each range's buffer once and slices it, and merges the ranges with
+every range's columns in ONE ``Igatherv`` (each string column as UTF-8 bytes with a NUL
+between the strings, plus their character lengths; the rare ``fields`` of plain rows and the
+range's first error pickled), decodes each column once and splits it, and merges the ranges with
 :func:`~mpiswarm.inputs.merge_parts` — the same code, the same checks (duplicate ``custom_id``
 over all ranges, default ids that repeat an explicit one) and so the same first error, with
 the same message, as the serial :func:`~mpiswarm.inputs.read_prompts`. Every rank raises that
@@ -31,11 +31,12 @@ from . import _mpi
 from .inputs import (InputError, Part, PromptSet, _filler, block_digests, cannot_open, check_prompt_options,
                      combine_digests, file_reader, input_suffix, merge_parts, parse_range, read_prompts,
                      split_point)
-from .wire import pack_strings, unpack_strings
+from .wire import ENCODING, ERRORS
 
-#: Files smaller than this many bytes are read by rank 0 alone (the collectives cost more than
-#: they save); the environment variable :data:`MIN_BYTES_ENV` overrides it.
-PARALLEL_READ_MIN_BYTES = 32 << 20
+#: Files smaller than this many bytes (one digest block: ~160,000 rows of 100 bytes, 0.4 s for
+#: rank 0 alone) are read by rank 0 alone; the environment variable :data:`MIN_BYTES_ENV`
+#: overrides it. (Measured at 2 ranks: parallel is faster from ~1 MB on.)
+PARALLEL_READ_MIN_BYTES = 16 << 20
 MIN_BYTES_ENV = "MPISWARM_PARALLEL_READ_MIN_BYTES"
 
 # rows, explicit ids, whether overrides follow, prompt bytes, override bytes, id bytes, pickled bytes
@@ -55,7 +56,8 @@ def parallel_read_min_bytes() -> int:
 
 
 def _raise_agreed(error: str | None, comm) -> None:
-    """Every rank raises rank 0's ``error`` (if any)."""
+    """Every rank raises rank 0's ``error`` (if any). The others sleep while rank 0 works."""
+    _mpi.barrier_sleeping(comm)
     error = _mpi.bcast(error, comm)
     if error:
         raise InputError(error)
@@ -86,34 +88,36 @@ def read_prompts_parallel(path: str | os.PathLike, comm=None, *, template: str |
     error, suffix, nbytes, parallel = _mpi.bcast(decision, comm)
     if error:
         raise InputError(error)
-    if not parallel:
-        prompt_set = error = None
-        if rank == _mpi.ROOT:
-            try:
-                prompt_set = read_prompts(path, template=template, prompt_format=prompt_format)
-            except InputError as exc:
-                error = str(exc)
-        _raise_agreed(error, comm)
-        return prompt_set
-    return _read_collectively(path, suffix, nbytes, template, prompt_format, comm)
+    if parallel:
+        prompt_set, parallel = _read_collectively(path, suffix, nbytes, template, prompt_format, comm)
+        if parallel:
+            return prompt_set
+    prompt_set = error = None
+    if rank == _mpi.ROOT:
+        try:
+            prompt_set = read_prompts(path, template=template, prompt_format=prompt_format)
+        except InputError as exc:
+            error = str(exc)
+    _raise_agreed(error, comm)
+    return prompt_set
 
 
-def _read_collectively(path, suffix, nbytes, template, prompt_format, comm) -> PromptSet | None:
+def _read_collectively(path, suffix, nbytes, template, prompt_format, comm) -> tuple[PromptSet | None, bool]:
+    """``(prompt set on rank 0, True)``; ``(None, False)`` on every rank if some rank cannot open
+    the file (not on a file system that every node sees): then rank 0 reads it alone."""
     rank, size = _mpi.rank_and_size(comm)
     fd = start = None
     try:
         fd = os.open(path, os.O_RDONLY)
         read_at = file_reader(fd)
         start = split_point(read_at, nbytes, size, rank)
-        problem = None
-    except OSError as exc:
-        problem = str(cannot_open(path, exc)) + ("" if rank == _mpi.ROOT else f" (on rank {rank})")
+    except OSError:
+        pass
     try:
-        starts = _mpi.allgather((start, problem), comm)
-        problem = next((p for _, p in starts if p), None)
-        if problem:
-            raise InputError(problem)
-        end = starts[rank + 1][0] if rank + 1 < size else nbytes
+        starts = _mpi.allgather(start, comm)
+        if None in starts:
+            return None, False
+        end = starts[rank + 1] if rank + 1 < size else nbytes
         try:
             data = read_at(start, end - start)
             if len(data) != end - start:
@@ -148,7 +152,25 @@ def _read_collectively(path, suffix, nbytes, template, prompt_format, comm) -> P
         except InputError as exc:
             error = str(exc)
     _raise_agreed(error, comm)
-    return prompt_set
+    return prompt_set, True
+
+
+def _pack_column(strings: list[str]) -> tuple[bytes, np.ndarray]:
+    """(UTF-8 of the strings with a NUL between them, their character lengths)."""
+    return "\0".join(strings).encode(ENCODING, ERRORS), np.fromiter(map(len, strings), np.int64, len(strings))
+
+
+def _unpack_column(buffer, lengths: np.ndarray) -> list[str]:
+    """Inverse of :func:`_pack_column`: the buffer decoded once and split at the NULs (C speed),
+    or cut by the lengths when some string holds a NUL of its own."""
+    n = len(lengths)
+    if n == 0:
+        return []
+    text = bytes(buffer).decode(ENCODING, ERRORS)
+    if text.count("\0") == n - 1:
+        return text.split("\0")
+    ends = np.cumsum(lengths + 1).tolist()
+    return [text[end - 1 - k:end - 1] for end, k in zip(ends, lengths.tolist())]
 
 
 def pack_part(part: Part, digests: list[bytes]) -> bytes:
@@ -159,21 +181,21 @@ def pack_part(part: Part, digests: list[bytes]) -> bytes:
     n_rows = len(part.prompts) if ok else 0
     prompt_lengths = np.fromiter(map(len, part.prompts), np.int64, n_rows) if ok else np.zeros(0, np.int64)
     has_overrides = ok and any(part.overrides)
-    over_buffer, over_lengths = pack_strings(part.overrides) if has_overrides else (b"", np.zeros(0, np.int64))
-    id_buffer, id_lengths = pack_strings(part.ids)
+    over_buffer, over_lengths = _pack_column(part.overrides) if has_overrides else (b"", np.zeros(0, np.int64))
+    id_buffer, id_lengths = _pack_column(part.ids)
     meta = pickle.dumps((part.error, part.bad_unicode, digests, part.fields if ok else None),
                         protocol=pickle.HIGHEST_PROTOCOL)
-    encoded = part.encoded if ok else b""
+    encoded = part.encoded if ok else b""  # already packed as _pack_column does: NUL-separated
     head = _HEAD.pack(n_rows, len(part.ids), has_overrides, len(encoded), len(over_buffer), len(id_buffer),
                       len(meta))
     arrays = [prompt_lengths, over_lengths, np.asarray(part.id_rows, np.int64), np.asarray(part.id_lines, np.int64),
               id_lengths]
-    return b"".join([head, *(a.tobytes() for a in arrays), encoded, bytes(over_buffer), bytes(id_buffer), meta])
+    return b"".join([head, *(a.tobytes() for a in arrays), encoded, over_buffer, id_buffer, meta])
 
 
 def unpack_part(message) -> tuple[Part, list[bytes]]:
     """Inverse of :func:`pack_part`: ``(part, digests)``; each string column is decoded once
-    and sliced."""
+    and split."""
     message = memoryview(message)
     n_rows, n_ids, has_overrides, prompt_bytes, over_bytes, id_bytes, meta_bytes = _HEAD.unpack_from(message)
     at = _HEAD.size
@@ -184,10 +206,10 @@ def unpack_part(message) -> tuple[Part, list[bytes]]:
     prompt_lengths, over_lengths, id_rows, id_lines, id_lengths = arrays
     columns = []
     for nbytes, lengths in ((prompt_bytes, prompt_lengths), (over_bytes, over_lengths), (id_bytes, id_lengths)):
-        columns.append(unpack_strings(message[at:at + nbytes], lengths))
+        columns.append(_unpack_column(message[at:at + nbytes], lengths))
         at += nbytes
     prompts, overrides, ids = columns
     error, bad_unicode, digests, fields = pickle.loads(message[at:at + meta_bytes])
-    part = Part(prompts, overrides if has_overrides else [""] * n_rows, id_rows.tolist(), ids, id_lines.tolist(),
-                fields, error, bad_unicode)
+    part = Part(prompts, overrides if has_overrides else [""] * n_rows, id_rows, ids, id_lines, fields, error,
+                bad_unicode)
     return part, digests

@@ -73,6 +73,8 @@ GOOD = {
     "blank_lines_crlf": "\r\n\n  \n".join(json.dumps({"prompt": f"p{i} ☃"}) for i in range(100)) + "\n\n\n",
     "no_trailing_newline": jsonl(rows(99)) + json.dumps({"prompt": "last"}),
     "empty": "",
+    "nul_inside_strings": jsonl([dict(r, custom_id=f"n\u0000{i}") if i % 3 else dict(r, prompt="a\u0000b")
+                                 for i, r in enumerate(rows(90))] + [{"prompt": "x", "max_tokens": 2}]),
 }
 
 
@@ -176,6 +178,26 @@ def test_missing_file_and_default_threshold(mpi_tmp_path):
         path.write_text(GOOD["ids"])
     _mpi.barrier(comm)
     got = outcome(lambda: read_prompts_parallel(path, comm))  # below the threshold: rank 0 alone
+    if rank == 0:
+        assert got == outcome(lambda: read_prompts(path))
+    else:
+        assert got is None
+
+
+def test_a_rank_that_cannot_open_the_file_leaves_it_to_rank_0(mpi_tmp_path, monkeypatch):
+    """A file that only rank 0's node sees (node-local storage): rank 0 reads it alone."""
+    comm, rank, size = comm_info()
+    path = mpi_tmp_path / "local.jsonl"
+    if rank == 0:
+        path.write_text(GOOD["ids"])
+    _mpi.barrier(comm)
+    if rank == size - 1:
+        def cannot(name, *args, **kwargs):
+            raise FileNotFoundError(2, "No such file or directory", name)
+
+        monkeypatch.setattr("mpiswarm.read.os.open", cannot)
+    got = outcome(lambda: read_prompts_parallel(path, comm, min_bytes=0))
+    monkeypatch.undo()
     if rank == 0:
         assert got == outcome(lambda: read_prompts(path))
     else:
