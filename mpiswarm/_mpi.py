@@ -231,3 +231,30 @@ def gatherv_bytes(payload: bytes | np.ndarray, comm=None, poll_s: float = WAIT_P
     out = np.empty(int(counts.sum()), dtype=np.uint8)
     comm.Igatherv(send, [out, (counts, displ)], root=ROOT).Wait()
     return out, displ
+
+
+#: The most bytes one ``Igatherv`` of :func:`gather_bytes_in_rounds` moves: MPI's counts and
+#: displacements are C ints, so a gather of more than 2 GiB must be cut into rounds.
+GATHER_ROUND_BYTES = 1 << 30
+
+
+def gather_bytes_in_rounds(payload: bytes, comm=None, round_bytes: int | None = None) -> list[bytes] | None:
+    """Every rank's byte message, of any size, on the root: a list in rank order (None elsewhere).
+
+    Each round is one :func:`gatherv_bytes` of at most ``round_bytes`` (default
+    :data:`GATHER_ROUND_BYTES`) in all, every rank sending the next piece of its message (at
+    most ``round_bytes // size`` bytes); small messages take one round.
+    """
+    comm = world(comm)
+    size = comm.Get_size()
+    quota = max(1, (GATHER_ROUND_BYTES if round_bytes is None else round_bytes) // size)
+    rounds = max(1, -(-allreduce_max(len(payload), comm) // quota))
+    view = memoryview(payload)
+    pieces = [[] for _ in range(size)] if comm.Get_rank() == ROOT else None
+    for k in range(rounds):
+        buffer, offsets = gatherv_bytes(np.frombuffer(view[k * quota:(k + 1) * quota], np.uint8), comm)
+        if pieces is not None:
+            bounds = offsets.tolist() + [len(buffer)]
+            for r in range(size):
+                pieces[r].append(buffer[bounds[r]:bounds[r + 1]])
+    return None if pieces is None else [b"".join(p) for p in pieces]

@@ -4,7 +4,7 @@ Every rank opens the file and reads one byte range of it (the even share of its 
 ends moved to just after a newline: :func:`~mpiswarm.inputs.split_point`), parses it with
 :func:`~mpiswarm.inputs.parse_range` — line numbers are the file's (an exclusive prefix sum of
 the ranges' newline counts) — and digests the 16 MiB blocks that begin in it. Rank 0 receives
-every range's columns in ONE ``Igatherv`` (each string column as UTF-8 bytes with a NUL
+every range's columns in one ``Igatherv`` (in rounds of at most 1 GiB: MPI counts are C ints; each string column as UTF-8 bytes with a NUL
 between the strings, plus their character lengths; the rare ``fields`` of plain rows and the
 range's first error pickled), decodes each column once and splits it, and merges the ranges with
 :func:`~mpiswarm.inputs.merge_parts` — the same code, the same checks (duplicate ``custom_id``
@@ -136,16 +136,15 @@ def _read_collectively(path, suffix, nbytes, template, prompt_format, comm) -> t
             os.close(fd)
     del data
     root = rank == _mpi.ROOT
-    buffer, offsets = _mpi.gatherv_bytes(b"" if root else pack_part(part, digests), comm)
+    messages = _mpi.gather_bytes_in_rounds(b"" if root else pack_part(part, digests), comm)
     prompt_set = error = None
     if root:
         parts, all_digests = [part], [digests]
-        bounds = offsets.tolist() + [len(buffer)]  # rank r's message is buffer[bounds[r]:bounds[r + 1]]
         for r in range(1, size):
-            other, theirs = unpack_part(buffer[bounds[r]:bounds[r + 1]])
+            other, theirs = unpack_part(messages[r])
+            messages[r] = None
             parts.append(other)
             all_digests.append(theirs)
-        del buffer
         try:
             prompt_set = merge_parts(path, parts)
             prompt_set.sha256 = combine_digests([d for ds in all_digests for d in ds], nbytes)

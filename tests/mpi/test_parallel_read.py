@@ -202,3 +202,22 @@ def test_a_rank_that_cannot_open_the_file_leaves_it_to_rank_0(mpi_tmp_path, monk
         assert got == outcome(lambda: read_prompts(path))
     else:
         assert got is None
+
+
+@pytest.mark.parametrize("block", [7, 100, 1000, 1 << 24])
+def test_blocked_digest_whatever_the_ranges(mpi_tmp_path, monkeypatch, block):
+    """Digest blocks that begin in one rank's range and end in another's (small blocks here):
+    the parallel digest is the serial one (``check`` compares ``sha256``)."""
+    monkeypatch.setattr("mpiswarm.inputs.DIGEST_BLOCK_BYTES", block)
+    check(mpi_tmp_path, "d.jsonl", GOOD["some_ids_and_overrides"])
+
+
+def test_gather_in_rounds(mpi_tmp_path, monkeypatch):
+    """Messages larger than a round (MPI counts are C ints: at most 1 GiB a round) arrive whole."""
+    comm, rank, size = comm_info()
+    payload = bytes([rank]) * (rank * 37 + 5)
+    for round_bytes in (1, 10, 64, 1 << 30):
+        got = _mpi.gather_bytes_in_rounds(payload, comm, round_bytes)
+        assert got == ([bytes([r]) * (r * 37 + 5) for r in range(size)] if rank == 0 else None)
+    monkeypatch.setattr("mpiswarm._mpi.GATHER_ROUND_BYTES", 100)  # the reader's messages in many rounds
+    check(mpi_tmp_path, "r.jsonl", GOOD["some_ids_and_overrides"])
