@@ -65,6 +65,15 @@ def allreduce_max(value: int, comm=None) -> int:
     return world(comm).allreduce(value, op=MPI.MAX)
 
 
+def exscan_sum(value: int, comm=None) -> int:
+    """The sum of ``value`` over the ranks before this one (0 on the first rank): ``MPI_Exscan``."""
+    comm = world(comm)
+    send = np.array([value], dtype=np.int64)
+    recv = np.zeros(1, dtype=np.int64)
+    comm.Exscan(send, recv, op=MPI.SUM)
+    return int(recv[0]) if comm.Get_rank() else 0
+
+
 def barrier(comm=None) -> None:
     world(comm).Barrier()
 
@@ -232,8 +241,8 @@ def alltoallv_bytes(messages: list, comm=None, poll_s: float = WAIT_POLL_S) -> t
     """Message r of ``messages`` (bytes, one per rank) to rank r, in ONE ``Ialltoallv``.
 
     Returns ``(buffer, offsets)``: what every rank sent here, one message after the other in
-    rank order, and where each non-empty one starts. Ranks sleep between tests while the bytes move (a rank
-    whose messages are small would otherwise spin on the cores the others pack with).
+    rank order, and where each non-empty one starts. Ranks sleep between tests while the bytes
+    move (a rank whose messages are small would otherwise spin on the cores the others pack with).
     """
     comm = world(comm)
     sends = [_as_bytes(m) for m in messages]
@@ -247,3 +256,29 @@ def alltoallv_bytes(messages: list, comm=None, poll_s: float = WAIT_POLL_S) -> t
     _wait_sleeping(request, poll_s)
     return out, recv_displ[recv_counts > 0]
 
+
+#: The most bytes one ``Igatherv`` of :func:`gather_bytes_in_rounds` moves: MPI's counts and
+#: displacements are C ints, so a gather of more than 2 GiB must be cut into rounds.
+GATHER_ROUND_BYTES = 1 << 30
+
+
+def gather_bytes_in_rounds(payload: bytes, comm=None, round_bytes: int | None = None) -> list[bytes] | None:
+    """Every rank's byte message, of any size, on the root: a list in rank order (None elsewhere).
+
+    Each round is one :func:`gatherv_bytes` of at most ``round_bytes`` (default
+    :data:`GATHER_ROUND_BYTES`) in all, every rank sending the next piece of its message (at
+    most ``round_bytes // size`` bytes); small messages take one round.
+    """
+    comm = world(comm)
+    size = comm.Get_size()
+    quota = max(1, (GATHER_ROUND_BYTES if round_bytes is None else round_bytes) // size)
+    rounds = max(1, -(-allreduce_max(len(payload), comm) // quota))
+    view = memoryview(payload)
+    pieces = [[] for _ in range(size)] if comm.Get_rank() == ROOT else None
+    for k in range(rounds):
+        buffer, offsets = gatherv_bytes(np.frombuffer(view[k * quota:(k + 1) * quota], np.uint8), comm)
+        if pieces is not None:
+            bounds = offsets.tolist() + [len(buffer)]
+            for r in range(size):
+                pieces[r].append(buffer[bounds[r]:bounds[r + 1]])
+    return None if pieces is None else [b"".join(p) for p in pieces]

@@ -1,6 +1,7 @@
 """Checkpoints: a run directory beside the output, so a killed job resumes where it stopped.
 
-``OUT.h5.run/`` holds ``manifest.json`` (what the run is: the input's SHA-256, the row count and
+``OUT.h5.run/`` holds ``manifest.json`` (what the run is: the input's blocked SHA-256
+(:func:`mpiswarm.inputs.blocked_sha256`), the row count and
 a fingerprint of every option that changes answers) and one append-only shard per rank and
 attempt, ``rank00003-attempt002.shard``. Each finished call appends one record with its finished
 rows (answered, or failed for good): a small header, then the columns as raw arrays and the
@@ -28,7 +29,7 @@ from .records import ResultColumns
 from .wire import pack_strings, unpack_strings
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: input_sha256 is the blocked digest (any number of readers computes it)
 FSYNC_EVERY_S = 10.0
 
 

@@ -24,7 +24,11 @@ import hashlib
 import json
 import math
 import os
+import struct
 from dataclasses import dataclass, field
+from itertools import accumulate, chain
+
+import numpy as np
 
 from .template import check_prompt_format, compile_template, format_prompts
 
@@ -47,7 +51,8 @@ class PromptSet:
     overrides: list[str]
     #: extra fields of plain JSONL rows (kept for map templates), None when no row has any
     fields: list[dict] | None = field(default=None, repr=False)
-    #: SHA-256 of the file's bytes (a resume must see the same input)
+    #: the file's blocked SHA-256 (:func:`blocked_sha256`: over the SHA-256 of every 16 MiB
+    #: block and the size, so parallel readers compute it too); a resume must see the same input
     sha256: str = ""
 
     def __len__(self) -> int:
@@ -103,14 +108,6 @@ def _row_overrides(source: dict) -> str:
     return json.dumps(validate_sampling(found), sort_keys=True, separators=(",", ":"))
 
 
-def _decode(path: str, raw: bytes) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        lineno = raw.count(b"\n", 0, exc.start) + 1
-        raise InputError(f"{path}:{lineno}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
-
-
 def _parse_batch_row(obj: dict, need_prompt: bool = True) -> tuple[object, dict]:
     """An OpenAI Batch line: returns (prompt, body); prompt None if it has none and need not."""
     method = obj.get("method", "POST")
@@ -157,138 +154,347 @@ def _templated_row(obj: dict, cid, fill) -> tuple[str, dict]:
     return fill(obj), obj
 
 
-def _parse_jsonl(path: str, raw: bytes, fill=None) -> PromptSet:
-    prompts: list[str] = []
-    overrides: list[str] = []
-    explicit_ids: dict[str, int] = {}  # custom_id -> line
-    id_rows: list[tuple[int, str]] = []  # (row, custom_id) of rows that set one
-    fields: list[dict] | None = None
+# --- Byte ranges: where a file is cut so that every part holds whole lines ----------------------
+#: The input's digest is taken over blocks of this many bytes, so any number of readers agree.
+DIGEST_BLOCK_BYTES = 16 << 20
+_PROBE_BYTES = 1 << 16
+
+
+def file_reader(fd: int):
+    """``read_at(offset, n)`` for an open file descriptor: up to ``n`` bytes from ``offset``
+    (fewer only at the end of the file)."""
+
+    def read_at(offset: int, n: int) -> bytes:
+        chunks = []
+        while n > 0:
+            chunk = os.pread(fd, n, offset)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            offset += len(chunk)
+            n -= len(chunk)
+        return b"".join(chunks)
+
+    return read_at
+
+
+def line_start(read_at, size: int, point: int) -> int:
+    """The first line start at or after byte ``point`` of a file of ``size`` bytes read with
+    ``read_at(offset, n)``: ``point`` itself if a line starts there, else the byte after the
+    next newline (``size`` if there is none). Reads from ``point - 1`` until a newline."""
+    if point <= 0:
+        return 0
+    at = point - 1
+    while at < size:
+        chunk = read_at(at, _PROBE_BYTES)
+        if not chunk:
+            break
+        found = chunk.find(b"\n")
+        if found >= 0:
+            return at + found + 1
+        at += len(chunk)
+    return size
+
+
+def split_point(read_at, size: int, n_parts: int, part: int) -> int:
+    """Where part ``part`` of ``n_parts`` begins: its even share of the bytes, moved to the
+    next line start (part 0 begins at 0). Part k is ``[split_point(k), split_point(k + 1))``,
+    ``split_point(n_parts) == size``; a line longer than a share leaves some parts empty."""
+    return size if part >= n_parts else line_start(read_at, size, size * part // n_parts)
+
+
+def line_aligned_ranges(source: bytes | str | os.PathLike, n_parts: int) -> list[tuple[int, int]]:
+    """``n_parts`` byte ranges ``(start, end)`` that cover ``source`` (the bytes themselves,
+    or a file's path) in order, each cut just after a newline so that no line is split."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        view = memoryview(source)
+        read_at, size, fd = (lambda offset, n: bytes(view[offset:offset + n])), len(view), None
+    else:
+        fd = os.open(source, os.O_RDONLY)
+        read_at, size = file_reader(fd), os.fstat(fd).st_size
+    try:
+        points = [split_point(read_at, size, n_parts, k) for k in range(n_parts + 1)]
+    finally:
+        if fd is not None:
+            os.close(fd)
+    return list(zip(points[:-1], points[1:]))
+
+
+def block_digests(data, start: int, end: int, size: int, read_at=None) -> list[bytes]:
+    """SHA-256 digests of the file's :data:`DIGEST_BLOCK_BYTES` blocks that begin in
+    ``[start, end)``; ``data`` holds the file's bytes ``[start, end)``, and the rest of a
+    block that runs past ``end`` is read with ``read_at`` (one block at most)."""
+    view = memoryview(data)
+    digests = []
+    first = -(-start // DIGEST_BLOCK_BYTES) * DIGEST_BLOCK_BYTES
+    for block in range(first, end, DIGEST_BLOCK_BYTES):
+        stop = min(block + DIGEST_BLOCK_BYTES, size)
+        digest = hashlib.sha256(view[block - start:min(stop, end) - start])
+        if stop > end:
+            digest.update(read_at(end, stop - end))
+        digests.append(digest.digest())
+    return digests
+
+
+def combine_digests(digests: list[bytes], size: int) -> str:
+    """The input's digest: SHA-256 over its blocks' digests and its size (hex)."""
+    return hashlib.sha256(b"".join(digests) + struct.pack("<Q", size)).hexdigest()
+
+
+def blocked_sha256(raw: bytes) -> str:
+    """:attr:`PromptSet.sha256` of a file whose bytes are ``raw``."""
+    return combine_digests(block_digests(raw, 0, len(raw), len(raw)), len(raw))
+
+
+# --- Parsing a range of lines -------------------------------------------------------------------
+@dataclass
+class Part:
+    """What one byte range of the input holds, in file order. Rows are numbered from 0 in the
+    range; line numbers are the file's. ``error`` is the range's first problem ``(line,
+    message)`` — parsing stopped there; a duplicate ``custom_id`` is found only when parts
+    are merged (:func:`merge_parts`), as are the checks that need global row numbers."""
+
+    prompts: list[str] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)
+    id_rows: list[int] = field(default_factory=list)  # rows that set a custom_id (or an int64 array) ...
+    ids: list[str] = field(default_factory=list)  # ... the ids ...
+    id_lines: list[int] = field(default_factory=list)  # ... and their lines (or an int64 array)
+    fields: list[dict] | None = None  # as PromptSet.fields, for the range's rows
+    error: tuple[int, str] | None = None
+    bad_unicode: int = -1  # the first row whose prompt holds a lone surrogate, -1 if none
+    encoded: bytes = b""  # the prompts' UTF-8, NUL between them (lone surrogates passed)
+
+
+def _parse_jsonl(path: str, text: str, first_lineno: int, fill, part: Part) -> None:
+    prompts, overrides = part.prompts, part.overrides
+    fields = part.fields
     loads = json.loads
-    for lineno, line in enumerate(_decode(path, raw).split("\n"), 1):
-        if not line or line.isspace():
-            continue
-        try:
-            obj = loads(line)
-        except ValueError as exc:
-            raise InputError(f"{path}:{lineno}: not valid JSON ({exc})") from None
-        if type(obj) is not dict:
-            raise InputError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-        row = len(prompts)
-        prompt = obj.get("prompt")
-        over = ""
-        n_keys = len(obj)
-        cid = obj.get("custom_id")
-        plain = prompt is not None and (n_keys == 1 or (n_keys == 2 and cid is not None)) and fill is None
-        if not plain:  # batch rows, sampling overrides, extra fields, a map template, or an error
+    lineno = first_lineno
+    try:
+        for lineno, line in enumerate(text.split("\n"), first_lineno):
+            if not line or line.isspace():
+                continue
             try:
-                if fill is not None:
-                    prompt, source = _templated_row(obj, cid, fill)
-                elif "body" in obj:
-                    prompt, source = _parse_batch_row(obj)
-                elif prompt is None:
-                    raise ValueError("no 'prompt' field" if "prompt" not in obj else "'prompt' must be a string, got null")
-                else:
-                    source = obj
-                over = _row_overrides(source)
+                obj = loads(line)
             except ValueError as exc:
-                raise InputError(f"{path}:{lineno}: {exc}") from None
-            if source is obj and n_keys > ("prompt" in obj) + (cid is not None):
-                if fields is None:
-                    fields = [{} for _ in range(row)]
-                fields.append({k: v for k, v in obj.items() if k not in _RESERVED})
+                raise InputError(f"{path}:{lineno}: not valid JSON ({exc})") from None
+            if type(obj) is not dict:
+                raise InputError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            row = len(prompts)
+            prompt = obj.get("prompt")
+            over = ""
+            n_keys = len(obj)
+            cid = obj.get("custom_id")
+            plain = prompt is not None and (n_keys == 1 or (n_keys == 2 and cid is not None)) and fill is None
+            if not plain:  # batch rows, sampling overrides, extra fields, a map template, or an error
+                try:
+                    if fill is not None:
+                        prompt, source = _templated_row(obj, cid, fill)
+                    elif "body" in obj:
+                        prompt, source = _parse_batch_row(obj)
+                    elif prompt is None:
+                        raise ValueError("no 'prompt' field" if "prompt" not in obj
+                                         else "'prompt' must be a string, got null")
+                    else:
+                        source = obj
+                    over = _row_overrides(source)
+                except ValueError as exc:
+                    raise InputError(f"{path}:{lineno}: {exc}") from None
+                if source is obj and n_keys > ("prompt" in obj) + (cid is not None):
+                    if fields is None:
+                        fields = part.fields = [{} for _ in range(row)]
+                    fields.append({k: v for k, v in obj.items() if k not in _RESERVED})
+                elif fields is not None:
+                    fields.append({})
             elif fields is not None:
                 fields.append({})
-        elif fields is not None:
-            fields.append({})
-        if type(prompt) is not str:
-            raise InputError(f"{path}:{lineno}: 'prompt' must be a string, got {type(prompt).__name__}")
-        if cid is not None:
-            if type(cid) is int:
-                cid = str(cid)
-            elif type(cid) is not str:
-                raise InputError(f"{path}:{lineno}: 'custom_id' must be a string")
-            first = explicit_ids.setdefault(cid, lineno)
-            if first != lineno:
-                raise InputError(f"{path}:{lineno}: duplicate custom_id {cid!r} (first on line {first})")
-            id_rows.append((row, cid))
-        prompts.append(prompt)
-        overrides.append(over)
-    return PromptSet(path, prompts, _custom_ids(path, len(prompts), id_rows, explicit_ids), overrides, fields)
+            if type(prompt) is not str:
+                raise InputError(f"{path}:{lineno}: 'prompt' must be a string, got {type(prompt).__name__}")
+            if cid is not None:
+                if type(cid) is int:
+                    cid = str(cid)
+                elif type(cid) is not str:
+                    raise InputError(f"{path}:{lineno}: 'custom_id' must be a string")
+                part.id_rows.append(row)
+                part.ids.append(cid)
+                part.id_lines.append(lineno)
+            prompts.append(prompt)
+            overrides.append(over)
+    except InputError as exc:
+        part.error = (lineno, str(exc))
 
 
-def _custom_ids(path: str, n_rows: int, id_rows: list[tuple[int, str]], explicit: dict[str, int]) -> list[str]:
-    """Explicit ids where rows set one, else the row number — which must not repeat an explicit id."""
-    if len(id_rows) == n_rows:
-        return [cid for _, cid in id_rows]
-    ids = [str(row) for row in range(n_rows)]
-    for row, cid in id_rows:
-        ids[row] = cid
-    if id_rows:
-        given = {row for row, _ in id_rows}
-        for row in range(n_rows):
-            if row not in given and ids[row] in explicit:
-                raise InputError(
-                    f"{path}: prompt {row} has no custom_id and its default id {ids[row]!r} repeats the "
-                    f"custom_id on line {explicit[ids[row]]}"
-                )
-    return ids
-
-
-def _parse_txt(path: str, raw: bytes, fill=None) -> PromptSet:
-    lines = _decode(path, raw).split("\n")
+def _parse_txt(path: str, text: str, first_lineno: int, fill, part: Part) -> None:
+    lines = text.split("\n")
     prompts = [line.rstrip("\r") for line in lines if line and not line.isspace()]
     if fill is not None:  # a line's one field is {prompt}
         try:
             prompts = [fill({"prompt": p}) for p in prompts]
         except ValueError as exc:
-            lineno = next(i for i, line in enumerate(lines, 1) if line and not line.isspace())
-            raise InputError(f"{path}:{lineno}: {exc}") from None
-    ids = [str(i) for i in range(len(prompts))]
-    return PromptSet(path, prompts, ids, [""] * len(prompts))
+            lineno = next(i for i, line in enumerate(lines, first_lineno) if line and not line.isspace())
+            part.error = (lineno, f"{path}:{lineno}: {exc}")
+            return
+    part.prompts += prompts
+    part.overrides += [""] * len(prompts)
 
 
-def _check_encodable(ps: PromptSet) -> None:
-    """Lone surrogates (legal in JSON escapes) cannot be sent or stored as UTF-8."""
+def _encode(prompts: list[str]) -> tuple[bytes, int]:
+    """(the prompts' UTF-8 with a NUL between them, the first prompt holding a lone surrogate or
+    -1). Lone surrogates (legal in JSON escapes) cannot be sent or stored as UTF-8."""
+    text = "\0".join(prompts)
     try:
-        "".join(ps.prompts).encode("utf-8")
+        return text.encode("utf-8"), -1
     except UnicodeEncodeError:
-        for row, prompt in enumerate(ps.prompts):
-            try:
-                prompt.encode("utf-8")
-            except UnicodeEncodeError:
-                raise InputError(
-                    f"{ps.path}: prompt {row} (custom_id {ps.custom_ids[row]!r}) holds a lone "
-                    "surrogate escape and is not valid Unicode"
-                ) from None
+        bad = next(row for row, p in enumerate(prompts) if not _encodable(p))
+        return text.encode("utf-8", "surrogatepass"), bad
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def parse_range(path: str, raw: bytes, first_lineno: int = 1, suffix: str = ".jsonl", fill=None, *,
+                prompt_format: str | None = None, offset: int = 0) -> Part:
+    """Parse the lines in ``raw`` — bytes ``offset`` … of the file ``path`` (for messages),
+    whose first line is line ``first_lineno`` — as ``suffix`` (``.jsonl`` or ``.txt``) with the
+    map template ``fill`` (:func:`_filler`), then put the prompts into ``prompt_format``.
+
+    Never raises for bad input: the first problem in the range, in file order, is
+    ``Part.error`` (invalid UTF-8 on line L counts as a problem on line L).
+    """
+    parse = _parse_jsonl if suffix == ".jsonl" else _parse_txt
+    part = Part()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        cut = raw.rfind(b"\n", 0, exc.start) + 1  # the lines before the bad one are fine
+        parse(path, raw[:cut].decode("utf-8"), first_lineno, fill, part)
+        if part.error is None:
+            lineno = first_lineno + raw.count(b"\n", 0, exc.start)
+            part.error = (lineno, f"{path}:{lineno}: not valid UTF-8 ({exc.reason} at byte {offset + exc.start})")
+        return part
+    parse(path, text, first_lineno, fill, part)
+    if part.error is None:
+        part.prompts = format_prompts(prompt_format, part.prompts)
+        part.encoded, part.bad_unicode = _encode(part.prompts)
+    return part
+
+
+def _check_duplicates(path: str, ids: list[str], lines, before: int | None) -> set[str]:
+    """The set of explicit ids; raises for the first line (before line ``before``, if given)
+    whose ``custom_id`` an earlier line already has (``lines()``: the ids' lines)."""
+    unique = set(ids)
+    if len(unique) < len(ids):
+        first: dict[str, int] = {}
+        for cid, lineno in zip(ids, lines()):
+            if before is not None and lineno >= before:
+                break
+            seen = first.setdefault(cid, lineno)
+            if seen != lineno:
+                raise InputError(f"{path}:{lineno}: duplicate custom_id {cid!r} (first on line {seen})")
+    return unique
+
+
+def _custom_ids(path: str, n_rows: int, id_rows, ids: list[str], lines, unique: set[str]) -> list[str]:
+    """Explicit ids where rows set one, else the row number — which must not repeat an explicit
+    id. ``id_rows()`` (the rows that set one) and ``lines()`` (their lines) are only called when
+    some rows set one and some do not."""
+    if len(ids) == n_rows:
+        return ids
+    custom = list(map(str, range(n_rows)))
+    if not ids:
+        return custom
+    id_rows = id_rows()
+    for row, cid in zip(id_rows, ids):
+        custom[row] = cid
+    given = set(id_rows)
+    # an explicit id that reads as the number of a row without one
+    clashes = [int(c) for c in unique if c.isascii() and c.isdigit() and str(int(c)) == c]
+    clashes = [row for row in clashes if row < n_rows and row not in given]
+    if clashes:
+        row = min(clashes)
+        raise InputError(f"{path}: prompt {row} has no custom_id and its default id {custom[row]!r} repeats the "
+                         f"custom_id on line {lines()[ids.index(custom[row])]}")
+    return custom
+
+
+def _concat(columns: list[list]) -> list:
+    return columns[0] if len(columns) == 1 else list(chain.from_iterable(columns))
+
+
+def _numbers(parts: list[Part], name: str, shifts: list[int] | None = None) -> list[int]:
+    """A column of row or line numbers over the parts (lists, or int64 arrays from a message),
+    each part's shifted by ``shifts``."""
+    columns = [np.asarray(getattr(p, name), np.int64) + (shifts[k] if shifts else 0) for k, p in enumerate(parts)]
+    return np.concatenate(columns).tolist() if columns else []
+
+
+def merge_parts(path: str, parts: list[Part]) -> PromptSet:
+    """The prompt set of a file parsed in ``parts`` (consecutive ranges, in file order), or
+    :class:`InputError` for its first problem — the same one, with the same message, whatever
+    the number of parts: the first line with a problem (a duplicate ``custom_id`` included),
+    then a default id that repeats an explicit one, then a prompt holding a lone surrogate."""
+    error = min((p.error for p in parts if p.error is not None), default=None)
+    ids = _concat([p.ids for p in parts])
+    lines = lambda: _numbers(parts, "id_lines")  # noqa: E731 - needed only for an error
+    unique = _check_duplicates(path, ids, lines, error[0] if error else None)
+    if error:
+        raise InputError(error[1])
+    starts = list(accumulate((len(p.prompts) for p in parts), initial=0))
+    n_rows = starts[-1]
+    custom_ids = _custom_ids(path, n_rows, lambda: _numbers(parts, "id_rows", starts), ids, lines, unique)
+    for p, s in zip(parts, starts):
+        if p.bad_unicode >= 0:
+            row = s + p.bad_unicode
+            raise InputError(f"{path}: prompt {row} (custom_id {custom_ids[row]!r}) holds a lone surrogate "
+                             "escape and is not valid Unicode")
+    fields = None
+    if any(p.fields is not None for p in parts):
+        fields = _concat([p.fields if p.fields is not None else [{}] * len(p.prompts) for p in parts])
+    return PromptSet(path, _concat([p.prompts for p in parts]), custom_ids,
+                     _concat([p.overrides for p in parts]), fields)
+
+
+def input_suffix(path: str) -> str:
+    """The input's format, ``.jsonl`` or ``.txt``; raises :class:`InputError` for another."""
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in (".jsonl", ".txt"):
+        raise InputError(f"{path}: unsupported input format '{suffix}' (expected .jsonl or .txt)")
+    return suffix
+
+
+def cannot_open(path: str, exc: OSError) -> InputError:
+    """The input error for a file that cannot be opened or read."""
+    if isinstance(exc, FileNotFoundError):
+        return InputError(f"{path}: no such file")
+    return InputError(f"{path}: cannot read ({exc.strerror})")
 
 
 def read_prompts(path: str | os.PathLike, *, template: str | None = None,
                  prompt_format: str | None = None) -> PromptSet:
     """Read and validate the prompt file at ``path`` (``.jsonl`` or ``.txt``), building each
     prompt from its row's fields with the map ``template`` if given, then putting it into the
-    chat ``prompt_format`` if given (see the module docstring).
+    chat ``prompt_format`` if given (see the module docstring). One process reads it all;
+    :func:`mpiswarm.read.read_prompts_parallel` is the same with every rank reading a part.
 
     Raises :class:`InputError` naming the file and line of the first problem (or the option).
     """
     check_prompt_options(template, prompt_format)
     path = os.fspath(path)
-    suffix = os.path.splitext(path)[1].lower()
-    if suffix not in (".jsonl", ".txt"):
-        raise InputError(f"{path}: unsupported input format '{suffix}' (expected .jsonl or .txt)")
+    suffix = input_suffix(path)
     try:
         with open(path, "rb") as fh:
             raw = fh.read()
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
     except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
-    fill = _filler(template)
-    ps = _parse_jsonl(path, raw, fill) if suffix == ".jsonl" else _parse_txt(path, raw, fill)
-    ps.prompts = format_prompts(prompt_format, ps.prompts)
-    _check_encodable(ps)
-    ps.sha256 = hashlib.sha256(raw).hexdigest()
+        raise cannot_open(path, exc) from None
+    part = parse_range(path, raw, 1, suffix, _filler(template), prompt_format=prompt_format)
+    ps = merge_parts(path, [part])
+    ps.sha256 = blocked_sha256(raw)
     return ps
-
 
 def check_prompt_options(template: str | None, prompt_format: str | None) -> None:
     """Raise :class:`InputError` (one line naming the option) for a map template or a prompt

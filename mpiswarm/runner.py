@@ -33,7 +33,7 @@ from .endpoints import check_template, endpoint_from_hostfile, expand_endpoint, 
 from .exitcodes import EXIT_ENDPOINT_DOWN, EXIT_OK, EXIT_PROMPTS_FAILED, EXIT_RESUME
 from .gather import any_reasoning, gather_in_rounds, gather_stats, redistribute_in_rounds
 from .packed import PackedColumns
-from .inputs import InputError, PromptSet, read_prompts
+from .inputs import InputError, PromptSet
 from .metrics import engine_deltas
 from .partition import contiguous_bounds
 from .records import RankStats, ResultColumns
@@ -42,6 +42,7 @@ from .retry import RetryPolicy
 from .scatter import RankSlice, scatter_rows
 from .store import create_part_file, create_result_file, create_virtual_file, part_name, parts_dir, remove_stale_parts
 from .progress import ProgressPrinter
+from .read import read_prompts_parallel
 from .summary import Tally, format_reduction, format_summary, format_votes
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:8000/v1"
@@ -169,20 +170,31 @@ class Plan:
 
 def _prepare_on_root(config: RunConfig, comm) -> tuple[Plan, PromptSet | None, ResultColumns | None,
                                                       EnsemblePlan | None]:
-    """Root reads and validates everything and opens the run directory; every rank learns the
-    plan. Returns ``(plan, prompt_set, finished, ensemble)``, the last three on the root only
-    (``ensemble`` None unless ``repeat``). Raises :class:`InputError` on every rank when the
+    """Every rank reads a part of the input (:func:`~mpiswarm.read.read_prompts_parallel`), the
+    root validates the rest and opens the run directory; every rank learns the plan. Returns
+    ``(plan, prompt_set, finished, ensemble)``, the last three on the root only (``ensemble``
+    None unless ``repeat``). Raises :class:`InputError` on every rank when the
     input is bad.
     """
     plan = prompt_set = finished = ensemble = None
-    error = None
-    if _mpi.rank_and_size(comm)[0] == _mpi.ROOT:
+    error = entries = None
+    root = _mpi.rank_and_size(comm)[0] == _mpi.ROOT
+    if root:
         try:
             entries = parse_hostfile(config.hostfile) if config.hostfile else None
             if not config.hostfile:
                 check_template(config.endpoint)
             _check_output(config)
-            prompt_set = read_prompts(config.input, template=config.template, prompt_format=config.prompt_format)
+        except InputError as exc:
+            error = str(exc)
+    error = _mpi.bcast(error, comm)
+    if error:
+        raise InputError(error)
+    # every rank reads a part of the input (rank 0 alone for a small file); raises on every rank
+    prompt_set = read_prompts_parallel(config.input, comm, template=config.template,
+                                       prompt_format=config.prompt_format)
+    if root:
+        try:
             if config.repeat:
                 prompt_set, ensemble = expand(prompt_set, _mpi.rank_and_size(comm)[1], config.repeat,
                                               config.sampling.get("seed") or 0)

@@ -229,11 +229,83 @@ def model(work: str, timeout: float = 300.0) -> dict:
             "answer_bytes": ANSWER_BYTES, "round_rows": ROUND_ROWS, "call_rows": CALL_ROWS, "first_share": LIMIT}
 
 
+def measure_parallel_read(rows: int = 400_000, ranks=(1, 2, 4), work: str | None = None, timeout: float = 300.0,
+                          child: str | None = None) -> dict:
+    """Rank 0's read of a ``rows``-row JSONL, serial (``read_prompts``) and with every rank
+    reading a part (``read_prompts_parallel``, forced), under ``mpiexec -n R`` for each of
+    ``ranks``: rank 0's seconds and µs/row (best of 3), and in this process what rank 0 alone
+    does in the parallel reader at any rank count — unpack the other ranks' parts and merge
+    them (the duplicate check included) — per row. ``scale_model.py read [ROWS]`` prints it as
+    JSON. (``child``: the file, when this runs as one rank of the job.)"""
+    import numpy as np
+
+    sys.path[:0] = [ROOT, TOOLS]
+    from mpiswarm.inputs import line_aligned_ranges, merge_parts, parse_range, read_prompts
+    from mpiswarm.read import pack_part, read_prompts_parallel, unpack_part
+
+    if child is not None:
+        from mpi4py import MPI
+
+        from mpiswarm import _mpi
+
+        comm = MPI.COMM_WORLD
+        out = {"ranks": comm.Get_size()}
+        for name, read in (("parallel", lambda: read_prompts_parallel(child, comm, min_bytes=0)),
+                           ("serial", lambda: read_prompts_parallel(child, comm, min_bytes=1 << 62))):
+            best = math.inf
+            for _ in range(3):
+                _mpi.barrier_sleeping(comm)
+                t0 = time.perf_counter()
+                ps = read()
+                best = min(best, time.perf_counter() - t0)
+            out[f"{name}_s"] = best
+            if ps is not None:
+                out[f"{name}_rows"] = len(ps)
+        if comm.Get_rank() == 0:
+            print("READ " + json.dumps(out), flush=True)
+        return out
+
+    from mpiswarm.launch import find_mpiexec
+
+    import scaling_study
+
+    with tempfile.TemporaryDirectory(prefix="mpiswarm-read-", dir=work) as tmp:
+        path = os.path.join(tmp, "read.jsonl")
+        scaling_study.write_prompts(path, rows)
+        data = open(path, "rb").read()
+        result = {"rows": rows, "bytes": len(data), "runs": []}
+        for k in (4, 64):  # rank 0's own share of the work, whatever the rank count
+            parts, lineno = [], 1
+            for a, b in line_aligned_ranges(data, k):
+                parts.append(parse_range(path, data[a:b], lineno, offset=a))
+                lineno += data.count(b"\n", a, b)
+            messages = [np.frombuffer(pack_part(p, []), np.uint8) for p in parts[1:]]
+            merge_s = _best(lambda: merge_parts(path, parts[:1] + [unpack_part(m)[0] for m in messages]))
+            result[f"merge_us_per_row_{k}_parts"] = merge_s / rows * 1e6
+        result["serial_in_process_us_per_row"] = _best(lambda: read_prompts(path), 2) / rows * 1e6
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, TOOLS, os.environ.get("PYTHONPATH", "")]))
+        for r in ranks:
+            proc = subprocess.run([find_mpiexec(), "-n", str(r), sys.executable, os.path.abspath(__file__), "_read",
+                                   path], env=env, capture_output=True, text=True, timeout=timeout)
+            if proc.returncode != 0:
+                raise RuntimeError(f"parallel read at {r} ranks: exit {proc.returncode}\n{proc.stderr[-2000:]}")
+            run = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("READ ")).split(" ", 1)[1])
+            for name in ("serial", "parallel"):
+                run[f"{name}_us_per_row"] = run[f"{name}_s"] / rows * 1e6
+            result["runs"].append(run)
+    return result
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     sys.path[:0] = [ROOT, TOOLS]
     if argv and argv[0] == "_rounds":
         return rounds_child(argv[1:])
+    if argv and argv[0] == "_read":
+        return measure_parallel_read(child=argv[1]) and 0
+    if argv and argv[0] == "read":
+        print(json.dumps(measure_parallel_read(int(argv[1]) if len(argv) > 1 else 400_000), indent=1))
+        return 0
     with tempfile.TemporaryDirectory(prefix="mpiswarm-model-") as work:
         print(json.dumps(model(work), indent=1, default=float))
     return 0

@@ -52,6 +52,12 @@ def write_with_blank_lines(path, rows: list[dict]):
     return path
 
 
+@pytest.fixture(autouse=True)
+def parallel_reader(monkeypatch):
+    """Every rank reads a part of the input, however small (mpiswarm.read)."""
+    monkeypatch.setenv("MPISWARM_PARALLEL_READ_MIN_BYTES", "0")
+
+
 def endpoint_args(sim):
     return ["--model", MODEL, "--endpoint", "http://127.0.0.1:{port}/v1", "--base-port", sim.ports[0]]
 

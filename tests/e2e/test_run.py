@@ -22,6 +22,13 @@ def make_rows(n_rows: int) -> list[dict]:
             for i in range(n_rows)]
 
 
+@pytest.fixture(autouse=True)
+def parallel_reader(monkeypatch):
+    """Every rank reads a part of the input, however small (mpiswarm.read): these runs check
+    the parallel reader end to end."""
+    monkeypatch.setenv("MPISWARM_PARALLEL_READ_MIN_BYTES", "0")
+
+
 def endpoint_args(sim):
     return ["--model", MODEL, "--endpoint", "http://127.0.0.1:{port}/v1", "--base-port", sim.ports[0]]
 
@@ -175,31 +182,48 @@ def test_openai_batch_rows_and_hostfile(tmp_path, sim_factory):
     assert data["ranks"]["n_calls"].tolist() == [2, 2]  # two override groups per rank
 
 
+LONG = "".join('{"prompt": "filler %d"}\n' % i for i in range(200))  # the next line is in the last rank's part
 BAD_INPUTS = {
     "not_json": ('{"prompt": "a"}\n{"prompt": "b",\n', "in.jsonl:2: not valid JSON"),
     "missing_prompt": ('{"prompt": "a"}\n{"question": "b"}\n', "in.jsonl:2: no 'prompt' field"),
     "non_string_prompt": ('{"prompt": ["a", "b"]}\n', "in.jsonl:1: 'prompt' must be a string, got list"),
     "duplicate_custom_id": ('{"prompt": "a", "custom_id": "x"}\n{"prompt": "b", "custom_id": "x"}\n',
                             "in.jsonl:2: duplicate custom_id 'x' (first on line 1)"),
+    "duplicate_across_ranks": ('{"prompt": "a", "custom_id": "x"}\n' + LONG + '{"prompt": "b", "custom_id": "x"}\n',
+                               "in.jsonl:202: duplicate custom_id 'x' (first on line 1)"),
+    "default_id_collision": (LONG + '{"prompt": "b", "custom_id": "1"}\n',
+                             "in.jsonl: prompt 1 has no custom_id and its default id '1' repeats the custom_id on line 201"),
+    "invalid_utf8": (LONG.encode() + b'{"prompt": "\xff"}\n', "in.jsonl:201: not valid UTF-8 (invalid start byte"),
+    "lone_surrogate": (LONG + '{"prompt": "\\ud800"}\n',
+                       "in.jsonl: prompt 200 (custom_id '200') holds a lone surrogate escape and is not valid Unicode"),
     "missing_file": (None, "in.jsonl: no such file"),
 }
 
 
+@pytest.mark.parametrize("n_ranks", [2, 4])
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
-def test_bad_input_exits_2_with_one_line_and_sends_nothing(tmp_path, sim_factory, case):
+def test_bad_input_exits_2_with_one_line_and_sends_nothing(tmp_path, sim_factory, case, n_ranks):
     text, message = BAD_INPUTS[case]
     path = tmp_path / "in.jsonl"
     if text is not None:
-        path.write_text(text)
-    sim = sim_factory("--count", 2, "--time-scale", 0)
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    sim = sim_factory("--count", n_ranks, "--time-scale", 0)
     out = tmp_path / "out.h5"
-    res = run_mpiswarm(2, ["run", path, "-o", out, *endpoint_args(sim)])
+    res = run_mpiswarm(n_ranks, ["run", path, "-o", out, *endpoint_args(sim)])
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and lines[0].startswith("mpiswarm: error: "), res.stderr
     assert "Traceback" not in res.stderr + res.stdout
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == (["in.jsonl"] if text else [])
-    assert [sim_counter(u) for u in sim.urls] == [0, 0]
+    assert [sim_counter(u) for u in sim.urls] == [0] * n_ranks
+
+
+def test_parallel_read_threshold_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("MPISWARM_PARALLEL_READ_MIN_BYTES", "lots")
+    path = write_jsonl(tmp_path / "in.jsonl", make_rows(3))
+    res = run_mpiswarm(2, ["run", path, "-o", tmp_path / "o.h5", "--model", MODEL])
+    assert res.returncode == 2
+    assert res.stderr.strip() == "mpiswarm: error: MPISWARM_PARALLEL_READ_MIN_BYTES: must be a number of bytes, got 'lots'"
 
 
 def test_usage_errors_exit_2(tmp_path):
