@@ -83,6 +83,13 @@ class BlockRound:
     rows: PackedColumns
 
 
+def block_messages(local: ResultColumns, lo: np.ndarray, hi: np.ndarray, reasoning: bool) -> list[bytes]:
+    """Rows ``lo[r]:hi[r]`` of ``local`` (sorted by index) packed for rank r, one message a
+    rank (``b""`` for a rank that gets none of them; no MPI)."""
+    first, last = np.searchsorted(local.index, lo), np.searchsorted(local.index, hi)
+    return [pack_message(local, a, b, reasoning) if b > a else b"" for a, b in zip(first.tolist(), last.tolist())]
+
+
 def redistribute_in_rounds(local: ResultColumns, bounds: np.ndarray, rows_per_round: int,
                            texts: Callable[[int, int], list[list[str]]] | None = None,
                            n_texts: int = 0, comm=None) -> Iterator[BlockRound]:
@@ -103,10 +110,7 @@ def redistribute_in_rounds(local: ResultColumns, bounds: np.ndarray, rows_per_ro
     for k in range(n_rounds):
         lo = np.minimum(bounds[:-1] + k * window, bounds[1:])
         hi = np.minimum(lo + window, bounds[1:])
-        first, last = np.searchsorted(local.index, lo), np.searchsorted(local.index, hi)
-        messages = [pack_message(local, a, b, reasoning) if b > a else b""
-                    for a, b in zip(first.tolist(), last.tolist())]
-        buffer, offsets = _mpi.alltoallv_bytes(messages, comm)
+        buffer, offsets = _mpi.alltoallv_bytes(block_messages(local, lo, hi, reasoning), comm)
         rows = unpack_messages(buffer, offsets).in_index_order() if len(offsets) else PackedColumns.empty(local.n)
         columns = None
         if texts is not None and rank == _mpi.ROOT:

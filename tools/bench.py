@@ -589,11 +589,14 @@ def gather_child(argv) -> int:
     span = len(text) - chars - 100
     index = np.arange(rank * rows_per_rank, (rank + 1) * rows_per_rank, dtype=np.int64)
 
-    def build() -> ResultColumns:
+    # as the dynamic schedule leaves them: calls of 48 rows dealt to the ranks in turn
+    dealt = np.flatnonzero((np.arange(n) // 48) % size == rank).astype(np.int64)
+
+    def build(index=index) -> ResultColumns:
         local = ResultColumns.pending(index, 1, rank)
         local.completion = [text[(i * 7919) % span: (i * 7919) % span + chars - 50 + i % 100] for i in index.tolist()]
-        local.finish_reason = ["stop" if i % 3 else "length" for i in range(rows_per_rank)]
-        local.error = [""] * rows_per_rank
+        local.finish_reason = ["stop" if i % 3 else "length" for i in range(len(index))]
+        local.error = [""] * len(index)
         local.ok[:] = True
         local.done[:] = True
         local.prompt_tokens[:] = -1
@@ -674,6 +677,34 @@ def gather_child(argv) -> int:
             os.unlink(path)
             del everything
         _mpi.barrier_sleeping(comm)
+    # the virtual layout (--layout virtual): every rank writes its own block to a part file, the
+    # rows reaching it from whichever ranks hold them (dealt as the dynamic schedule leaves them)
+    from mpiswarm.runner import write_parts
+    from mpiswarm.store import create_virtual_file, remove_stale_parts
+
+    res["virtual_s"], res["virtual_write_s"] = [], []
+    target = os.path.join(out_dir, "virtual.h5")
+    for k in range(repeat):
+        local = build(dealt)
+        _mpi.barrier_sleeping(comm)
+        t0 = MPI.Wtime()
+        tally, part_write_s, parts, reasoning = write_parts(target, n, 1, local, prompts, ids, comm)
+        all_stats = gather_stats(stats, comm)
+        if rank == 0:
+            with create_virtual_file(target, n, 1, parts, reasoning) as out:
+                out.n_ok = tally.ok
+                out.write_ranks(all_stats)
+                out.set_attrs({"model": MODEL, "n_ranks": size, "complete": True, "params": {"bench": True}})
+            res["virtual_s"].append(MPI.Wtime() - t0)
+        writes = comm.gather(part_write_s, root=0)
+        if rank == 0:
+            res["virtual_write_s"].append(writes)
+            if k == 0:
+                res["virtual_parts_mb"] = sum(os.path.getsize(os.path.join(out_dir, p)) for p, _, c in parts if c) / 2**20
+            remove_stale_parts(target, keep=[])
+            os.unlink(target)
+        del local
+        _mpi.barrier_sleeping(comm)
     peak = comm.gather(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, root=0)
     # where the gather's time goes, one round's steps timed alone: packing one round's rows on
     # every rank (mpiswarm.packed.pack_message), the Igatherv of the messages
@@ -715,16 +746,18 @@ def bench_gather(a, work: str) -> dict:
         raise RuntimeError(f"gather benchmark: exit {proc.returncode}\n{err[-3000:]}")
     line = next(l for l in out.splitlines() if l.startswith("BENCH-GATHER "))
     res = json.loads(line.split(" ", 1)[1])
-    best = {k: min(res[k]) for k in ("mpiswarm_s", "gather_s", "write_s", "bare_s")}
+    best = {k: min(res[k]) for k in ("mpiswarm_s", "gather_s", "write_s", "bare_s", "virtual_s")}
     # the pair of the fastest mpiswarm round, for the split
     i = res["mpiswarm_s"].index(best["mpiswarm_s"])
     res.update(ranks=ranks, rows=rows * ranks, answer_chars=chars, repeat=repeat, best=best,
                split={"gather_s": res["gather_s"][i], "write_s": res["write_s"][i]},
                ratio=best["mpiswarm_s"] / best["bare_s"], goal=1.5, wall_s=time.perf_counter() - t0)
     res["holds"] = res["ratio"] <= 1.5
+    res["virtual_ratio"] = best["virtual_s"] / best["bare_s"]
+    res["virtual_split"] = res["virtual_write_s"][res["virtual_s"].index(best["virtual_s"])]
     log(f"gather: mpiswarm {best['mpiswarm_s']:.2f} s (gather {res['split']['gather_s']:.2f} + write "
-        f"{res['split']['write_s']:.2f}), bare h5py {best['bare_s']:.2f} s, ratio {res['ratio']:.2f}; rank 0 peak "
-        f"{res['rss_after_mpiswarm_mb']:.0f} MB")
+        f"{res['split']['write_s']:.2f}), virtual layout {best['virtual_s']:.2f} s, bare h5py {best['bare_s']:.2f} s, "
+        f"ratio {res['ratio']:.2f} (virtual {res['virtual_ratio']:.2f}); rank 0 peak {res['rss_after_mpiswarm_mb']:.0f} MB")
     return res
 
 
@@ -762,8 +795,9 @@ def bench_model(a, work: str) -> dict:
 
     res = scale_model.model(work, a.timeout)
     t = {(r["ranks"], r["prompts"]): r for r in res["table"]}
-    log("model: rank 0 after the requests, s: " + ", ".join(f"{r:,} ranks {n:,} prompts {v['after_requests_s']:.0f}"
-                                                            for (r, n), v in t.items()))
+    log("model: rank 0 after the requests, s (single / virtual): " + ", ".join(
+        f"{r:,} ranks {n:,} prompts {v['after_requests_s']:.0f} / {v['virtual_after_requests_s']:.0f}"
+        for (r, n), v in t.items()))
     return res
 
 
@@ -775,7 +809,9 @@ def _model_markdown(m: dict) -> list[str]:
          f"{m['answer_bytes']:,} bytes, rounds of {m['round_rows']:,} rows, calls of {m['call_rows']} rows, "
          f"a first share of {m['first_share']} rows a rank: the defaults).\n",
          "| constant (rank 0 unless said) | measured |\n|---|---:|",
-         f"| read + validate the JSONL | {c['read_us_per_row']:.2f} µs/row |",
+         f"| read + validate the JSONL, one process | {c['read_us_per_row']:.2f} µs/row |",
+         f"| parallel read: rank 0 unpacks and merges the other ranks' parts (64 ranks) | "
+         f"{c['read_merge_us_per_row']:.2f} µs/row |",
          f"| scatter: pack the prompts | {c['scatter_pack_us_per_row']:.3f} µs/row |",
          f"| serve one chunk request (`Control._hand_out` + `pack_rows`) at 1,000 / 10,000 ranks | "
          f"{_keyed(c['request_us'])[1000]:.1f} / {_keyed(c['request_us'])[10000]:.1f} µs |",
@@ -787,6 +823,12 @@ def _model_markdown(m: dict) -> list[str]:
          f"{next(r['message_s'] for r in m['rounds'] if r['ranks'] == 2) * 1e6:.2f} µs |",
          f"| `Igatherv` byte rate (slowest of 2–8 ranks) | {m['bytes_per_s'] / 1e9:.1f} GB/s |",
          f"| write (`write_rows`: 5 string columns, numbers) | {c['write_us_per_row']:.2f} µs/row |",
+         f"| virtual layout: encode a row's prompt and custom_id for its block's rank | "
+         f"{c['texts_us_per_row']:.3f} µs/row ({c['text_bytes']:.0f} bytes) |",
+         f"| virtual layout: write a part file (every rank, in parallel) | {c['part_write_us_per_row']:.2f} µs/row |",
+         f"| virtual layout: a round's Python per destination rank (10,000 ranks) | "
+         f"{c['round_us_per_destination']:.2f} µs |",
+         f"| virtual layout: one part in the output's virtual datasets | {c['vds_us_per_part']:.1f} µs |",
          "",
          "A gather round costs rank 0 a + b·R: a = an empty round at 2 ranks "
          f"({m['fit']['a_s'] * 1e3:.2f} ms: two collectives and the waiting ranks' 1 ms sleeps), b = one more "
@@ -796,14 +838,28 @@ def _model_markdown(m: dict) -> list[str]:
     for r in m["rounds"]:
         L.append(f"| {r['ranks']} | {r['round_s'] * 1e3:.2f} | "
                  f"{'–' if r['predicted_s'] is None else format(r['predicted_s'] * 1e3, '.2f')} |")
+    if "layouts" in m:
+        v = m["virtual_fit"]
+        L.append(f"\nA virtual-layout round costs rank 0 a + b·R with a = {v['a_s'] * 1e3:.2f} ms (a round of one "
+                 f"row a rank at 2 ranks) and b = {v['b_s_per_rank'] * 1e6:.2f} µs. Both layouts end to end after the "
+                 f"requests, {m['check_rows']:,} rows of 1 KB answers dealt to the ranks in calls of "
+                 f"{m['call_rows']}, rank 0's seconds (best of 2) against the model — with a core a rank, and with "
+                 f"the ranks sharing this machine's {m['cores']} cores (every parallel term × R / {m['cores']}):\n")
+        L.append("| ranks | single, measured | model (shared cores) | virtual, measured | model (shared cores) | "
+                 "virtual / single |\n|---:|---:|---:|---:|---:|---:|")
+        for r in m["layouts"]:
+            L.append(f"| {r['ranks']} | {r['single_s']:.2f} | {r['model_single_s']:.2f} ({r['model_shared_single_s']:.2f}) | "
+                     f"{r['virtual_s']:.2f} | {r['model_virtual_s']:.2f} ({r['model_shared_virtual_s']:.2f}) | "
+                     f"{r['virtual_s'] / r['single_s']:.2f} |")
     L.append("\nRank 0's seconds, phase by phase (control: chunk requests served during the request phase, "
-             "spread over it; gather and write: after it):\n")
-    L.append("| ranks | prompts | read | scatter | control (requests) | gather (rounds) | write | after the requests |"
-             "\n|---:|---:|---:|---:|---:|---:|---:|---:|")
+             "spread over it; gather and write: after it; read: before anything is sent):\n")
+    L.append("| ranks | prompts | read: one process / parallel | scatter | control (requests) | gather (rounds) | "
+             "write | after the requests: single | virtual |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for t in m["table"]:
-        L.append(f"| {t['ranks']:,} | {t['prompts']:,} | {t['read_s']:,.1f} | {t['scatter_s']:,.2f} | "
-                 f"{t['control_s']:,.1f} ({t['control_requests']:,}) | {t['gather_s']:,.1f} ({t['rounds']}) | "
-                 f"{t['write_s']:,.1f} | {t['after_requests_s']:,.1f} |")
+        L.append(f"| {t['ranks']:,} | {t['prompts']:,} | {t['read_s']:,.1f} / {t['parallel_read_s']:,.1f} | "
+                 f"{t['scatter_s']:,.2f} | {t['control_s']:,.1f} ({t['control_requests']:,}) | "
+                 f"{t['gather_s']:,.1f} ({t['rounds']}) | {t['write_s']:,.1f} | {t['after_requests_s']:,.1f} | "
+                 f"{t['virtual_after_requests_s']:,.1f} |")
     L.append("")
     return L
 
@@ -882,6 +938,9 @@ def markdown(res: dict) -> str:
         g = s["gather"]
         L.append(f"| 5 | gather + write {g['rows']:,} results (4 ranks) | {_f(g['best']['mpiswarm_s'])} s | "
                  f"{_f(g['best']['bare_s'])} s (bare h5py, rank 0) | {_f(g['ratio'])}× | ≤ 1.5× | {_yes(g['holds'])} |")
+        if "virtual_s" in g["best"]:
+            L.append(f"| 5 | the same, `--layout virtual` (every rank writes its block; rows dealt in calls of 48) | "
+                     f"{_f(g['best']['virtual_s'])} s | {_f(g['best']['bare_s'])} s | {_f(g['virtual_ratio'])}× | – | – |")
     if "scaling" in s:
         sc = s["scaling"]
         last = sc["rows"][-1]
@@ -1040,12 +1099,24 @@ def markdown(res: dict) -> str:
         L.append(f"| mpiswarm gather + write | {_f(g['best']['mpiswarm_s'])} | {_f(g['ratio'])} |")
         L.append(f"| of which gather (packing, Igatherv, unpacking, waiting for the ranks) | {_f(g['split']['gather_s'])} | |")
         L.append(f"| of which write (`write_rows`, `ranks`, attributes) | {_f(g['split']['write_s'])} | |")
+        if "virtual_s" in g["best"]:
+            L.append(f"| `--layout virtual`: `runner.write_parts` + the output's virtual datasets | "
+                     f"{_f(g['best']['virtual_s'])} | {_f(g['virtual_ratio'])} |")
+            L.append(f"| of which writing part files, ranks 0–{g['ranks'] - 1} (in parallel) | "
+                     f"{' / '.join(_f(x) for x in g['virtual_split'])} | |")
         L.append(f"\nRank 0's peak memory (`ru_maxrss`): {g['rss_before_gather_mb']:,.0f} MB holding its rows and the "
                  f"{g['rows']:,} prompts, {g['rss_after_mpiswarm_mb']:,.0f} MB after gather + write (a round's "
                  "buffer at a time); other ranks "
                  f"{', '.join(f'{x:,.0f}' for x in g['peak_rss_mb_per_rank'][1:])} MB. mpiswarm also writes "
                  "`finish_reason` and `error` (two more string columns) and the `ranks` table, which the bare write "
                  "does not.\n")
+        if "virtual_s" in g["best"]:
+            L.append("`--layout virtual`: the same rows dealt to the ranks in calls of 48 (as the dynamic schedule "
+                     "leaves them, so three quarters of each block arrive from other ranks), moved to their block's "
+                     "rank in one `Ialltoallv` a round with the prompts and custom_ids from rank 0, each rank writing "
+                     "its block to a part file at the same time, then rank 0 writing the output's virtual datasets, "
+                     f"the `ranks` table and the attributes ({g.get('virtual_parts_mb', 0):,.0f} MB of parts). Here 4 "
+                     "ranks share 2 cores, so the parallel writes overlap only two at a time.\n")
         d = g.get("diag")
         if d and "round_rows" in d:
             L.append(f"One round's steps timed alone in the same run ({d['round_rows']:,} rows, "
