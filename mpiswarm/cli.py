@@ -72,6 +72,9 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="single (default): rank 0 writes one self-contained file; virtual: every rank "
                    "writes its block of rows to OUTPUT.parts/ in parallel and OUTPUT maps them with HDF5 "
                    "virtual datasets (for millions of prompts; keep the two together)")
+    p.add_argument("--parts-per", choices=("rank", "node"), default="rank",
+                   help="with --layout virtual: one part file a rank (default; every rank writes), or one a node "
+                   "(the node's first rank writes its node's rows: fewer files at thousands of ranks)")
     p.add_argument("--model", required=True, help="model name sent with every request")
     where = p.add_mutually_exclusive_group()
     where.add_argument(
@@ -212,7 +215,7 @@ def config_from_args(args):
         restart=args.restart,
         retry=RetryPolicy(max_attempts=args.max_attempts), schedule=args.schedule, max_num_seqs=args.max_num_seqs,
         progress=args.progress, progress_interval=args.progress_interval, quiet=args.quiet, reduce=reduce,
-        repeat=args.repeat, layout=args.layout,
+        repeat=args.repeat, layout=args.layout, parts_per=args.parts_per,
         template=map_template, prompt_format=prompt_format, max_tokens_auto=auto, max_tokens_cap=args.max_tokens_cap,
     )
 

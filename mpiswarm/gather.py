@@ -92,19 +92,22 @@ def block_messages(local: ResultColumns, lo: np.ndarray, hi: np.ndarray, reasoni
 
 def redistribute_in_rounds(local: ResultColumns, bounds: np.ndarray, rows_per_round: int,
                            texts: Callable[[int, int], list[list[str]]] | None = None,
-                           n_texts: int = 0, comm=None) -> Iterator[BlockRound]:
+                           n_texts: int = 0, comm=None, text_rows_per_round: int | None = None) -> Iterator[BlockRound]:
     """Move every row of every rank's ``local`` to the rank whose block holds it (rank r's block
-    is rows ``bounds[r]:bounds[r + 1]``), a round at a time: each round every rank gets the next
-    ``rows_per_round / ranks`` rows of its block, in ONE ``Ialltoallv`` of packed messages (a
-    rank sends only to the blocks it holds rows of), with ``n_texts`` string columns for the
-    same rows from the root (``texts(a, b)`` on the root: the columns of rows ``a:b``, e.g. the
-    prompts and custom_ids), so that the root's part of a round is encoding strings, never
-    writing them. Every rank must exhaust the iterator; every round holds at most
-    ``rows_per_round / ranks`` rows on any rank (the root: ``rows_per_round`` rows of text)."""
+    is rows ``bounds[r]:bounds[r + 1]``), a round at a time, in ONE ``Alltoallv`` of packed
+    messages a round (a rank sends only to the blocks it holds rows of), with ``n_texts`` string
+    columns for the same rows from the root (``texts(a, b)`` on the root: the columns of rows
+    ``a:b``, e.g. the prompts and custom_ids), so that the root's part of a round is encoding
+    strings, never writing them. Each round every rank gets the next window of its block: at
+    most ``rows_per_round`` rows, and at most ``text_rows_per_round`` (default
+    ``rows_per_round``) rows of text for all the ranks that have a block, together, on the
+    root. Every rank must exhaust the iterator."""
     rank, size = _mpi.rank_and_size(comm)
     bounds = np.asarray(bounds, dtype=np.int64)
     local = local.in_index_order()
-    window = max(1, rows_per_round // size)
+    text_rows = rows_per_round if text_rows_per_round is None else text_rows_per_round
+    receivers = max(1, int(np.count_nonzero(np.diff(bounds))))  # ranks with a block (the root encodes their texts)
+    window = max(1, min(rows_per_round, text_rows // receivers))
     n_rounds = -(-int(np.diff(bounds).max(initial=0)) // window)
     reasoning = any_reasoning(local, comm)
     for k in range(n_rounds):

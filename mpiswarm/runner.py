@@ -51,8 +51,13 @@ DEFAULT_ENDPOINT = "http://127.0.0.1:8000/v1"
 INITIAL_SHARE_FACTOR = 8
 #: rows rank 0 gathers and writes at a time (bounded memory for jobs of millions of rows)
 GATHER_ROWS_PER_ROUND = 1 << 18
-#: how the result file is written (RunConfig.layout)
+#: the virtual layout's rounds: rank 0 encodes at most this many rows of prompts and custom_ids
+#: at a time for all ranks together (each rank still gets at most GATHER_ROWS_PER_ROUND rows a
+#: round); rounds are per-destination work, so at 10,000 ranks fewer, larger ones are cheaper
+VIRTUAL_TEXT_ROWS_PER_ROUND = 1 << 20
+#: how the result file is written (RunConfig.layout), and who writes a virtual layout's parts
 LAYOUTS = ("single", "virtual")
+PARTS_PER = ("rank", "node")
 
 
 @dataclass
@@ -86,6 +91,9 @@ class RunConfig:
     #: rank writes its block of rows to a part file in OUTPUT.parts/ and the output's datasets
     #: are HDF5 virtual datasets over them (no row passes through rank 0's writer)
     layout: str = "single"
+    #: the virtual layout's part files: one a rank (every rank writes), or one a node (the
+    #: node's first rank writes the node's rows: fewer files and virtual mappings at scale)
+    parts_per: str = "rank"
 
     def balances(self, n_ranks: int) -> bool:
         """Whether work moves between ranks (the dynamic schedule, with someone to move it to)."""
@@ -130,6 +138,7 @@ class RunConfig:
             "max_tokens_auto": self.max_tokens_auto,
             "max_tokens_cap": self.max_tokens_cap,
             "layout": self.layout,
+            "parts_per": self.parts_per,
         }
 
 
@@ -151,6 +160,8 @@ def _check_output(config: RunConfig) -> None:
         raise InputError(f"{config.output}: is a directory")
     if config.layout not in LAYOUTS:
         raise InputError(f"--layout: must be one of {', '.join(LAYOUTS)}, got {config.layout!r}")
+    if config.parts_per not in PARTS_PER:
+        raise InputError(f"--parts-per: must be one of {', '.join(PARTS_PER)}, got {config.parts_per!r}")
     if config.layout == "virtual" and config.repeat:
         raise InputError("--layout virtual: not with --repeat (an ensemble's votes are counted as rank 0 "
                          "gathers the rows); use the single layout")
@@ -366,9 +377,18 @@ def _gather_and_write(out, prompt_set: PromptSet | None, finished: ResultColumns
     return write_s
 
 
+def part_bounds(n_rows: int, writers: list[bool]) -> np.ndarray:
+    """Rows ``bounds[r]:bounds[r + 1]`` for rank r: contiguous blocks of even size for the ranks
+    that write a part (``writers[r]``), none for the others."""
+    sizes = np.zeros(len(writers), dtype=np.int64)
+    sizes[np.flatnonzero(writers)] = np.diff(contiguous_bounds(n_rows, max(1, sum(writers))))
+    return np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+
+
 def write_parts(output: str, n_rows: int, n: int, local: ResultColumns, prompts: list[str] | None,
-                custom_ids: list[str] | None, comm=None) -> tuple[Tally | None, float, list, bool]:
-    """The virtual layout's collective write: rank r writes input rows ``bounds[r]:bounds[r + 1]``
+                custom_ids: list[str] | None, comm=None, parts_per: str = "rank") -> tuple[Tally | None, float, list, bool]:
+    """The virtual layout's collective write: every writing rank (every rank, or with
+    ``parts_per="node"`` each node's first rank) writes a contiguous block of the input's rows
     to its own part file in ``OUTPUT.parts/`` — its block's results from whichever ranks hold
     them (``local``), the ``prompts`` and ``custom_ids`` from the root (None elsewhere) — in
     rounds. Returns, on the root, every rank's :class:`Tally` added up (None elsewhere); this
@@ -383,14 +403,16 @@ def write_parts(output: str, n_rows: int, n: int, local: ResultColumns, prompts:
         os.makedirs(directory, exist_ok=True)
     _mpi.barrier_sleeping(comm)
     reasoning = any_reasoning(local, comm)
-    bounds = contiguous_bounds(n_rows, size)
+    writes = parts_per == "rank" or _mpi.local_rank(comm) == 0
+    bounds = part_bounds(n_rows, _mpi.allgather(writes, comm))
     first, count = int(bounds[rank]), int(bounds[rank + 1] - bounds[rank])
     texts = (lambda a, b: [prompts[a:b], custom_ids[a:b]]) if root else None  # noqa: E731
     tally, write_s = Tally(), 0.0
     path = os.path.join(directory, part_name(token, rank))
     with create_part_file(path, first, count, n, reasoning) if count else nullcontext() as part:
-        for block in redistribute_in_rounds(local, bounds, GATHER_ROWS_PER_ROUND, texts, 2, comm):
-            if part is None:  # no rows of its own (more ranks than rows)
+        for block in redistribute_in_rounds(local, bounds, GATHER_ROWS_PER_ROUND, texts, 2, comm,
+                                            text_rows_per_round=VIRTUAL_TEXT_ROWS_PER_ROUND):
+            if part is None:  # no rows of its own (more ranks than rows, or not its node's writer)
                 continue
             w0 = time.perf_counter()
             part.write_rows(block.texts[0], block.texts[1], block.rows, base=block.start)
@@ -501,7 +523,7 @@ def run(config: RunConfig, comm=None) -> int:
         local = ResultColumns.concat([finished, results]) if root and len(finished) else results
         tally, write_s, parts, reasoning = write_parts(config.output, plan.n_rows, plan.n, local,
                                                        *((prompt_set.prompts, prompt_set.custom_ids) if root
-                                                         else (None, None)), comm)
+                                                         else (None, None)), comm, parts_per=config.parts_per)
         opened = create_virtual_file(config.output, plan.n_rows, plan.n, parts, reasoning) if root else nullcontext()
     else:
         tally, write_s, parts = Tally(), 0.0, []

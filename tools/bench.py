@@ -853,13 +853,15 @@ def _model_markdown(m: dict) -> list[str]:
                      f"{r['virtual_s'] / r['single_s']:.2f} |")
     L.append("\nRank 0's seconds, phase by phase (control: chunk requests served during the request phase, "
              "spread over it; gather and write: after it; read: before anything is sent):\n")
-    L.append("| ranks | prompts | read: one process / parallel | scatter | control (requests) | gather (rounds) | "
-             "write | after the requests: single | virtual |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    L.append("| ranks | prompts | read: one process / parallel | scatter | control (requests) | single: gather "
+             "(rounds) | single: write | after the requests: single | virtual, a part a rank (rounds) | "
+             "virtual, a part a node |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for t in m["table"]:
         L.append(f"| {t['ranks']:,} | {t['prompts']:,} | {t['read_s']:,.1f} / {t['parallel_read_s']:,.1f} | "
                  f"{t['scatter_s']:,.2f} | {t['control_s']:,.1f} ({t['control_requests']:,}) | "
                  f"{t['gather_s']:,.1f} ({t['rounds']}) | {t['write_s']:,.1f} | {t['after_requests_s']:,.1f} | "
-                 f"{t['virtual_after_requests_s']:,.1f} |")
+                 f"{t['virtual_after_requests_s']:,.1f} ({t['virtual_rounds']}) | "
+                 f"{t['node_parts_after_requests_s']:,.1f} |")
     L.append("")
     return L
 

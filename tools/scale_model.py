@@ -36,6 +36,7 @@ ANSWER_BYTES = 1000
 ROUND_ROWS = 1 << 18  # runner.GATHER_ROWS_PER_ROUND
 CALL_ROWS = 48  # rows of one call with the defaults (call_cap(256, 8)): what a chunk request brings
 LIMIT = CALL_ROWS * 9  # rows a rank may hold unfinished with the defaults: its first share
+AURORA_PPN = 12  # ranks a node on Aurora (one a GPU tile): --parts-per node writes a part a node
 
 
 def _best(f, repeat=3) -> float:
@@ -335,21 +336,29 @@ def fit_virtual(layouts: list[dict], c: dict, fit: dict) -> dict:
 
 
 def _after_requests(c: dict, fit: dict, vfit: dict, bytes_per_s: float, ranks: int, prompts: int,
-                    share: float = 1.0) -> dict:
+                    share: float = 1.0, ppn: int = 1) -> dict:
     """Rank 0's seconds after the requests, both layouts. ``share``: how many ranks share one
     rank's core (1 on a machine with a core a rank; R/2 here, at R ranks on 2 cores) — the
-    parallel terms take that much longer."""
+    parallel terms take that much longer. ``ppn``: ranks a part file (1: a part a rank; 12:
+    ``--parts-per node`` on Aurora's 12 tiles a node, the node's first rank writing them all)."""
+    from mpiswarm.runner import VIRTUAL_TEXT_ROWS_PER_ROUND
+
     rounds = -(-prompts // ROUND_ROWS)
     row_bytes = ANSWER_BYTES + 40
-    own = prompts / ranks * share  # rows rank 0 packs (and in the virtual layout writes) itself
+    own = prompts / ranks * share  # rows rank 0 packs itself
     gather = (rounds * (fit["a_s"] + fit["b_s_per_rank"] * ranks)
               + prompts * (c["unpack_us_per_row"] * 1e-6 + row_bytes / bytes_per_s) + own * c["pack_us_per_row"] * 1e-6)
-    v_gather = (rounds * (vfit["a_s"] + vfit["b_s_per_rank"] * ranks)
+    writers = max(1, ranks // ppn)
+    block = -(-prompts // writers)  # rows of rank 0's part
+    window = max(1, min(ROUND_ROWS, VIRTUAL_TEXT_ROWS_PER_ROUND // writers))
+    v_rounds = -(-block // window)
+    v_gather = (v_rounds * (vfit["a_s"] + vfit["b_s_per_rank"] * ranks)
                 + prompts * (c["texts_us_per_row"] * 1e-6 + c["text_bytes"] / bytes_per_s)
-                + own * ((c["pack_us_per_row"] + c["unpack_us_per_row"]) * 1e-6 + row_bytes / bytes_per_s))
-    v_write = own * c["part_write_us_per_row"] * 1e-6 + ranks * c["vds_us_per_part"] * 1e-6
+                + own * c["pack_us_per_row"] * 1e-6
+                + block * share * (c["unpack_us_per_row"] * 1e-6 + row_bytes / bytes_per_s))
+    v_write = block * share * c["part_write_us_per_row"] * 1e-6 + writers * c["vds_us_per_part"] * 1e-6
     return {"rounds": rounds, "gather_s": gather, "write_s": prompts * c["write_us_per_row"] * 1e-6,
-            "after_requests_s": gather + prompts * c["write_us_per_row"] * 1e-6,
+            "after_requests_s": gather + prompts * c["write_us_per_row"] * 1e-6, "virtual_rounds": v_rounds,
             "virtual_gather_s": v_gather, "virtual_write_s": v_write, "virtual_after_requests_s": v_gather + v_write}
 
 
@@ -368,6 +377,8 @@ def project(c: dict, fit: dict, vfit: dict, bytes_per_s: float, ranks: int, prom
         "control_s": requests * req_us * 1e-6,
         **_after_requests(c, fit, vfit, bytes_per_s, ranks, prompts),
     }
+    p["node_parts_after_requests_s"] = _after_requests(c, fit, vfit, bytes_per_s, ranks, prompts,
+                                                       ppn=AURORA_PPN)["virtual_after_requests_s"]
     return p
 
 

@@ -55,6 +55,18 @@ def test_virtual_layout_reads_like_one_file(tmp_path, sim_factory, n_ranks):
         assert not f["completion"].is_virtual
 
 
+def test_one_part_a_node(tmp_path, sim_factory):
+    """--parts-per node: each node's first rank writes its node's rows (one node here: one part)."""
+    rows = make_rows(500)
+    sim = sim_factory("--count", 4, "--time-scale", 0)
+    res = run_mpiswarm(4, _args(tmp_path, rows, sim, "out.h5", "--parts-per", "node", "--batch-size", 16))
+    assert res.returncode == 0, res.stdout + res.stderr
+    data = read_results(tmp_path / "out.h5")
+    assert_rows(data, rows, max_tokens=8)
+    assert len(_parts(tmp_path)) == 1 and data["attrs"]["params"]["parts_per"] == "node"
+    assert len(set(data["rank"].tolist())) > 1  # served by several ranks, written by one
+
+
 def test_missing_part_is_an_error_naming_it(tmp_path, sim_factory):
     rows = make_rows(50)
     sim = sim_factory("--count", 2, "--time-scale", 0)

@@ -188,9 +188,10 @@ def test_waiting_in_a_sleeping_barrier_costs_no_core():
         assert cpu < 0.1 * wall, f"rank {rank} used {cpu:.2f} s of CPU in {wall:.2f} s of waiting"
 
 
-@pytest.mark.parametrize("n_rows, rows_per_round", [(0, 8), (3, 8), (101, 8), (101, 1 << 18), (257, 2)])
+@pytest.mark.parametrize("n_rows, rows_per_round, text_rows", [(0, 8, None), (3, 8, None), (101, 8, None),
+                                                               (101, 1 << 18, None), (257, 2, None), (257, 50, 12)])
 @pytest.mark.parametrize("n", [1, 2])
-def test_redistribute_gives_each_rank_its_block_with_the_roots_texts(n_rows, rows_per_round, n):
+def test_redistribute_gives_each_rank_its_block_with_the_roots_texts(n_rows, rows_per_round, text_rows, n):
     """Rows served anywhere (here: dealt round-robin, shuffled) arrive at the rank whose block
     holds them, a window at a time, with the root's prompts and ids for the same rows."""
     from mpiswarm.gather import redistribute_in_rounds
@@ -205,9 +206,10 @@ def test_redistribute_gives_each_rank_its_block_with_the_roots_texts(n_rows, row
         res.error[i] = "" if res.ok[i] else f"bad {row}"
     bounds = contiguous_bounds(n_rows, size)
     texts = (lambda a, b: [full.prompts[a:b], full.custom_ids[a:b]]) if rank == 0 else None
-    window = max(1, rows_per_round // size)
+    receivers = max(1, int(np.count_nonzero(np.diff(bounds))))
+    window = max(1, min(rows_per_round, (text_rows or rows_per_round) // receivers))
     seen, rows_got = [], []
-    for block in redistribute_in_rounds(res, bounds, rows_per_round, texts, 2, comm):
+    for block in redistribute_in_rounds(res, bounds, rows_per_round, texts, 2, comm, text_rows_per_round=text_rows):
         assert block.stop - block.start <= window
         assert block.rows.index.tolist() == list(range(block.start, block.stop))
         assert block.texts[0].decode() == full.prompts[block.start:block.stop]

@@ -68,6 +68,14 @@ def test_parts_under_a_virtual_file_read_like_one_file(tmp_path, n):
     assert not (tmp_path / "out.h5.parts").exists()
 
 
+def test_part_bounds_give_rows_to_the_writers_only():
+    from mpiswarm.runner import part_bounds
+
+    assert part_bounds(10, [True] * 4).tolist() == [0, 3, 6, 8, 10]
+    assert part_bounds(10, [True, False, False, True, False]).tolist() == [0, 5, 5, 5, 10, 10]
+    assert part_bounds(0, [True, True]).tolist() == [0, 0, 0]
+
+
 def test_tallies_add_up():
     a, b = Tally(), Tally()
     a.add(PackedColumns.from_results(results([0, 1, 2, 3])))
