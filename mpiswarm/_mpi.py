@@ -238,7 +238,7 @@ def _as_bytes(payload) -> np.ndarray:
 
 
 def alltoallv_bytes(messages: list, comm=None, poll_s: float = WAIT_POLL_S) -> tuple[np.ndarray, np.ndarray]:
-    """Message r of ``messages`` (bytes, one per rank) to rank r, in ONE ``Ialltoallv``.
+    """Message r of ``messages`` (bytes, one per rank) to rank r, in ONE ``Alltoallv``.
 
     Returns ``(buffer, offsets)``: what every rank sent here, one message after the other in
     rank order, and where each non-empty one starts. Ranks that arrive early sleep in the
