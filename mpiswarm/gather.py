@@ -94,8 +94,8 @@ def redistribute_in_rounds(local: ResultColumns, bounds: np.ndarray, rows_per_ro
                            texts: Callable[[int, int], list[list[str]]] | None = None,
                            n_texts: int = 0, comm=None, text_rows_per_round: int | None = None) -> Iterator[BlockRound]:
     """Move every row of every rank's ``local`` to the rank whose block holds it (rank r's block
-    is rows ``bounds[r]:bounds[r + 1]``), a round at a time, in ONE ``Alltoallv`` of packed
-    messages a round (a rank sends only to the blocks it holds rows of), with ``n_texts`` string
+    is rows ``bounds[r]:bounds[r + 1]``), a round at a time, one packed message from each rank
+    to each block it holds rows of (:func:`mpiswarm._mpi.alltoallv_bytes`), with ``n_texts`` string
     columns for the same rows from the root (``texts(a, b)`` on the root: the columns of rows
     ``a:b``, e.g. the prompts and custom_ids), so that the root's part of a round is encoding
     strings, never writing them. Each round every rank gets the next window of its block: at

@@ -328,7 +328,7 @@ def fit_rounds(rounds: list[dict], c: dict) -> dict:
 
 def fit_virtual(layouts: list[dict], c: dict, fit: dict) -> dict:
     """A virtual round costs rank 0 ``a + b·R``: ``a`` is a round of one row a rank at 2 ranks
-    (an ``Ialltoall`` and ``Ialltoallv``, the texts' scatters), ``b`` one more destination: its
+    (an ``Ialltoall`` of the sizes, the messages point to point, the texts' scatters), ``b`` one more destination: its
     Python in the round and one more message (as in the single layout's ``b``)."""
     two = next(r for r in layouts if r["ranks"] == 2)
     return {"a_s": two["virtual_round_s"],
