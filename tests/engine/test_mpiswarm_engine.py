@@ -235,6 +235,29 @@ def test_dynamic_schedule_every_row_equals_its_servers_own_answer(tmp_path: Path
         assert [(data["completion"][i], data["finish_reason"][i])] == choices(single), f"row {i}"
 
 
+def test_virtual_layout_every_row_equals_its_servers_own_answer(tmp_path: Path, exact_endpoints) -> None:
+    """--layout virtual on a real engine: each rank writes its block (rows served by any rank),
+    and every row read through the virtual datasets is its server's own answer."""
+    n_ranks, n_rows = 4, 160
+    rows = make_rows(n_rows)
+    out = tmp_path / "out.h5"
+    res = run_mpiswarm(n_ranks, ["run", write_jsonl(tmp_path / "in.jsonl", rows), "-o", out,
+                                 *endpoint_args(exact_endpoints), "--max-tokens", 8, "--temperature", 0,
+                                 "--concurrency", CONCURRENCY, "--max-num-seqs", 8, "--layout", "virtual"],
+                       timeout=RUN_TIMEOUT)
+    assert res.returncode == 0, res.stdout + res.stderr
+    data = read_results(out)
+    assert data["attrs"]["layout"] == "virtual"
+    assert len(list((tmp_path / "out.h5.parts").iterdir())) == n_ranks
+    assert data["prompt"].tolist() == [row["prompt"] for row in rows]
+    assert data["custom_id"].tolist() == custom_ids(rows)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.h5", "out.h5.parts"]
+    for i, row in enumerate(rows):
+        single = alone(exact_endpoints[int(data["rank"][i])], row["prompt"],
+                       {"max_tokens": 8, "temperature": 0, "n": 1})
+        assert [(data["completion"][i], data["finish_reason"][i])] == choices(single), f"row {i}"
+
+
 def test_n2_and_per_row_overrides_equal_the_servers_own_answers(tmp_path: Path,
                                                                 exact_endpoints) -> None:
     """Sampled answers (``--n 2``, seeds, temperatures) and greedy rows with stop

@@ -174,6 +174,23 @@ def test_batch_job_answers_every_prompt_in_order_and_stops_its_servers(tmp_path,
     assert_nothing_left(job, [base, base + 1])
 
 
+def test_batch_job_with_the_virtual_layout_a_part_a_node(tmp_path, jobs):
+    """What the README suggests for tens of millions of prompts: the node's first rank writes
+    its node's rows to a part file, the output maps it."""
+    rows = make_rows(60)
+    base = find_free_port_block(2)
+    env = job_env(tmp_path, nodes=["localhost"], ppn=2, base=base, rows=rows,
+                  server=f"{SIM} --port {{port}} --time-scale 0",
+                  MPISWARM_EXTRA_ARGS=f"--max-tokens {MAX_TOKENS} --layout virtual --parts-per node")
+    job = jobs(BATCH, tmp_path, env)
+    res = job.finish()
+    assert res.returncode == 0, res.stdout + res.stderr
+    data = assert_answers(tmp_path / "out.h5", rows, ranks=2)
+    assert data["attrs"]["layout"] == "virtual"
+    assert len(list((tmp_path / "out.h5.parts").iterdir())) == 1
+    assert_nothing_left(job, [base, base + 1])
+
+
 def test_servers_that_never_become_healthy_fail_the_job_within_the_deadline(tmp_path, jobs):
     """Tile 0 keeps answering 503 (a model that never finishes loading), tile 1's server dies."""
     base = find_free_port_block(2)
