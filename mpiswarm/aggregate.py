@@ -16,12 +16,14 @@ import numpy as np
 
 class VoteCounter:
     """Majority votes per input prompt, added up a block of rows at a time (the root sees the
-    ensemble's rows in rounds)."""
+    ensemble's rows in rounds; in a virtual layout each writer counts its block's and the root
+    merges them). Only the prompts seen take memory."""
 
     def __init__(self, n_prompts: int):
-        self.counts = [Counter() for _ in range(n_prompts)]
-        self.first_form: list[dict] = [{} for _ in range(n_prompts)]
-        self.n_failed = np.zeros(n_prompts, dtype=np.int64)
+        self.n_prompts = n_prompts
+        self.counts: dict[int, Counter] = {}
+        self.first_form: dict[int, dict] = {}
+        self.n_failed: Counter = Counter()
 
     def add(self, source_rows, completions, ok) -> None:
         for p, text, good in zip(source_rows, completions, ok):
@@ -29,16 +31,30 @@ class VoteCounter:
                 self.n_failed[p] += 1
                 continue
             key = normalize(text)
-            self.counts[p][key] += 1
+            counts = self.counts.get(p)
+            if counts is None:
+                counts = self.counts[p] = Counter()
+                self.first_form[p] = {}
+            counts[key] += 1
             self.first_form[p].setdefault(key, text)
+
+    def merge(self, other: "VoteCounter") -> None:
+        """Add ``other``'s votes (counted on rows after this counter's: first forms kept)."""
+        for p, counts in other.counts.items():
+            self.counts.setdefault(p, Counter()).update(counts)
+            forms = self.first_form.setdefault(p, {})
+            for key, text in other.first_form[p].items():
+                forms.setdefault(key, text)
+        self.n_failed.update(other.n_failed)
 
     def votes(self) -> list["Vote"]:
         out = []
-        for p, counts in enumerate(self.counts):
-            total = sum(counts.values())
-            if not total:
+        for p in range(self.n_prompts):
+            counts = self.counts.get(p)
+            if not counts:
                 out.append(Vote("", 0.0, 0, 0, int(self.n_failed[p])))
                 continue
+            total = sum(counts.values())
             key, n = counts.most_common(1)[0]
             out.append(Vote(self.first_form[p][key].strip(), n / total, n, total, int(self.n_failed[p])))
         return out

@@ -17,6 +17,7 @@ import threading
 import time
 from contextlib import AsyncExitStack, nullcontext
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -162,9 +163,6 @@ def _check_output(config: RunConfig) -> None:
         raise InputError(f"--layout: must be one of {', '.join(LAYOUTS)}, got {config.layout!r}")
     if config.parts_per not in PARTS_PER:
         raise InputError(f"--parts-per: must be one of {', '.join(PARTS_PER)}, got {config.parts_per!r}")
-    if config.layout == "virtual" and config.repeat:
-        raise InputError("--layout virtual: not with --repeat (an ensemble's votes are counted as rank 0 "
-                         "gathers the rows); use the single layout")
 
 
 @dataclass
@@ -386,12 +384,14 @@ def part_bounds(n_rows: int, writers: list[bool]) -> np.ndarray:
 
 
 def write_parts(output: str, n_rows: int, n: int, local: ResultColumns, prompts: list[str] | None,
-                custom_ids: list[str] | None, comm=None, parts_per: str = "rank") -> tuple[Tally | None, float, list, bool]:
+                custom_ids: list[str] | None, comm=None, parts_per: str = "rank",
+                visit: Callable[[PackedColumns], None] | None = None) -> tuple[Tally | None, float, list, bool]:
     """The virtual layout's collective write: every writing rank (every rank, or with
     ``parts_per="node"`` each node's first rank) writes a contiguous block of the input's rows
     to its own part file in ``OUTPUT.parts/`` — its block's results from whichever ranks hold
     them (``local``), the ``prompts`` and ``custom_ids`` from the root (None elsewhere) — in
-    rounds. Returns, on the root, every rank's :class:`Tally` added up (None elsewhere); this
+    rounds; ``visit`` sees every block of rows it writes. Returns, on the root, every rank's
+    :class:`Tally` added up (None elsewhere); this
     rank's seconds writing; every part as ``(path relative to the output's directory, first
     row, rows)``; whether the reasoning column exists. Every part file is in place when it
     returns; the root then writes the output over them (:func:`~mpiswarm.store.create_virtual_file`)."""
@@ -418,6 +418,8 @@ def write_parts(output: str, n_rows: int, n: int, local: ResultColumns, prompts:
             part.write_rows(block.texts[0], block.texts[1], block.rows, base=block.start)
             write_s += time.perf_counter() - w0
             tally.add(block.rows)
+            if visit is not None:
+                visit(block.rows)
     tallies = _mpi.gather(tally, comm)
     _mpi.barrier_sleeping(comm)  # every part renamed into place before the output points to them
     name = os.path.basename(directory)
@@ -521,9 +523,17 @@ def run(config: RunConfig, comm=None) -> int:
     votes = VoteCounter(ensemble.n_prompts) if ensemble is not None else None
     if config.layout == "virtual":  # every rank writes its own block; rank 0 maps them
         local = ResultColumns.concat([finished, results]) if root and len(finished) else results
-        tally, write_s, parts, reasoning = write_parts(config.output, plan.n_rows, plan.n, local,
-                                                       *((prompt_set.prompts, prompt_set.custom_ids) if root
-                                                         else (None, None)), comm, parts_per=config.parts_per)
+        plan_here = _mpi.bcast(ensemble, comm) if config.repeat else None  # each writer counts its rows' votes
+        counted = VoteCounter(plan_here.n_prompts) if plan_here else None
+        tally, write_s, parts, reasoning = write_parts(
+            config.output, plan.n_rows, plan.n, local,
+            *((prompt_set.prompts, prompt_set.custom_ids) if root else (None, None)), comm,
+            parts_per=config.parts_per, visit=(lambda part: _count_votes(counted, plan_here, part)) if counted else None)
+        if counted is not None:
+            every = _mpi.gather(counted, comm)  # in rank order: rows in input order
+            if root:
+                for other in every:
+                    votes.merge(other)
         opened = create_virtual_file(config.output, plan.n_rows, plan.n, parts, reasoning) if root else nullcontext()
     else:
         tally, write_s, parts = Tally(), 0.0, []

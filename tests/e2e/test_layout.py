@@ -129,10 +129,20 @@ def test_virtual_layout_with_a_reduction_and_more_ranks_than_prompts(tmp_path, s
         assert f["reduce"]["final"].attrs["ok"]
 
 
-def test_virtual_layout_refuses_an_ensemble(tmp_path, sim_factory):
-    rows = make_rows(4)
-    sim = sim_factory("--count", 2, "--time-scale", 0)
-    res = run_mpiswarm(2, _args(tmp_path, rows, sim, "out.h5", "--repeat", 2))
-    assert res.returncode == 2
-    assert "--layout virtual: not with --repeat" in res.stderr
-    assert not (tmp_path / "out.h5").exists() and not (tmp_path / "out.h5.parts").exists()
+def test_an_ensemble_in_the_virtual_layout_votes_as_in_the_single_one(tmp_path, sim_factory):
+    """--repeat: every writer counts the votes of its block (a prompt's rows may span two
+    blocks), rank 0 merges them: the same group ``ensemble`` as the single layout writes."""
+    rows = [{"prompt": f"Q{i}: gene or cell?", "custom_id": f"q{i}"} for i in range(7)]
+    sim = sim_factory("--count", 3, "--time-scale", 0)
+    got = {}
+    for layout in ("single", "virtual"):
+        out = tmp_path / f"{layout}.h5"
+        res = run_mpiswarm(3, ["run", write_jsonl(tmp_path / "in.jsonl", rows), "-o", out, *endpoint_args(sim),
+                               "--max-tokens", 8, "--temperature", 0.9, "--repeat", 3, "--layout", layout])
+        assert res.returncode == 0, res.stdout + res.stderr
+        with h5py.File(out) as f:
+            got[layout] = {name: f["ensemble"][name][()].tolist() for name in f["ensemble"]}
+            assert f["completion"].is_virtual == (layout == "virtual") and f["completion"].shape == (7 * 3 * 3,)
+        assert "majority votes" in res.stdout
+    assert got["virtual"] == got["single"]
+    assert sum(got["virtual"]["n_votes"]) > 0
