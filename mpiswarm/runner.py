@@ -524,11 +524,12 @@ def run(config: RunConfig, comm=None) -> int:
     if config.layout == "virtual":  # every rank writes its own block; rank 0 maps them
         local = ResultColumns.concat([finished, results]) if root and len(finished) else results
         plan_here = _mpi.bcast(ensemble, comm) if config.repeat else None  # each writer counts its rows' votes
-        counted = VoteCounter(plan_here.n_prompts) if plan_here else None
+        counted = VoteCounter(plan_here.n_prompts) if plan_here is not None else None
         tally, write_s, parts, reasoning = write_parts(
             config.output, plan.n_rows, plan.n, local,
             *((prompt_set.prompts, prompt_set.custom_ids) if root else (None, None)), comm,
-            parts_per=config.parts_per, visit=(lambda part: _count_votes(counted, plan_here, part)) if counted else None)
+            parts_per=config.parts_per,
+            visit=None if counted is None else (lambda part: _count_votes(counted, plan_here, part)))
         if counted is not None:
             every = _mpi.gather(counted, comm)  # in rank order: rows in input order
             if root:
