@@ -10,6 +10,7 @@ the HDF5 writer takes as they are. Ranks pack round k+1 while rank 0 writes roun
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import chain
 from typing import Callable, Iterator
 
 import numpy as np
@@ -118,7 +119,7 @@ def redistribute_in_rounds(local: ResultColumns, bounds: np.ndarray, rows_per_ro
         columns = None
         if texts is not None and rank == _mpi.ROOT:
             windows = [texts(a, b) for a, b in zip(lo.tolist(), hi.tolist()) if b > a]
-            columns = [[s for w in windows for s in w[j]] for j in range(n_texts)]
+            columns = [list(chain.from_iterable(w[j] for w in windows)) for j in range(n_texts)]
         counts = np.concatenate([[0], np.cumsum(hi - lo)])
         got = [scatter_packed(None if columns is None else columns[j], counts, comm) for j in range(n_texts)]
         yield BlockRound(int(lo[rank]), int(hi[rank]), got, rows)

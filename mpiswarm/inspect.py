@@ -8,8 +8,8 @@ was spread, and the run's model and options. The rows are read a block at a time
 from __future__ import annotations
 
 import json
-import os
 import math
+import os
 from collections import Counter
 
 from .store import ResultFileError, is_unanswered, iter_rows, read_info, read_reduction

@@ -59,9 +59,13 @@ class PackedStrings:
     def pack(cls, strings: list[str]) -> "PackedStrings":
         """Encode ``strings`` (no MPI)."""
         lengths, raw, has_nul = _encode(strings)
-        starts = np.zeros(len(lengths), dtype=np.int64)
-        np.cumsum(lengths[:-1] + 1, out=starts[1:])
-        return cls(np.frombuffer(raw, dtype=np.uint8), starts, lengths, has_nul)
+        return cls.from_lengths(np.frombuffer(raw, dtype=np.uint8), lengths, has_nul)
+
+    @classmethod
+    def from_lengths(cls, data: np.ndarray, lengths: np.ndarray, has_nul: bool = False) -> "PackedStrings":
+        """Strings laid end to end in ``data``, each followed by its NUL, of byte ``lengths``."""
+        step = lengths + 1
+        return cls(data, np.cumsum(step) - step, lengths, has_nul)
 
     def __len__(self) -> int:
         return len(self.starts)

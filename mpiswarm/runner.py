@@ -356,6 +356,11 @@ def _token_budget(config: RunConfig, reports: list, max_model_len: int, plan: Pl
     return TokenBudget(min(length for length, _ in known), config.max_tokens_cap)
 
 
+def _held_rows(finished: ResultColumns | None, results: ResultColumns, root: bool) -> ResultColumns:
+    """Every row this rank holds: the root's include the rows of earlier attempts."""
+    return ResultColumns.concat([finished, results]) if root and len(finished) else results
+
+
 def _gather_and_write(out, prompt_set: PromptSet | None, finished: ResultColumns | None, results: ResultColumns,
                       tally: Tally, votes: VoteCounter | None, ensemble: EnsemblePlan | None, comm) -> float:
     """The single layout: every rank's rows to rank 0 in rounds, rank 0 writing each round (and
@@ -522,11 +527,10 @@ def run(config: RunConfig, comm=None) -> int:
     t0 = time.perf_counter()
     votes = VoteCounter(ensemble.n_prompts) if ensemble is not None else None
     if config.layout == "virtual":  # every rank writes its own block; rank 0 maps them
-        local = ResultColumns.concat([finished, results]) if root and len(finished) else results
         plan_here = _mpi.bcast(ensemble, comm) if config.repeat else None  # each writer counts its rows' votes
         counted = VoteCounter(plan_here.n_prompts) if plan_here is not None else None
         tally, write_s, parts, reasoning = write_parts(
-            config.output, plan.n_rows, plan.n, local,
+            config.output, plan.n_rows, plan.n, _held_rows(finished, results, root),
             *((prompt_set.prompts, prompt_set.custom_ids) if root else (None, None)), comm,
             parts_per=config.parts_per,
             visit=None if counted is None else (lambda part: _count_votes(counted, plan_here, part)))
@@ -551,9 +555,9 @@ def run(config: RunConfig, comm=None) -> int:
         reduction, reduce_s = None, 0.0
         if config.reduce is not None and _mpi.bcast(root and tally.open == 0 and tally.rows == plan.n_rows, comm):
             r0 = time.perf_counter()
-            mine = ResultColumns.concat([finished, results]) if root and len(finished) else results
             combiner = Combiner(urls, config, stats, dead, stop)
-            reduction = reduce_tree(Items.from_results(mine), plan.n_rows * plan.n, combiner, comm)
+            mine = Items.from_results(_held_rows(finished, results, root))
+            reduction = reduce_tree(mine, plan.n_rows * plan.n, combiner, comm)
             reduce_s = time.perf_counter() - r0
             if root:
                 out.write_reduce(reduction)

@@ -79,6 +79,4 @@ def scatter_packed(strings: list[str] | None, bounds: np.ndarray | None, comm=No
         data = lengths = byte_counts = row_counts = has_nul = None
     has_nul = _mpi.bcast(has_nul, comm)
     my_data = _mpi.scatterv(data, byte_counts, np.uint8, comm)
-    my_lengths = _mpi.scatterv(lengths, row_counts, np.int64, comm)
-    step = my_lengths + 1
-    return PackedStrings(my_data, np.cumsum(step) - step, my_lengths, has_nul)
+    return PackedStrings.from_lengths(my_data, _mpi.scatterv(lengths, row_counts, np.int64, comm), has_nul)
