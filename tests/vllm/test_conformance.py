@@ -1,0 +1,109 @@
+"""The simulator held to the real engine: the same requests to ``mpiswarm.sim`` and to vLLM's
+own server, and the answers compared — status codes, the error JSON's shape (vLLM nests it:
+``{"error": {"message", "type", "param", "code"}}``) and its message, field names and choice
+indexing.  Texts differ (the simulator's answers are its own), shapes must not.
+
+Messages are compared with their numbers masked: the simulator estimates token counts
+(``count_tokens``) where vLLM tokenizes.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+from mpiswarm.metrics import ENGINE_METRICS
+from mpiswarm.sim import run_in_thread, SimConfig
+
+from .test_vllm_runs import MAX_MODEL_LEN, MODEL, request
+
+#: (name, path, body or None for GET)
+CASES: list[tuple[str, str, dict[str, Any] | None]] = [
+    ("list-with-n", "/v1/completions",
+     {"model": MODEL, "prompt": ["one", "two words", "three words here"], "max_tokens": 4,
+      "n": 2, "temperature": 0.8, "seed": 3}),
+    ("single-prompt", "/v1/completions", {"model": MODEL, "prompt": "hello", "max_tokens": 3}),
+    ("greedy-n2", "/v1/completions",
+     {"model": MODEL, "prompt": ["a", "b"], "max_tokens": 4, "n": 2, "temperature": 0}),
+    ("unknown-model", "/v1/completions", {"model": "llama-wrong", "prompt": ["a"], "max_tokens": 4}),
+    ("overlong-prompt-in-a-list", "/v1/completions",
+     {"model": MODEL, "prompt": ["short", " ".join(["x"] * 1100)], "max_tokens": 4}),
+    ("list-over-the-cap", "/v1/completions", {"model": MODEL, "prompt": ["a"] * 1025, "max_tokens": 1}),
+    ("top-p-0", "/v1/completions", {"model": MODEL, "prompt": ["a"], "max_tokens": 4, "top_p": 0}),
+    ("temperature-3", "/v1/completions", {"model": MODEL, "prompt": ["a"], "max_tokens": 4, "temperature": 3}),
+    ("max-tokens-0", "/v1/completions", {"model": MODEL, "prompt": ["a"], "max_tokens": 0}),
+    ("chat", "/v1/chat/completions",
+     {"model": MODEL, "messages": [{"role": "system", "content": "Be brief."},
+                                   {"role": "user", "content": "hello"}], "max_tokens": 4}),
+    ("chat-unknown-model", "/v1/chat/completions",
+     {"model": "llama-wrong", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}),
+    ("models", "/v1/models", None),
+    ("tokenize", "/tokenize", {"model": MODEL, "prompt": "hello world"}),
+]
+
+
+def mask(message: str) -> str:
+    return re.sub(r"\d+(\.\d+)?", "#", message)
+
+
+def keys(payload: Any) -> list[str]:
+    return sorted(payload) if isinstance(payload, dict) else []
+
+
+def shape(path: str, status: int, payload: Any) -> dict[str, Any]:
+    """What must agree between the simulator and vLLM for one answer."""
+    if status != 200:
+        error = payload.get("error") if isinstance(payload, dict) else None
+        assert isinstance(error, dict), f"{path} {status}: not vLLM's nested error: {payload!r}"
+        return {"status": status, "keys": keys(payload), "error_keys": keys(error),
+                "type": error.get("type"), "param": error.get("param"), "code": error.get("code"),
+                "message": mask(str(error.get("message")))}
+    out: dict[str, Any] = {"status": status, "keys": keys(payload)}
+    if path == "/v1/models":
+        out["object"] = payload["object"]
+        out["card_keys"] = [keys(card) for card in payload["data"]]
+        out["cards"] = [(card["id"], card["object"], card["owned_by"], card["parent"], card["max_model_len"])
+                        for card in payload["data"]]
+        return out
+    if path == "/tokenize":
+        out["max_model_len"] = payload["max_model_len"]
+        return out
+    out["object"] = payload["object"]
+    out["indices"] = [choice["index"] for choice in payload["choices"]]
+    out["choice_keys"] = sorted({key for choice in payload["choices"] for key in choice})
+    out["usage_keys"] = keys(payload["usage"])
+    out["finish_reasons"] = sorted({choice["finish_reason"] for choice in payload["choices"]})
+    if path == "/v1/chat/completions":
+        out["message_keys"] = sorted({key for choice in payload["choices"] for key in choice["message"]})
+        out["roles"] = [choice["message"]["role"] for choice in payload["choices"]]
+    return out
+
+
+@pytest.fixture(scope="module")
+def sim_root():
+    """One simulated endpoint serving ``tiny`` with vLLM's context length, answering at once."""
+    with run_in_thread(SimConfig(model=MODEL, max_model_len=MAX_MODEL_LEN, time_scale=0), count=1) as sim:
+        yield sim.urls[0].removesuffix("/v1")
+
+
+@pytest.mark.parametrize("name, path, body", CASES, ids=[case[0] for case in CASES])
+def test_the_simulator_answers_as_vllm_does(vllm, sim_root: str, name: str, path: str,
+                                            body: dict[str, Any] | None) -> None:
+    real = shape(path, *request(vllm.root_url + path, body))
+    simulated = shape(path, *request(sim_root + path, body))
+    assert simulated == real
+
+
+def test_health_and_the_metrics_mpiswarm_reads(vllm, sim_root: str) -> None:
+    for root in (vllm.root_url, sim_root):
+        status, _ = request(root + "/health")
+        assert status == 200, root
+        status, text = request(root + "/metrics")
+        assert status == 200
+        names = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if not line.startswith("#")}
+        missing = [metric for metric in ENGINE_METRICS.values() if metric not in names]
+        assert not missing, f"{root}/metrics lacks {missing}"
+        labelled = [line for line in text.splitlines() if line.startswith("vllm:request_success_total{")]
+        assert labelled and all('engine="0"' in line and f'model_name="{MODEL}"' in line for line in labelled), root
