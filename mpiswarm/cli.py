@@ -12,7 +12,7 @@ import sys
 
 from . import __version__
 from .exitcodes import EXIT_USAGE
-from .inputs import InputError, check_prompt_options, validate_sampling
+from .inputs import InputError, check_prompt_options, option_name, validate_sampling
 from .template import unescape
 
 API_KEY_VARIABLES = ("MPISWARM_API_KEY", "OPENAI_API_KEY")
@@ -185,7 +185,7 @@ def config_from_args(args):
     try:
         sampling = validate_sampling(
             {"max_tokens": None if auto else args.max_tokens, "temperature": args.temperature,
-             "top_p": args.top_p, "seed": args.seed, "stop": args.stop, "n": args.n}
+             "top_p": args.top_p, "seed": args.seed, "stop": args.stop, "n": args.n}, option_name
         )
     except ValueError as exc:
         raise InputError(f"command line: {exc}") from None

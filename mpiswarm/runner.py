@@ -34,7 +34,7 @@ from .endpoints import check_template, endpoint_from_hostfile, expand_endpoint, 
 from .exitcodes import EXIT_ENDPOINT_DOWN, EXIT_OK, EXIT_PROMPTS_FAILED, EXIT_RESUME
 from .gather import any_reasoning, gather_in_rounds, gather_stats, redistribute_in_rounds
 from .packed import PackedColumns
-from .inputs import InputError, PromptSet
+from .inputs import InputError, PromptSet, check_row_sampling
 from .metrics import engine_deltas
 from .partition import contiguous_bounds
 from .records import RankStats, ResultColumns
@@ -204,6 +204,7 @@ def _prepare_on_root(config: RunConfig, comm) -> tuple[Plan, PromptSet | None, R
                                        prompt_format=config.prompt_format)
     if root:
         try:
+            check_row_sampling(prompt_set, config.sampling)  # each row as sent, as vLLM would take it
             if config.repeat:
                 prompt_set, ensemble = expand(prompt_set, _mpi.rank_and_size(comm)[1], config.repeat,
                                               config.sampling.get("seed") or 0)

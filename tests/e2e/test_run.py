@@ -283,3 +283,26 @@ def test_chat_concurrency_is_prompts_in_flight(tmp_path, sim_factory):
     data = read_results(tmp_path / "o.h5")
     one_call = float(np.median(data["latency_s"]))
     assert data["attrs"]["time_requests_s"] < 6 * one_call, (data["attrs"]["time_requests_s"], one_call)
+
+
+@pytest.mark.parametrize("rows, options, message", [
+    (None, ["--n", 2, "--temperature", 0], "command line: --n must be 1 when using greedy sampling (--temperature 0)"),
+    (None, ["--top-p", 0], "command line: --top-p must be a number in (0, 1]"),
+    (None, ["--temperature", 100], "command line: --temperature must be a number in [0, 2]"),
+    ([{"prompt": "a"}, {"prompt": "b", "temperature": 0}], ["--n", 2],
+     "in.jsonl:2: --n (command line) must be 1 when using greedy sampling ('temperature' 0), got 2"),
+    ([{"prompt": "a"}, {"prompt": "b", "top_p": 0}], [], "in.jsonl:2: 'top_p' must be a number in (0, 1]"),
+])
+def test_sampling_vllm_refuses_exits_2_before_anything_is_sent(tmp_path, sim_factory, rows, options, message):
+    """Issue 12, defect 2: greedy n > 1 (and top_p, temperature) were sent, refused by vLLM with
+    400 on every call and bisected down to single rows; now one line naming the option or the
+    row, exit 2, nothing sent, no output."""
+    sim = sim_factory("--count", 2, "--time-scale", 0)
+    src = write_jsonl(tmp_path / "in.jsonl", rows or make_rows(6))
+    out = tmp_path / "out.h5"
+    res = run_mpiswarm(2, ["run", src, "-o", out, *endpoint_args(sim), *options])
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mpiswarm: error: ") and message in lines[0], res.stderr
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["in.jsonl"]
+    assert [sim_counter(u) for u in sim.urls] == [0, 0]
