@@ -23,7 +23,7 @@ import numpy as np
 
 from . import _mpi
 from .checkpoint import Manifest, ShardWriter, fingerprint, load_finished, open_run_dir, remove_run_dir, shard_path
-from .client import ClientOptions, EndpointClient, EndpointUnavailable
+from .client import ClientOptions, EndpointClient, EndpointUnavailable, card_max_model_len, model_problem
 from .balance import Chunk, call_cap, guided_size
 from .budget import TokenBudget
 from .control import Control, Pool, WorkSource
@@ -233,13 +233,19 @@ def _endpoint_url(config: RunConfig, entries, comm) -> str:
 
 
 async def _check_endpoint(url: str, config: RunConfig) -> tuple[str | None, int, dict | None]:
-    """(why the endpoint is unusable or None, its max_model_len, its /metrics before the run)."""
+    """(why the endpoint is unusable or None, its max_model_len, its /metrics before the run).
+    Unusable: not healthy before the deadline, or healthy but not serving ``--model`` (a vLLM
+    endpoint would answer every call 404: fail now, not after the run)."""
     async with EndpointClient(url, config.client) as client:
         try:
             await client.wait_healthy(config.health_timeout)
         except EndpointUnavailable as exc:
             return str(exc), -1, None
-        return None, await client.max_model_len(), await client.metrics()
+        cards = await client.model_cards()
+        why = model_problem(cards, config.client.model)
+        if why:
+            return why, -1, None
+        return None, card_max_model_len(cards or [], config.client.model), await client.metrics()
 
 
 async def _read_metrics(url: str, config: RunConfig) -> dict | None:

@@ -306,3 +306,43 @@ def test_sampling_vllm_refuses_exits_2_before_anything_is_sent(tmp_path, sim_fac
     assert len(lines) == 1 and lines[0].startswith("mpiswarm: error: ") and message in lines[0], res.stderr
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["in.jsonl"]
     assert [sim_counter(u) for u in sim.urls] == [0, 0]
+
+
+def test_endpoint_that_does_not_serve_the_model_fails_fast(tmp_path, sim_factory):
+    """Issue 12, defect 3: a wrong --model passed the health check (any single card was taken as
+    ours) and every call then failed 404. Now exit 4 at once, one line a rank naming the rank,
+    the URL and the names the endpoint serves; nothing sent, no output."""
+    sim = sim_factory("--count", 2, "--time-scale", 0, "--model", "tiny", "--lora", "tiny-sql")
+    src = write_jsonl(tmp_path / "in.jsonl", make_rows(8))
+    out = tmp_path / "out.h5"
+    base = ["--endpoint", "http://127.0.0.1:{port}/v1", "--base-port", sim.ports[0], "--progress", "none"]
+    t0 = time.monotonic()
+    res = run_mpiswarm(2, ["run", src, "-o", out, "--model", "llama-wrong", *base, "--health-timeout", 300])
+    assert time.monotonic() - t0 < 60  # no waiting for a deadline
+    assert res.returncode == 4, res.stdout + res.stderr
+    lines = [line for line in res.stdout.splitlines() if "unavailable" in line]
+    assert len(lines) == 2
+    for rank, (line, url) in enumerate(zip(lines, sim.urls)):
+        assert line.startswith(f"mpiswarm: rank {rank} on ") and (
+            f"endpoint {url} unavailable: it does not serve --model 'llama-wrong' (it serves: tiny, tiny-sql)") in line
+    assert not out.exists() and [sim_counter(u) for u in sim.urls] == [0, 0]
+    # the adapter is served: the run goes through
+    res = run_mpiswarm(2, ["run", src, "-o", out, "--model", "tiny-sql", *base])
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_min_endpoints_goes_on_without_an_endpoint_serving_another_model(tmp_path, sim_factory):
+    """--min-endpoints: an endpoint that does not serve --model counts as one that is down."""
+    right = sim_factory("--time-scale", 0)
+    wrong = sim_factory("--time-scale", 0, "--model", "other-model")
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text(f"127.0.0.1\t{right.ports[0]}\n127.0.0.1\t{wrong.ports[0]}\n")
+    rows = make_rows(10)
+    out = tmp_path / "out.h5"
+    res = run_mpiswarm(2, ["run", write_jsonl(tmp_path / "in.jsonl", rows), "-o", out, "--model", MODEL,
+                           "--hostfile", hostfile, "--min-endpoints", 1, "--max-tokens", 8, "--progress", "none"])
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"endpoint {wrong.urls[0]} unavailable: it does not serve --model 'sim-model' (it serves: other-model)" \
+        in res.stdout
+    assert_rows(read_results(out), rows, max_tokens=8)
+    assert sim_counter(wrong.urls[0]) == 0
