@@ -19,6 +19,7 @@ try:  # openai >= 3 ships on httpx2; older releases on httpx
 except ImportError:  # pragma: no cover - depends on the installed openai
     import httpx
 
+from .balance import DEFAULT_MAX_PROMPTS_PER_CALL
 from .metrics import parse_prometheus
 from .records import ResultColumns
 
@@ -40,6 +41,8 @@ class ClientOptions:
     concurrency: int | None = None  # calls in flight; None: 4 for lists, 128 for chat
     request_timeout: float = 600.0  # seconds a call may take, plus per_prompt_timeout per prompt
     per_prompt_timeout: float = 0.5
+    #: no call carries more prompts (the server's VLLM_MAX_COMPLETION_PROMPTS; batch_size above it is cut to it)
+    max_prompts_per_call: int = DEFAULT_MAX_PROMPTS_PER_CALL
 
     def calls_in_flight(self) -> int:
         if self.concurrency:

@@ -122,6 +122,7 @@ class RunConfig:
             "concurrency": c.calls_in_flight(),
             "request_timeout": c.request_timeout,
             "per_prompt_timeout": c.per_prompt_timeout,
+            "max_prompts_per_call": c.max_prompts_per_call,
             "endpoint": None if self.hostfile else self.endpoint,
             "hostfile": self.hostfile,
             "base_port": self.base_port,
@@ -312,7 +313,7 @@ async def _serve(urls: list[str], config: RunConfig, piece: RankSlice, plan: Pla
     batch_size = 1 if config.client.api == "chat" else config.client.batch_size
     source = WorkSource(batch_size=batch_size, concurrency=concurrency, cap=cap,
                         fetch=control.fetch if dynamic else None, low_water=cap or 0,
-                        prepare=budget.apply if budget else None)
+                        prepare=budget.apply if budget else None, limit=config.client.max_prompts_per_call)
     source.add(Chunk.new(piece.index, piece.prompts, piece.overrides, plan.n, rank))
     event = stop.event()
     async with AsyncExitStack() as stack:

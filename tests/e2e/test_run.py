@@ -346,3 +346,34 @@ def test_min_endpoints_goes_on_without_an_endpoint_serving_another_model(tmp_pat
         in res.stdout
     assert_rows(read_results(out), rows, max_tokens=8)
     assert sim_counter(wrong.urls[0]) == 0
+
+
+@pytest.mark.parametrize("schedule, extra", [("static", []), ("dynamic", ["--batch-size", 2000])])
+def test_no_call_carries_more_prompts_than_the_endpoint_accepts(tmp_path, sim_factory, schedule, extra):
+    """Issue 12, defect 4: --schedule static sent a rank's 3,000 prompts as one list, which vLLM
+    refuses over VLLM_MAX_COMPLETION_PROMPTS (1024): 7 calls, 3 refused. Now lists of at most
+    --max-prompts-per-call (1024), on both schedules."""
+    sim = sim_factory("--time-scale", 0)
+    rows = [{"prompt": f"p{i}"} for i in range(3000)]
+    out = tmp_path / "out.h5"
+    res = run_mpiswarm(1, ["run", write_jsonl(tmp_path / "in.jsonl", rows), "-o", out, *endpoint_args(sim),
+                           "--schedule", schedule, "--max-tokens", 2, "--progress", "none", *extra])
+    assert res.returncode == 0, res.stdout + res.stderr
+    data = read_results(out)
+    assert data["ok"].all() and data["ranks"]["n_failed_calls"].tolist() == [0]
+    assert data["ranks"]["n_bisections"].tolist() == [0]
+    assert sim_counter(sim.urls[0]) == data["ranks"]["n_calls"][0] >= 3
+    assert data["attrs"]["params"]["max_prompts_per_call"] == 1024
+
+
+def test_a_server_with_a_lower_limit_splits_by_it(tmp_path, sim_factory):
+    """A server started with VLLM_MAX_COMPLETION_PROMPTS=200 answers 400 naming 200: the list is
+    split into lists of 200 (not halved), and later calls are cut to 200 before they are sent."""
+    sim = sim_factory("--time-scale", 0, "--max-prompts-per-call", 200)
+    rows = [{"prompt": f"p{i}"} for i in range(1000)]
+    out = tmp_path / "out.h5"
+    res = run_mpiswarm(1, ["run", write_jsonl(tmp_path / "in.jsonl", rows), "-o", out, *endpoint_args(sim),
+                           "--schedule", "static", "--concurrency", 1, "--max-tokens", 2, "--progress", "none"])
+    assert res.returncode == 0, res.stdout + res.stderr
+    ranks = read_results(out)["ranks"]
+    assert (ranks["n_calls"][0], ranks["n_failed_calls"][0], ranks["n_bisections"][0]) == (6, 1, 0)
