@@ -38,7 +38,8 @@ _RUN_FIELDS = {f.name for f in dataclasses.fields(RunConfig)} - {"input", "outpu
 
 
 class JobFailed(RuntimeError):
-    """The job could not run (e.g. an endpoint never became healthy); the message says why."""
+    """The job could not run (an endpoint never became healthy, or does not serve the model);
+    the message says why."""
 
 
 def build_config(input: str, output: str, *, model: str, endpoint: str = DEFAULT_ENDPOINT,
@@ -91,7 +92,7 @@ def _run(prompts, comm, output: str | None, workdir: str | None, read, **options
         if code == EXIT_USAGE:
             raise InputError(why)
         if code == EXIT_ENDPOINT_DOWN:
-            raise JobFailed("an endpoint never became healthy (see the messages above)")
+            raise JobFailed("an endpoint is unusable: never healthy, or not serving the model (see the messages above)")
         return read(out) if root else None
     finally:
         _mpi.barrier(comm)  # every rank is done with the directory before the root removes it

@@ -24,6 +24,9 @@ def guided_size(remaining: int, n_ranks: int, factor: float = 2.0, minimum: int 
     return min(remaining, max(minimum, math.ceil(remaining / (factor * n_ranks))))
 
 
+#: prompts vLLM accepts in one /v1/completions list: its VLLM_MAX_COMPLETION_PROMPTS default
+#: (vLLM 0.32.0, vllm/envs.py; enforced by CompletionRequest.validate_prompt_list_length)
+DEFAULT_MAX_PROMPTS_PER_CALL = 1024
 IN_FLIGHT_PER_SEQ = 1.5  # prompts in flight per engine slot: full, with a short waiting queue
 
 
@@ -75,13 +78,20 @@ class RowQueue:
         return chunk, CallPlan(rows, plan.overrides)
 
 
-def next_call_size(queued: int, *, batch_size: int | None, concurrency: int, cap: int | None, final: bool) -> int:
-    """Rows for the next call from a queue of ``queued`` rows.
+def next_call_size(queued: int, *, batch_size: int | None, concurrency: int, cap: int | None, final: bool,
+                   limit: int | None = None) -> int:
+    """Rows for the next call from a queue of ``queued`` rows, never more than ``limit`` (the
+    prompts an endpoint accepts in one list, ``--max-prompts-per-call``).
 
     ``cap`` None is the static schedule: the whole queue in one call unless ``batch_size`` says
     otherwise. With a cap (dynamic), calls carry at most ``cap`` rows, and once no more work can
     arrive (``final``) the rest is shared evenly among the ``concurrency`` calls in flight.
     """
+    size = _call_size(queued, batch_size, concurrency, cap, final)
+    return size if limit is None else min(size, limit)
+
+
+def _call_size(queued: int, batch_size: int | None, concurrency: int, cap: int | None, final: bool) -> int:
     if batch_size:
         return batch_size
     if cap is None:

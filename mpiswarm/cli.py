@@ -11,8 +11,9 @@ import os
 import sys
 
 from . import __version__
+from .balance import DEFAULT_MAX_PROMPTS_PER_CALL
 from .exitcodes import EXIT_USAGE
-from .inputs import InputError, check_prompt_options, validate_sampling
+from .inputs import InputError, check_prompt_options, option_name, validate_sampling
 from .template import unescape
 
 API_KEY_VARIABLES = ("MPISWARM_API_KEY", "OPENAI_API_KEY")
@@ -111,7 +112,12 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="completions: batched /v1/completions lists (default); chat: one "
                    "/v1/chat/completions call per prompt")
     t.add_argument("--batch-size", type=_positive_int, default=None,
-                   help="prompts per HTTP call (default: the rank's whole slice in one call)")
+                   help="prompts per HTTP call (default: sized to keep the engine full; --schedule static: the "
+                   "rank's whole slice), never more than --max-prompts-per-call")
+    t.add_argument("--max-prompts-per-call", type=_positive_int, default=DEFAULT_MAX_PROMPTS_PER_CALL,
+                   help="most prompts one /v1/completions call carries (default 1024: vLLM refuses longer lists "
+                   "unless its server sets VLLM_MAX_COMPLETION_PROMPTS higher); a 400 naming a lower limit "
+                   "splits the list by it")
     t.add_argument("--concurrency", type=_positive_int, default=None,
                    help="calls in flight per rank (default 8 for lists, 128 for chat)")
     t.add_argument("--schedule", choices=("dynamic", "static"), default="dynamic",
@@ -185,7 +191,7 @@ def config_from_args(args):
     try:
         sampling = validate_sampling(
             {"max_tokens": None if auto else args.max_tokens, "temperature": args.temperature,
-             "top_p": args.top_p, "seed": args.seed, "stop": args.stop, "n": args.n}
+             "top_p": args.top_p, "seed": args.seed, "stop": args.stop, "n": args.n}, option_name
         )
     except ValueError as exc:
         raise InputError(f"command line: {exc}") from None
@@ -207,6 +213,7 @@ def config_from_args(args):
     client = ClientOptions(
         model=args.model, api=args.api, api_key=api_key, batch_size=args.batch_size,
         concurrency=args.concurrency, request_timeout=args.request_timeout,
+        max_prompts_per_call=args.max_prompts_per_call,
     )
     return RunConfig(
         input=args.input, output=args.output, client=client, sampling=sampling,

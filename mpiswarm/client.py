@@ -19,6 +19,7 @@ try:  # openai >= 3 ships on httpx2; older releases on httpx
 except ImportError:  # pragma: no cover - depends on the installed openai
     import httpx
 
+from .balance import DEFAULT_MAX_PROMPTS_PER_CALL
 from .metrics import parse_prometheus
 from .records import ResultColumns
 
@@ -40,6 +41,8 @@ class ClientOptions:
     concurrency: int | None = None  # calls in flight; None: 4 for lists, 128 for chat
     request_timeout: float = 600.0  # seconds a call may take, plus per_prompt_timeout per prompt
     per_prompt_timeout: float = 0.5
+    #: no call carries more prompts (the server's VLLM_MAX_COMPLETION_PROMPTS; batch_size above it is cut to it)
+    max_prompts_per_call: int = DEFAULT_MAX_PROMPTS_PER_CALL
 
     def calls_in_flight(self) -> int:
         if self.concurrency:
@@ -175,6 +178,36 @@ def _set_row_usage(data: dict, row: int, results: ResultColumns) -> None:
     )
 
 
+def model_problem(cards: list[dict] | None, model: str) -> str | None:
+    """Why an endpoint with these ``/v1/models`` cards cannot serve ``model``, else None.
+
+    vLLM answers 404 for a model it does not serve, so a vLLM endpoint (its cards are
+    ``owned_by: "vllm"``) must list ``model`` among its ids — the served names and the LoRA
+    adapters, which are cards of their own with a ``parent``. Other servers are taken as they
+    are (llama.cpp's llama-server serves whatever name a request gives), as is an endpoint
+    whose cards cannot be read."""
+    if not cards or not any(c.get("owned_by") == "vllm" for c in cards):
+        return None
+    ids = [str(c.get("id")) for c in cards]
+    if model in ids:
+        return None
+    return f"it does not serve --model {model!r} (it serves: {', '.join(ids)})"
+
+
+def card_max_model_len(cards: list[dict], model: str) -> int:
+    """``max_model_len`` of ``model``'s card (a LoRA adapter's: its parent's; the only card
+    when none is named ``model``), -1 when not advertised."""
+    by_id = {c.get("id"): c for c in cards}
+    card = by_id.get(model) or (cards[0] if len(cards) == 1 else None)
+    if card is not None and card.get("max_model_len") is None and card.get("parent") in by_id:
+        card = by_id[card["parent"]]
+    if card is None:
+        return -1
+    # vLLM: max_model_len; llama.cpp's llama-server: meta.n_ctx (one slot's context)
+    value = card.get("max_model_len", (card.get("meta") or {}).get("n_ctx"))
+    return int(value) if isinstance(value, int) else -1
+
+
 class EndpointClient:
     """One rank's connection to its endpoint. Use as ``async with EndpointClient(...) as c``."""
 
@@ -232,19 +265,18 @@ class EndpointClient:
                 raise EndpointUnavailable(f"not healthy after {timeout_s:g} s (last: {why})")
             await asyncio.sleep(min(HEALTH_POLL_S, remaining))
 
-    async def max_model_len(self) -> int:
-        """``max_model_len`` from ``/v1/models`` for our model (-1 when not advertised)."""
+    async def model_cards(self) -> list[dict] | None:
+        """The cards of ``/v1/models`` (None when it cannot be read)."""
         try:
             resp = await self._http.get(self.base_url + "/models", timeout=10.0)
-            cards = resp.json().get("data", []) if resp.status_code == 200 else []
-        except (httpx.HTTPError, ValueError):
-            return -1
-        for card in cards:
-            if card.get("id") == self.options.model or len(cards) == 1:
-                # vLLM: max_model_len; llama.cpp's llama-server: meta.n_ctx (one slot's context)
-                value = card.get("max_model_len", (card.get("meta") or {}).get("n_ctx"))
-                return int(value) if isinstance(value, int) else -1
-        return -1
+            cards = resp.json().get("data") if resp.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return None
+        return [c for c in cards if isinstance(c, dict)] if isinstance(cards, list) else None
+
+    async def max_model_len(self) -> int:
+        """``max_model_len`` from ``/v1/models`` for our model (-1 when not advertised)."""
+        return card_max_model_len(await self.model_cards() or [], self.options.model)
 
     async def metrics(self) -> dict[str, float] | None:
         """The endpoint's ``/metrics``, parsed; None when it has none (or cannot be read)."""

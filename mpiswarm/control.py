@@ -49,13 +49,15 @@ class WorkSource:
     """
 
     def __init__(self, *, batch_size: int | None, concurrency: int, cap: int | None,
-                 fetch: Callable | None = None, low_water: int = 0, prepare: Callable | None = None):
+                 fetch: Callable | None = None, low_water: int = 0, prepare: Callable | None = None,
+                 limit: int | None = None):
         self.queue = RowQueue()
         self._prepare = prepare  # prepare(chunk) before its rows are planned into calls
         self.chunks: list[Chunk] = []
         self.batch_size = batch_size
         self.concurrency = concurrency
         self.cap = cap
+        self.limit = limit  # no call carries more rows (--max-prompts-per-call)
         self._fetch = fetch
         self.low_water = low_water
         self.exhausted = fetch is None
@@ -89,7 +91,7 @@ class WorkSource:
             if self.queue.queued:
                 final = self.exhausted or self.stopped
                 size = next_call_size(self.queue.queued, batch_size=self.batch_size,
-                                      concurrency=self.concurrency, cap=self.cap, final=final)
+                                      concurrency=self.concurrency, cap=self.cap, final=final, limit=self.limit)
                 return self.queue.take(size)
             if self._pending is None:
                 return None

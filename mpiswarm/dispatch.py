@@ -2,8 +2,11 @@
 
 * transient failures (5xx, 429, timeouts, dropped connections) are retried with the
   :class:`~mpiswarm.retry.RetryPolicy`'s backoff;
-* a list that fails with a client error (400/422, e.g. one prompt over ``max_model_len``) is
-  bisected until the bad prompts are isolated: only they fail, each with its error;
+* no call carries more than ``max_prompts_per_call`` prompts; a 400 naming a lower limit
+  (vLLM's ``VLLM_MAX_COMPLETION_PROMPTS``) splits the list into lists of that limit, and it
+  holds for the rest of the run;
+* a list that fails with another client error (400/422, e.g. one prompt over ``max_model_len``)
+  is bisected until the bad prompts are isolated: only they fail, each with its error;
 * an endpoint that keeps failing, or whose ``/health`` turns bad, is declared dead and the rank
   carries on with the next live endpoint of the job (ring order from its own); when none is
   left, its remaining rows stay unanswered for a resume;
@@ -16,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import time
 from contextlib import AsyncExitStack
 from typing import Callable
@@ -33,6 +37,16 @@ UNANSWERED_DEAD = "not answered: every endpoint is down (run the same command ag
 UNANSWERED_STOPPED = "not answered: the job was stopped before this prompt (run the same command again to resume)"
 # errors of one call: the openai client's, and a reply that does not parse
 _CALL_ERRORS = (openai.APIError, ValueError, KeyError, TypeError)
+# vLLM's 400 for a list over VLLM_MAX_COMPLETION_PROMPTS (0.32.0, vllm/entrypoints/openai/
+# completion/protocol.py, validate_prompt_list_length): "prompt list length 3000 exceeds the
+# maximum allowed count of 1024. To increase this limit, set the VLLM_MAX_COMPLETION_PROMPTS …"
+_PROMPT_LIMIT = re.compile(r"prompt list length \d+ exceeds the maximum allowed count of (\d+)")
+
+
+def prompt_limit(message: str) -> int | None:
+    """The prompts-per-call limit an error message names (vLLM's list-length 400), else None."""
+    m = _PROMPT_LIMIT.search(message)
+    return int(m.group(1)) if m and int(m.group(1)) >= 1 else None
 
 
 class AllEndpointsDown(Exception):
@@ -85,6 +99,8 @@ class Dispatcher:
         self.n_answered = 0
         self.latency = 0.0  # moving average of successful calls' durations
         self.all_down = False
+        #: prompts a call may carry: --max-prompts-per-call, lowered by a server's 400 naming its limit
+        self.max_prompts = pool.options.max_prompts_per_call
         self._decoded: dict[str, dict] = {"": {}}
 
     def params(self, base: dict, overrides: str) -> dict:
@@ -130,6 +146,9 @@ class Dispatcher:
         if self.budget is not None and params.get("max_tokens") == NO_ROOM:
             self._no_room(chunk, rows)
             return
+        if len(rows) > self.max_prompts:  # (a limit learned since the call was planned)
+            await self._send_split(chunk, rows, params)
+            return
         attempt, first_try = 0, time.monotonic()
         while True:
             try:
@@ -150,6 +169,11 @@ class Dispatcher:
                 kind = classify(exc)
                 self.stats.n_failed_calls += 1
                 reason = describe_error(exc, self.pool.options.timeout_for(len(rows) * params.get("n", 1)))
+            limit = prompt_limit(reason) if kind == CLIENT_ERROR else None
+            if limit is not None and limit < len(rows):  # the list was too long, not a prompt bad
+                self.max_prompts = min(self.max_prompts, limit)
+                await self._send_split(chunk, rows, params)
+                return
             if kind == CLIENT_ERROR and len(rows) > 1:
                 self.stats.n_bisections += 1
                 half = len(rows) // 2
@@ -170,6 +194,12 @@ class Dispatcher:
                 continue
             self.stats.n_retries += 1
             await self.sleep(delay)
+
+    async def _send_split(self, chunk: Chunk, rows, params: dict) -> None:
+        """``rows`` in lists of at most ``max_prompts`` (by the limit, never by halving)."""
+        step = self.max_prompts
+        for start in range(0, len(rows), step):
+            await self.send(chunk, rows[start:start + step], params)
 
     # -- all calls ---------------------------------------------------------------------
     async def run(self, source, base_params: dict, stop: asyncio.Event | None = None) -> None:

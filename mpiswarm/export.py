@@ -118,6 +118,20 @@ def _created(attrs: dict, path: str) -> int:
     return int(os.path.getmtime(path))
 
 
+#: What vLLM's over-long-prompt 400s say, old and new: "This model's maximum context length is L
+#: tokens. However, you requested …" (before 0.1x) and "… However, your prompt contains at least P
+#: input tokens …" / "… contains N characters …" (0.32: vllm/renderers/params.py), "Input length (P)
+#: exceeds model's maximum context length (L)." (serve/utils/api_utils.py), "The decoder prompt
+#: (length P) … is longer than the maximum model length of L." (v1/engine/input_processor.py).
+_CONTEXT_LENGTH_PHRASES = ("maximum context length", "maximum model length")
+
+
+def is_context_length_error(message: str) -> bool:
+    """Whether an error message is a server's "the prompt does not fit the context" (vLLM's
+    wordings of any version, see ``_CONTEXT_LENGTH_PHRASES``)."""
+    return any(phrase in message for phrase in _CONTEXT_LENGTH_PHRASES)
+
+
 def error_object(message: str) -> tuple[int | None, dict, dict | None]:
     """``(http_status, batch_error, response_error_body)`` for a failed row's ``error``."""
     m = _HTTP_ERROR.match(message)
@@ -132,7 +146,7 @@ def error_object(message: str) -> tuple[int | None, dict, dict | None]:
             kind = "authentication_error"
         else:
             kind = "invalid_request_error"
-        code = "context_length_exceeded" if "maximum context length" in text else None
+        code = "context_length_exceeded" if is_context_length_error(text) else None
         body = {"error": {"message": text, "type": kind, "param": None, "code": code}}
         return status, {"code": code or kind, "message": text}, body
     if is_unanswered(message):

@@ -59,19 +59,42 @@ class PromptSet:
         return len(self.prompts)
 
 
-def _check_int(value, key, minimum):
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"'{key}' must be an integer >= {minimum}, got {value!r}")
+# The ranges vLLM accepts for the sampling options mpiswarm sends, so that a value vLLM would
+# refuse is an input error before anything is sent (vLLM 0.32.0: vllm/sampling_params.py,
+# SamplingParams._verify_args and _verify_greedy_sampling; vllm/envs.py for VLLM_MAX_N_SEQUENCES;
+# vllm/entrypoints/openai/completion/protocol.py, CompletionRequest, for the seed's int64 range).
+#: temperature in [0, 2] ("temperature must be in [0, 2]"), finite and non-negative
+TEMPERATURE_RANGE = (0.0, 2.0)
+#: n at most VLLM_MAX_N_SEQUENCES (vLLM's default; "n must be at most 16384")
+MAX_N = 16384
+#: seed: CompletionRequest's Field(ge=-2**63, le=2**63 - 1)
+SEED_RANGE = (-(2**63), 2**63 - 1)
 
 
-def _check_number(value, key, low, high):
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or not low <= value <= high:
-        raise ValueError(f"'{key}' must be a number in [{low}, {high}], got {value!r}")
+def _quoted(key: str) -> str:
+    """How an option is named in a message about a row: ``'top_p'``."""
+    return f"'{key}'"
 
 
-def validate_sampling(params: dict) -> dict:
-    """Check sampling values (from a row or the command line); return them, ``stop`` as a list.
+def option_name(key: str) -> str:
+    """How a sampling option is named on the command line: ``--top-p``."""
+    return "--" + key.replace("_", "-")
+
+
+def _check_int(value, name, low, high=None):
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name} must be an integer {bound}, got {value!r}")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def validate_sampling(params: dict, name=_quoted) -> dict:
+    """Check sampling values (from a row or the command line) as vLLM checks them; return
+    them, ``stop`` as a list. ``name(key)`` names an option in a message (``'top_p'`` for a
+    row, :func:`option_name` for the command line).
 
     Raises ValueError with a short message naming the key.
     """
@@ -79,22 +102,72 @@ def validate_sampling(params: dict) -> dict:
     for key, value in params.items():
         if value is None:
             continue
-        if key in ("max_tokens", "n"):
-            _check_int(value, key, 1)
+        if key == "max_tokens":
+            _check_int(value, name(key), 1)
+        elif key == "n":
+            _check_int(value, name(key), 1, MAX_N)
         elif key == "seed":
-            _check_int(value, key, -(2**63))
+            _check_int(value, name(key), *SEED_RANGE)
         elif key == "temperature":
-            _check_number(value, key, 0.0, 100.0)
+            low, high = TEMPERATURE_RANGE
+            if not _is_number(value) or not low <= value <= high:
+                raise ValueError(f"{name(key)} must be a number in [0, 2] (vLLM's range), got {value!r}")
         elif key == "top_p":
-            _check_number(value, key, 0.0, 1.0)
+            if not _is_number(value) or not 0 < value <= 1:
+                raise ValueError(f"{name(key)} must be a number in (0, 1] (vLLM's range), got {value!r}")
         elif key == "stop":
             value = [value] if isinstance(value, str) else value
             if not isinstance(value, list) or not all(isinstance(s, str) and s for s in value):
-                raise ValueError("'stop' must be a non-empty string or a list of them")
+                raise ValueError(f"{name(key)} must be a non-empty string or a list of them")
         else:
             raise ValueError(f"unknown sampling option '{key}'")
         out[key] = value
+    why = greedy_conflict(out, name)
+    if why:
+        raise ValueError(why)
     return out
+
+
+def greedy_conflict(params: dict, name=_quoted) -> str | None:
+    """Why vLLM would refuse ``params`` as a whole, else None: greedy sampling (temperature 0;
+    vLLM raises a temperature in (0, 0.01) to 0.01, which is not greedy) with more than one
+    completion ("n must be 1 when using greedy sampling")."""
+    n = params.get("n", 1)
+    if params.get("temperature") == 0 and n > 1:
+        return f"{name('n')} must be 1 when using greedy sampling ({name('temperature')} 0), got {n}"
+    return None
+
+
+def check_row_sampling(prompt_set: "PromptSet", base: dict) -> None:
+    """Every row's sampling as it will be sent — the command line's ``base``, overridden by the
+    row's own — as vLLM would take it (:func:`greedy_conflict`; each row's own values were
+    checked as it was read). Raises :class:`InputError` naming the file, the line and the keys."""
+    for key in dict.fromkeys(prompt_set.overrides):  # distinct overrides: few, whatever the rows
+        if not key:
+            continue
+        own = json.loads(key)
+
+        def name(k: str) -> str:
+            return _quoted(k) if k in own else f"{option_name(k)} (command line)"
+
+        why = greedy_conflict({**base, **own}, name)
+        if why:
+            row = prompt_set.overrides.index(key)
+            raise InputError(f"{prompt_set.path}:{line_of_row(prompt_set.path, row)}: {why}")
+
+
+def line_of_row(path: str, row: int) -> int:
+    """The line of a ``.jsonl`` file that holds row ``row`` (blank lines hold none), for
+    messages about a row found after reading (read again: an error path only)."""
+    with open(path, "rb") as fh:  # split as the parser splits: at "\n" only
+        lines = fh.read().decode("utf-8", "surrogateescape").split("\n")
+    seen = -1
+    for lineno, line in enumerate(lines, 1):
+        if line and not line.isspace():
+            seen += 1
+            if seen == row:
+                return lineno
+    raise ValueError(f"{path} has no row {row}")
 
 
 _SAMPLING_SET = frozenset(SAMPLING_KEYS)

@@ -21,6 +21,25 @@ from .records import NUMERIC_COLUMNS, STRING_COLUMNS, ResultColumns
 ENCODING = "utf-8"
 #: Lone surrogates cannot be stored as UTF-8 (h5py refused them with an exception): '?'.
 ERRORS = "replace"
+#: HDF5's variable-length strings are C strings (h5py refuses a NUL in one, "VLEN strings do not
+#: support embedded NULLs"): U+0000 is stored as U+FFFD, the replacement character.
+NUL_REPLACEMENT = "\ufffd"
+
+
+def storable(text: str) -> str:
+    """``text`` as every string that reaches HDF5 is stored (the one rule, for every column,
+    group and attribute): U+0000 becomes U+FFFD and a lone surrogate '?'. Packed strings follow
+    it without becoming ``str``: :func:`_encode` turns lone surrogates into '?' (``ERRORS``) and
+    flags a NUL, and the writer passes the strings of a flagged column through this function."""
+    if "\x00" in text:
+        text = text.replace("\x00", NUL_REPLACEMENT)
+    if text.isascii():  # (O(1) in CPython) nothing else to replace
+        return text
+    try:
+        text.encode(ENCODING)
+    except UnicodeEncodeError:
+        return text.encode(ENCODING, ERRORS).decode(ENCODING)
+    return text
 
 #: string columns on the wire: the records' own, and the optional reasoning (shaped like
 #: ``completion``; all '' in a message whose sender has none, absent when no rank has any)

@@ -187,7 +187,8 @@ class Combiner:
                 sendable.append(i)
             chunk = Chunk.new(groups[sendable], prompts, [""] * len(prompts), 1, rank)
             source = WorkSource(batch_size=self.config.client.batch_size or self.config.call_rows(),
-                                concurrency=self.config.client.calls_in_flight(), cap=None)
+                                concurrency=self.config.client.calls_in_flight(), cap=None,
+                                limit=self.config.client.max_prompts_per_call)
             source.add(chunk)
             params = {**self.config.sampling, "max_tokens": self.max_tokens, "n": 1}
             dispatcher = Dispatcher(pool, self.stats, policy=self.config.retry)

@@ -23,7 +23,7 @@ import numpy as np
 
 from . import _mpi
 from .checkpoint import Manifest, ShardWriter, fingerprint, load_finished, open_run_dir, remove_run_dir, shard_path
-from .client import ClientOptions, EndpointClient, EndpointUnavailable
+from .client import ClientOptions, EndpointClient, EndpointUnavailable, card_max_model_len, model_problem
 from .balance import Chunk, call_cap, guided_size
 from .budget import TokenBudget
 from .control import Control, Pool, WorkSource
@@ -34,7 +34,7 @@ from .endpoints import check_template, endpoint_from_hostfile, expand_endpoint, 
 from .exitcodes import EXIT_ENDPOINT_DOWN, EXIT_OK, EXIT_PROMPTS_FAILED, EXIT_RESUME
 from .gather import any_reasoning, gather_in_rounds, gather_stats, redistribute_in_rounds
 from .packed import PackedColumns
-from .inputs import InputError, PromptSet
+from .inputs import InputError, PromptSet, check_row_sampling
 from .metrics import engine_deltas
 from .partition import contiguous_bounds
 from .records import RankStats, ResultColumns
@@ -122,6 +122,7 @@ class RunConfig:
             "concurrency": c.calls_in_flight(),
             "request_timeout": c.request_timeout,
             "per_prompt_timeout": c.per_prompt_timeout,
+            "max_prompts_per_call": c.max_prompts_per_call,
             "endpoint": None if self.hostfile else self.endpoint,
             "hostfile": self.hostfile,
             "base_port": self.base_port,
@@ -204,6 +205,7 @@ def _prepare_on_root(config: RunConfig, comm) -> tuple[Plan, PromptSet | None, R
                                        prompt_format=config.prompt_format)
     if root:
         try:
+            check_row_sampling(prompt_set, config.sampling)  # each row as sent, as vLLM would take it
             if config.repeat:
                 prompt_set, ensemble = expand(prompt_set, _mpi.rank_and_size(comm)[1], config.repeat,
                                               config.sampling.get("seed") or 0)
@@ -232,13 +234,19 @@ def _endpoint_url(config: RunConfig, entries, comm) -> str:
 
 
 async def _check_endpoint(url: str, config: RunConfig) -> tuple[str | None, int, dict | None]:
-    """(why the endpoint is unusable or None, its max_model_len, its /metrics before the run)."""
+    """(why the endpoint is unusable or None, its max_model_len, its /metrics before the run).
+    Unusable: not healthy before the deadline, or healthy but not serving ``--model`` (a vLLM
+    endpoint would answer every call 404: fail now, not after the run)."""
     async with EndpointClient(url, config.client) as client:
         try:
             await client.wait_healthy(config.health_timeout)
         except EndpointUnavailable as exc:
             return str(exc), -1, None
-        return None, await client.max_model_len(), await client.metrics()
+        cards = await client.model_cards()
+        why = model_problem(cards, config.client.model)
+        if why:
+            return why, -1, None
+        return None, card_max_model_len(cards or [], config.client.model), await client.metrics()
 
 
 async def _read_metrics(url: str, config: RunConfig) -> dict | None:
@@ -305,7 +313,7 @@ async def _serve(urls: list[str], config: RunConfig, piece: RankSlice, plan: Pla
     batch_size = 1 if config.client.api == "chat" else config.client.batch_size
     source = WorkSource(batch_size=batch_size, concurrency=concurrency, cap=cap,
                         fetch=control.fetch if dynamic else None, low_water=cap or 0,
-                        prepare=budget.apply if budget else None)
+                        prepare=budget.apply if budget else None, limit=config.client.max_prompts_per_call)
     source.add(Chunk.new(piece.index, piece.prompts, piece.overrides, plan.n, rank))
     event = stop.event()
     async with AsyncExitStack() as stack:

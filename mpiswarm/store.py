@@ -25,16 +25,24 @@ import numpy as np
 from . import __version__
 from .atomic import atomic_path
 from .inputs import InputError
-from .packed import PackedColumns, PackedStrings
+from .packed import PackedColumns, PackedStrings, storable
 from .records import RankStats, ResultColumns
 
 STR = h5py.string_dtype("utf-8")
 
 
 def _strings(values: list[str], shape=None) -> np.ndarray:
+    """``values`` as an object array for h5py, each string as HDF5 may store it (:func:`storable`)."""
     arr = np.empty(len(values), dtype=object)
-    arr[:] = values
+    arr[:] = [storable(v) for v in values]
     return arr if shape is None else arr.reshape(shape)
+
+
+def _attr(value):
+    """An attribute's value as stored: strings through :func:`storable`, dicts and lists as JSON."""
+    if isinstance(value, (dict, list)):
+        value = json.dumps(value, sort_keys=True)
+    return storable(value) if isinstance(value, str) else value
 
 
 def _vlen_utf8() -> h5py.h5t.TypeID:
@@ -48,14 +56,13 @@ def _vlen_utf8() -> h5py.h5t.TypeID:
 def _write_strings(ds: h5py.Dataset, start: int, strings: PackedStrings) -> None:
     """Write ``strings`` to rows ``start:`` of the string dataset ``ds`` ((N,) or (N, n):
     n strings a row), handing HDF5 pointers into the packed buffer. HDF5's C strings end at
-    a NUL, so a string holding one is written through h5py with U+FFFD in its place."""
+    a NUL, so a column holding one is written through h5py (:func:`_strings`: the NUL rule)."""
     count = len(strings)
     shape = (count,) if ds.ndim == 1 else (count // ds.shape[1], ds.shape[1])
     if count == 0:
         return
     if strings.has_nul:
-        values = [x.replace("\x00", "\ufffd") for x in strings.decode()]
-        ds[start:start + shape[0]] = _strings(values, shape)
+        ds[start:start + shape[0]] = _strings(strings.decode(), shape)
         return
     pointers = strings.pointers().reshape(shape)
     fspace = ds.id.get_space()
@@ -190,19 +197,19 @@ class ResultWriter:
             g.create_dataset("n_left_out", data=level.n_left_out)
             g.create_dataset("shortened", data=level.shortened)
             g.create_dataset("latency_s", data=res.latency_s)
-        final = group.create_dataset("final", data=reduction.final, dtype=STR)
+        final = group.create_dataset("final", data=storable(reduction.final), dtype=STR)
         final.attrs["ok"] = reduction.final_ok
-        final.attrs["error"] = reduction.final_error
+        final.attrs["error"] = _attr(reduction.final_error)
         options = reduction.options.as_dict()
         options["max_tokens"] = options["max_tokens"] or -1  # -1: the map phase's --max-tokens
         for key, value in {**options, "n_answers": reduction.n_answers, "complete": reduction.complete,
                            "level_sizes": json.dumps(reduction.sizes())}.items():
-            group.attrs[key] = value
+            group.attrs[key] = _attr(value)
 
     def set_attrs(self, attrs: dict) -> None:
-        """Root attributes; dicts and lists are stored as JSON."""
+        """Root attributes; dicts and lists are stored as JSON, strings by the NUL rule."""
         for key, value in attrs.items():
-            self.file.attrs[key] = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
+            self.file.attrs[key] = _attr(value)
 
 
 @contextmanager

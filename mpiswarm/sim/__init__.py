@@ -32,16 +32,28 @@ Python::
 Answers depend only on ``(prompt, seed, j, max_tokens, stop)``: choice ``index`` is
 ``prompt_index * n + j``; a chat request's prompt is ``chat_prompt(messages)``;
 ``count_tokens(text)`` (``ceil(utf8_bytes / 4)``) is the prompt-token estimate, used for
-``usage.prompt_tokens`` and the context check (any prompt with ``count_tokens(prompt) +
-max_tokens > max_model_len`` fails its whole list with vLLM's HTTP 400 body). With
-``--reasoning split|only`` a chat answer comes as a reasoning model's would, its text cut by
-``split_reasoning(text, mode)`` into ``reasoning_content`` (or ``reasoning``) and ``content``.
+``usage.prompt_tokens`` and the context check. With ``--reasoning split|only`` a chat answer
+comes as a reasoning model's would, its text cut by ``split_reasoning(text, mode)`` into
+``reasoning`` (or ``--reasoning-field reasoning_content``) and ``content``; ``--nul-answers``
+puts a U+0000 in every answer.
+
+By default it answers as vLLM 0.32's OpenAI server does (read from its source; see
+:func:`~mpiswarm.sim.model.sampling_error` and :func:`~mpiswarm.sim.model.prompt_context_error`):
+errors nested, ``{"error": {"message", "type", "param", "code"}}``; a model it does not serve
+(``--model``, ``--lora`` adapters) is 404 ``The model `X` does not exist. Valid aliases: …``;
+sampling values ``SamplingParams`` refuses (greedy ``n > 1``, ``top_p`` outside (0, 1],
+``temperature`` outside [0, 2], …) are 400 with vLLM's message; a ``prompt`` list longer than
+``--max-prompts-per-call`` (1024, vLLM's ``VLLM_MAX_COMPLETION_PROMPTS``) is 400; a prompt longer
+than ``max_model_len`` fails its whole list with 400, ``max_tokens`` is clamped to what the context
+leaves. Older servers' behaviour: ``--error-shape flat``, ``--reasoning-field reasoning_content``,
+``--max-prompts-per-call 0`` (no cap), ``--context-check total`` (prompt + ``max_tokens`` must fit).
 
 ``/metrics`` counts one engine request per sequence (prompt x choice), as vLLM does, and
 adds ``mpiswarm_sim:http_requests_total`` (calls to the two completion routes).
 """
 from .faults import FAULT_KINDS, FaultAction, FaultPolicy, draw_fault
 from .model import (
+    DEFAULT_MAX_PROMPTS,
     MAX_WORDS,
     WORDS,
     SimConfig,
@@ -51,6 +63,8 @@ from .model import (
     decode_step_seconds,
     expected_completion,
     prefill_seconds,
+    prompt_context_error,
+    sampling_error,
     split_reasoning,
 )
 from .server import (
@@ -65,6 +79,7 @@ from .server import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_PROMPTS",
     "FAULT_KINDS",
     "LISTENING_PREFIX",
     "MAX_WORDS",
@@ -84,7 +99,9 @@ __all__ = [
     "expected_completion",
     "find_free_port_block",
     "prefill_seconds",
+    "prompt_context_error",
     "run_in_thread",
+    "sampling_error",
     "split_reasoning",
     "start_process",
 ]

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from ..atomic import write_text_atomically
 from .faults import FAULT_KINDS
-from .model import REASONING_FIELDS, REASONING_MODES, SimConfig
+from .model import CONTEXT_CHECKS, ERROR_SHAPES, REASONING_FIELDS, REASONING_MODES, SimConfig
 from .server import EXIT_ADDRESS_IN_USE, LISTENING_PREFIX, SimServer
 
 _DEFAULTS = SimConfig()
@@ -46,9 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
     a("--log-level", default="WARNING", type=str.upper,
       choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="stderr logging (default %(default)s)")
     g = p.add_argument_group("model").add_argument
-    g("--model", default=d.model, help="served model name (default %(default)s)")
+    g("--model", default=d.model, help="served model name (default %(default)s); requests naming "
+      "another model are 404, as vLLM's")
+    g("--lora", dest="lora_modules", action="append", default=[], metavar="NAME",
+      help="a LoRA adapter served beside the model (its own /v1/models card, parent the model; repeatable)")
+    g("--skip-model-name-validation", action="store_true",
+      help="serve any model name (vLLM's VLLM_SKIP_MODEL_NAME_VALIDATION=1)")
     g("--max-model-len", type=int, default=d.max_model_len, metavar="N",
-      help="context length: prompt + max_tokens must fit (default %(default)s)")
+      help="context length: a longer prompt is 400, max_tokens is clamped to what is left "
+           "(see --context-check; default %(default)s)")
     g("--hide-max-model-len", dest="advertise_max_model_len", action="store_false",
       help="list the model on /v1/models without its max_model_len (as some servers do)")
     g("--max-num-seqs", type=int, default=d.max_num_seqs, metavar="N",
@@ -71,7 +77,20 @@ def build_parser() -> argparse.ArgumentParser:
       help="chat answers of a reasoning model: split (first half of the words as reasoning, "
            "the rest as content), only (all reasoning, content null); default %(default)s")
     g("--reasoning-field", choices=REASONING_FIELDS, default=d.reasoning_field,
-      help="the message key of the reasoning (vLLM >= 0.11: reasoning; default %(default)s)")
+      help="the message key of the reasoning (vLLM >= 0.11: reasoning; older: reasoning_content; "
+           "default %(default)s)")
+    g("--nul-answers", action="store_true",
+      help="every answer holds a U+0000 (its first space, or at its end), as real models' may")
+    g = p.add_argument_group("vLLM version (defaults: vLLM 0.32; the others: older servers)").add_argument
+    g("--error-shape", choices=ERROR_SHAPES, default=d.error_shape,
+      help="nested: {\"error\": {message, type, param, code}} (vLLM 0.32); flat: {object: error, message, "
+           "type, param, code} (older vLLM); default %(default)s")
+    g("--max-prompts-per-call", type=int, default=d.max_prompts_per_call, metavar="N",
+      help="a longer prompt list is 400, as vLLM's VLLM_MAX_COMPLETION_PROMPTS; 0: no cap (older vLLM); "
+           "default %(default)s")
+    g("--context-check", choices=CONTEXT_CHECKS, default=d.context_check,
+      help="prompt: the prompt alone must fit, max_tokens clamped (vLLM 0.32); total: prompt + max_tokens "
+           "must fit (older vLLM, 'you requested N tokens'); default %(default)s")
     g = p.add_argument_group("faults (real seconds, reproducible per --fault-seed)").add_argument
     g("--error-rate", type=float, default=d.error_rate, metavar="P",
       help="fraction of completion calls that fail (default %(default)s)")
@@ -101,6 +120,9 @@ def config_from_args(ns: argparse.Namespace) -> SimConfig:
         error_kinds=ns.error_kinds, fault_seed=ns.fault_seed, crash_after=ns.crash_after,
         slow_start=ns.slow_start, jitter=ns.jitter, fault_endpoints=ns.fault_endpoints,
         reasoning=ns.reasoning, reasoning_field=ns.reasoning_field,
+        lora_modules=tuple(ns.lora_modules), skip_model_name_validation=ns.skip_model_name_validation,
+        nul_answers=ns.nul_answers, error_shape=ns.error_shape, max_prompts_per_call=ns.max_prompts_per_call,
+        context_check=ns.context_check,
     )
 
 

@@ -18,6 +18,7 @@ Time model (continuous batching)
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -57,8 +58,25 @@ REASONING_MODES: tuple[str, ...] = ("none", "split", "only")
 """How chat answers carry reasoning: not at all; the first half of the words as reasoning and
 the rest as content; everything as reasoning with ``content`` null (a thinking model stopped
 by ``max_tokens`` before it answered)."""
-REASONING_FIELDS: tuple[str, ...] = ("reasoning_content", "reasoning")
-"""The message key vLLM's reasoning parsers use: ``reasoning_content``, ``reasoning`` (>= 0.11)."""
+REASONING_FIELDS: tuple[str, ...] = ("reasoning", "reasoning_content")
+"""The message key vLLM's reasoning parsers use: ``reasoning`` (>= 0.11; 0.32 renames a
+``reasoning_content`` to it), ``reasoning_content`` (older servers)."""
+ERROR_SHAPES: tuple[str, ...] = ("nested", "flat")
+"""How an error body looks: vLLM 0.32's ``{"error": {"message", "type", "param", "code"}}``
+(``vllm/entrypoints/serve/engine/protocol.py``: ``ErrorResponse``), or older vLLM's flat
+``{"object": "error", "message", "type", "param", "code"}``."""
+CONTEXT_CHECKS: tuple[str, ...] = ("prompt", "total")
+"""What must fit in ``max_model_len``: the prompt alone, ``max_tokens`` then clamped to what is
+left (vLLM 0.32: ``renderers/params.py`` ``_token_len_check``, ``serve/utils/api_utils.py``
+``get_max_tokens``); or the prompt plus ``max_tokens`` (older vLLM, "you requested … tokens")."""
+#: vLLM 0.32's default VLLM_MAX_COMPLETION_PROMPTS (vllm/envs.py): the longest ``prompt`` list
+DEFAULT_MAX_PROMPTS = 1024
+#: vLLM 0.32's default VLLM_MAX_N_SEQUENCES (vllm/envs.py): the largest ``n``
+MAX_N_SEQUENCES = 16384
+#: vLLM's _SAMPLING_EPS (vllm/sampling_params.py): a temperature below it is greedy sampling
+SAMPLING_EPS = 1e-5
+#: vLLM's _MAX_TEMP (vllm/sampling_params.py): a temperature in (0, this) is raised to it
+MIN_TEMPERATURE = 1e-2
 
 FINISH_STOP = "stop"
 FINISH_LENGTH = "length"
@@ -74,7 +92,9 @@ class SimConfig:
     and ``fault_endpoints`` (indices the fault options apply to; ``None`` = all).
     """
 
-    model: str = "sim-model"  # listed by /v1/models; requests may name any model
+    model: str = "sim-model"  # listed by /v1/models; a request naming another model is 404
+    lora_modules: tuple[str, ...] = ()  # LoRA adapters served beside it (cards with a parent)
+    skip_model_name_validation: bool = False  # any model name is served (vLLM's VLLM_SKIP_MODEL_NAME_VALIDATION)
     max_model_len: int = 4096  # prompt tokens + max_tokens must fit, else HTTP 400
     max_num_seqs: int = 256  # sequences decoded together; the rest wait
     prefill_tps: float = 20000.0  # prompt tokens prefilled per second
@@ -93,7 +113,11 @@ class SimConfig:
     fault_endpoints: tuple[int, ...] | None = None  # endpoints faults apply to (None: all)
     advertise_max_model_len: bool = True  # False: /v1/models cards without max_model_len
     reasoning: str = "none"  # chat answers of a reasoning model: none, split, only (see split_reasoning)
-    reasoning_field: str = "reasoning_content"  # the message key: reasoning_content or reasoning
+    reasoning_field: str = "reasoning"  # the message key: reasoning (vLLM 0.32) or reasoning_content (older)
+    error_shape: str = "nested"  # nested (vLLM 0.32) or flat (older vLLM): see ERROR_SHAPES
+    max_prompts_per_call: int = DEFAULT_MAX_PROMPTS  # longer prompt lists are 400; 0: no cap (older vLLM)
+    context_check: str = "prompt"  # prompt (vLLM 0.32) or total (older vLLM): see CONTEXT_CHECKS
+    nul_answers: bool = False  # every answer holds a U+0000, as real models' sometimes do (see expected_completion)
 
     def __post_init__(self) -> None:
         _require(self.max_model_len >= 1, "max_model_len must be >= 1")
@@ -118,6 +142,11 @@ class SimConfig:
                  f"reasoning must be one of {', '.join(REASONING_MODES)}")
         _require(self.reasoning_field in REASONING_FIELDS,
                  f"reasoning_field must be one of {', '.join(REASONING_FIELDS)}")
+        _require(self.error_shape in ERROR_SHAPES, f"error_shape must be one of {', '.join(ERROR_SHAPES)}")
+        _require(self.context_check in CONTEXT_CHECKS,
+                 f"context_check must be one of {', '.join(CONTEXT_CHECKS)}")
+        _require(self.max_prompts_per_call >= 0, "max_prompts_per_call must be >= 0")
+        self.lora_modules = tuple(self.lora_modules)
 
     def check_count(self, count: int) -> None:
         """Raise ``ValueError`` unless the per-endpoint options fit ``count`` endpoints."""
@@ -193,6 +222,7 @@ def expected_completion(
     j: int = 0,
     max_tokens: int | None = 16,
     stop: str | Sequence[str] | None = None,
+    nul: bool = False,
 ) -> tuple[str, str, int]:
     """The simulator's answer to ``prompt``: ``(text, finish_reason, completion_tokens)``.
 
@@ -200,7 +230,17 @@ def expected_completion(
     without ``max_tokens``). ``finish_reason`` is ``"length"`` when the answer was cut to
     ``max_tokens`` words, else ``"stop"``. A stop string cuts the text before its first
     occurrence (``"stop"``); the tokens counted then run to the word that completed it.
+    ``nul`` (``SimConfig.nul_answers``): the first space of the text becomes U+0000 (a NUL
+    ends a text of one word), as a real model's answer may hold one.
     """
+    text, finish, n_tokens = _completion(prompt, seed, j, max_tokens, stop)
+    if nul:
+        text = text.replace(" ", "\x00", 1) if " " in text else text + "\x00"
+    return text, finish, n_tokens
+
+
+def _completion(prompt: str, seed: int | None, j: int, max_tokens: int | None,
+                stop: str | Sequence[str] | None) -> tuple[str, str, int]:
     words = natural_words(prompt, seed=seed, j=j)
     finish = FINISH_STOP
     if max_tokens is not None and len(words) > max_tokens:
@@ -227,8 +267,74 @@ def _first_stop(text: str, stops: Iterable[str]) -> tuple[int, int] | None:
     return best
 
 
+#: a simulated token covers at most 4 UTF-8 bytes, so at most 4 characters (vLLM's
+#: ``tokenizer.max_chars_per_token``, which bounds a prompt's characters before tokenizing)
+MAX_CHARS_PER_TOKEN = 4
+
+
+def prompt_context_error(text: str, max_model_len: int) -> tuple[str, str] | None:
+    """``(message, param)`` of vLLM 0.32's 400 (the message is the ``str`` of its
+    ``VLLMValidationError``, parameter and value appended) when the prompt ``text`` alone
+    exceeds ``max_model_len``, else None: first the character bound (``vllm/renderers/params.py`` ``_text_len_check``), then the token count
+    of a prompt tokenized with truncation at ``max_model_len + 1`` tokens (``_token_len_check``,
+    hence "at least")."""
+    limit = max_model_len * MAX_CHARS_PER_TOKEN
+    if len(text) > limit:
+        return (f"This model's maximum context length is {max_model_len} tokens. However, your prompt "
+                f"contains {len(text)} characters (more than {limit} characters, which is the upper bound "
+                f"for {max_model_len} input tokens). Please reduce the length of the input prompt. "
+                f"(parameter=input_text, value={len(text)})", "input_text")
+    if count_tokens(text) <= max_model_len:
+        return None
+    tokens = max_model_len + 1  # what a tokenizer truncating there counts
+    return (f"This model's maximum context length is {max_model_len} tokens. However, your prompt "
+            f"contains at least {tokens} input tokens, which exceeds this limit even without any output "
+            f"tokens. Please reduce the length of the input prompt. (parameter=input_tokens, value={tokens})",
+            "input_tokens")
+
+
+def sampling_error(n: int, temperature: float | None, top_p: float | None, max_tokens: int,
+                   stop: Sequence[str]) -> tuple[str, str | None] | None:
+    """``(message, param)`` of the 400 vLLM 0.32 answers for these sampling values, else None.
+
+    The checks and their order are ``SamplingParams._verify_args`` then
+    ``_verify_greedy_sampling`` (``vllm/sampling_params.py``), for the options mpiswarm sends;
+    ``temperature``/``top_p`` None take the completion defaults (1.0), and ``max_tokens`` is
+    the request's after ``get_max_tokens`` clamped it to the context. The message is the
+    ``str`` of vLLM's ``VLLMValidationError`` (parameter and value appended when it names them).
+    """
+    def named(message: str, param: str, value) -> tuple[str, str]:
+        return f"{message} (parameter={param}, value={value})", param
+
+    if n < 1:
+        return f"n must be at least 1, got {n}.", None
+    if n > MAX_N_SEQUENCES:
+        return (f"n must be at most {MAX_N_SEQUENCES}, got {n}. To increase this limit, set the "
+                "VLLM_MAX_N_SEQUENCES environment variable."), None
+    t = 1.0 if temperature is None else float(temperature)
+    p = 1.0 if top_p is None else float(top_p)
+    if 0.0 < t < MIN_TEMPERATURE:  # SamplingParams.__post_init__ raises it (with a warning): not greedy
+        t = MIN_TEMPERATURE
+    if not math.isfinite(t):
+        return named(f"temperature must be a finite number, got {t}.", "temperature", t)
+    if t < 0.0:
+        return named(f"temperature must be non-negative, got {t}.", "temperature", t)
+    if t > 2.0:
+        return named(f"temperature must be in [0, 2], got {t}.", "temperature", t)
+    if not 0.0 < p <= 1.0:
+        return named(f"top_p must be in (0, 1], got {p}.", "top_p", p)
+    if max_tokens < 1:
+        return named(f"max_tokens must be at least 1, got {max_tokens}.", "max_tokens", max_tokens)
+    if any(not s for s in stop):
+        return "stop cannot contain an empty string.", None
+    if t < SAMPLING_EPS and n > 1:
+        return f"n must be 1 when using greedy sampling, got {n}.", None
+    return None
+
+
 def context_error(prompt_tokens: int, max_tokens: int, max_model_len: int) -> str | None:
-    """vLLM's message when a prompt plus ``max_tokens`` exceeds the context, else ``None``."""
+    """Older vLLM's message when a prompt plus ``max_tokens`` exceeds the context, else
+    ``None`` (``SimConfig.context_check="total"``)."""
     requested = prompt_tokens + max_tokens
     if requested <= max_model_len:
         return None

@@ -38,6 +38,8 @@ from .model import (
     SimConfig,
     context_error,
     count_tokens,
+    prompt_context_error,
+    sampling_error,
     chat_prompt,
     decode_step_seconds,
     expected_completion,
@@ -160,6 +162,7 @@ class EndpointStats:
     http_requests: int = 0  # calls to the completion routes, whatever their outcome
     responses_ok: int = 0  # calls answered 200
     bad_requests: int = 0  # calls answered 400
+    not_found: int = 0  # calls answered 404 (a model this endpoint does not serve)
     prompts: int = 0  # prompts answered
     choices: int = 0  # choices answered (prompts x n)
     prompt_tokens: int = 0
@@ -385,13 +388,26 @@ class Engine:
 
 
 class BadRequest(ValueError):
-    """A request the endpoint answers with HTTP 400."""
+    """A request the endpoint refuses: HTTP ``status`` with vLLM's error ``err_type`` and
+    ``param`` (a ``VLLMValidationError`` is 400 ``BadRequestError``, a ``VLLMNotFoundError``
+    404 ``NotFoundError``: ``vllm/entrypoints/serve/exception_handling/error_response.py``)."""
+
+    def __init__(self, message: str, param: str | None = None, status: int = 400,
+                 err_type: str = "BadRequestError"):
+        super().__init__(message)
+        self.param = param
+        self.status = status
+        self.err_type = err_type
 
 
 def error_response(status: int, message: str, err_type: str = "BadRequestError",
-                   headers: dict | None = None) -> web.Response:
-    """A vLLM-shaped error body."""
-    body = {"object": "error", "message": message, "type": err_type, "param": None, "code": status}
+                   headers: dict | None = None, *, param: str | None = None,
+                   shape: str = "nested") -> web.Response:
+    """A vLLM error body: ``{"error": {"message", "type", "param", "code"}}`` (vLLM 0.32's
+    ``ErrorResponse``), or with ``shape="flat"`` older vLLM's ``{"object": "error", "message",
+    "type", "param", "code"}``."""
+    info = {"message": message, "type": err_type, "param": param, "code": status}
+    body = {"error": info} if shape == "nested" else {"object": "error", **info}
     return web.json_response(body, status=status, headers=headers, dumps=_dumps)
 
 
@@ -458,15 +474,34 @@ class Endpoint:
         """``GET /health``: 200 when serving, 503 while slow-starting or after a crash."""
         return web.Response(status=200 if self.faults.healthy else 503)
 
+    def _error(self, status: int, message: str, err_type: str = "BadRequestError", headers: dict | None = None,
+               param: str | None = None) -> web.Response:
+        return error_response(status, message, err_type, headers, param=param, shape=self.config.error_shape)
+
     async def models(self, request: web.Request) -> web.Response:
-        """``GET /v1/models``: the served model name and its ``max_model_len``."""
+        """``GET /v1/models`` as vLLM 0.32 lists them (``vllm/entrypoints/openai/models/serving.py``
+        ``show_available_models``): the base model's card with its ``max_model_len`` and ``root``,
+        then one card per LoRA adapter with the base model as its ``parent``."""
         if self.faults.starting:
-            return error_response(503, "The server is starting up.", "ServiceUnavailableError")
-        card = {"id": self.config.model, "object": "model", "created": int(time.time()),
-                "owned_by": "mpiswarm-sim", "root": self.config.model, "parent": None}
-        if self.config.advertise_max_model_len:
-            card["max_model_len"] = self.config.max_model_len
-        return web.json_response({"object": "list", "data": [card]}, dumps=_dumps)
+            return self._error(503, "The server is starting up.", "ServiceUnavailableError")
+        c = self.config
+        base = _model_card(c.model, c.model, None, c.max_model_len if c.advertise_max_model_len else None)
+        if not c.advertise_max_model_len:
+            del base["max_model_len"]
+        cards = [base] + [_model_card(name, name, c.model, None) for name in c.lora_modules]
+        return web.json_response({"object": "list", "data": cards}, dumps=_dumps)
+
+    def _check_model(self, body: dict) -> str:
+        """The model name a reply carries; 404 as vLLM 0.32 when the request names a model it
+        does not serve (``vllm/entrypoints/serve/engine/serving.py`` ``_check_model``)."""
+        c = self.config
+        model = body.get("model")
+        if model in c.lora_modules:
+            return model
+        if model and model != c.model and not c.skip_model_name_validation:
+            raise BadRequest(f"The model `{model}` does not exist. Valid aliases: {c.model}.", param="model",
+                             status=404, err_type="NotFoundError")
+        return c.model
 
     async def tokenize(self, request: web.Request) -> web.Response:
         """``POST /tokenize`` (vLLM's): ``{"prompt": text}`` → its ``count`` in the simulator's
@@ -474,10 +509,14 @@ class Endpoint:
         try:
             body = await request.json()
         except ValueError:
-            return error_response(400, "body is not JSON")
+            return self._error(400, "body is not JSON")
         text = body.get("prompt") if isinstance(body, dict) else None
         if not isinstance(text, str):
-            return error_response(400, "'prompt' must be a string")
+            return self._error(400, "'prompt' must be a string")
+        try:
+            self._check_model(body)
+        except BadRequest as exc:
+            return self._error(exc.status, str(exc), exc.err_type, param=exc.param)
         data = text.encode("utf-8", "surrogatepass")
         tokens = [int.from_bytes(data[i:i + 4], "little") for i in range(0, len(data), 4)] or [0]
         return web.json_response({"count": count_tokens(text), "max_model_len": self.config.max_model_len,
@@ -509,7 +548,7 @@ class Endpoint:
         action = self.faults.on_call()
         if action.kind == STARTING:
             self.stats.rejected_starting += 1
-            return error_response(503, "The server is starting up.", "ServiceUnavailableError")
+            return self._error(503, "The server is starting up.", "ServiceUnavailableError")
         if action.kind == CRASHED:
             self.stats.dropped_crashed += 1
             return self._drop(request)
@@ -530,8 +569,11 @@ class Endpoint:
                                  else "The request body must be a JSON object.")
             response = await answer(body, started)
         except BadRequest as exc:
-            self.stats.bad_requests += 1
-            return error_response(400, str(exc))
+            if exc.status == 400:
+                self.stats.bad_requests += 1
+            else:
+                self.stats.not_found += 1
+            return self._error(exc.status, str(exc), exc.err_type, param=exc.param)
         except EngineStopped:
             return self._drop(request)
         self.stats.responses_ok += 1
@@ -541,7 +583,7 @@ class Endpoint:
         if kind in _INJECTED:
             status, message, err_type = _INJECTED[kind]
             headers = {"Retry-After": "1"} if status == 429 else None
-            return error_response(status, message, err_type, headers)
+            return self._error(status, message, err_type, headers)
         if kind == "timeout":  # hold the call until the client gives up or we shut down
             await self._closing.wait()
         return self._drop(request)
@@ -554,18 +596,52 @@ class Endpoint:
         return web.Response(status=503)
 
     async def _answer_completions(self, body: dict, started: float) -> web.Response:
-        max_tokens = _int_param(body, "max_tokens", 16, 1)
-        n, seed, stop = _sampling_params(body)
+        # In vLLM 0.32's order: the request body (CompletionRequest's validators), the model,
+        # each prompt's length, then each prompt's SamplingParams.
         prompts = _prompts(body.get("prompt"))
+        cap = self.config.max_prompts_per_call
+        if cap and len(prompts) > cap:  # CompletionRequest.validate_prompt_list_length
+            raise BadRequest(f"prompt list length {len(prompts)} exceeds the maximum allowed count of {cap}. "
+                             "To increase this limit, set the VLLM_MAX_COMPLETION_PROMPTS environment variable. "
+                             "(parameter=prompt)", param="prompt")
+        max_tokens = _int_param(body, "max_tokens", 16)
+        n, seed, stop = _sampling_params(body)
+        model = self._check_model(body)
         self.metrics.prompts_received += len(prompts)
         prompt_tokens = [count_tokens(p) for p in prompts]
-        self._check_context(prompt_tokens, max_tokens)
-        answers = [expected_completion(p, seed=seed, j=j, max_tokens=max_tokens, stop=stop)
-                   for p in prompts for j in range(n)]
+        limits = self._fit(prompts, prompt_tokens, max_tokens, body, n, stop)
+        nul = self.config.nul_answers
+        answers = [expected_completion(p, seed=seed, j=j, max_tokens=limit, stop=stop, nul=nul)
+                   for p, limit in zip(prompts, limits) for j in range(n)]
         await self._generate(prompt_tokens, answers, n, started)
         choices = [{"index": k, "text": text, "logprobs": None, "finish_reason": finish,
-                    "stop_reason": None} for k, (text, finish, _) in enumerate(answers)]
-        return self._reply("cmpl-", "text_completion", body, choices, prompt_tokens, answers)
+                    "stop_reason": None, "token_ids": None, "prompt_logprobs": None, "prompt_token_ids": None,
+                    "routed_experts": None} for k, (text, finish, _) in enumerate(answers)]
+        return self._reply("cmpl-", "text_completion", model, choices, prompt_tokens, answers)
+
+    def _fit(self, prompts: list[str], prompt_tokens: list[int], max_tokens: int | None, body: dict, n: int,
+             stop: list[str]) -> list[int]:
+        """Each prompt's ``max_tokens`` after the context check, or the 400 vLLM answers.
+
+        ``context_check="prompt"`` (vLLM 0.32): a prompt longer than ``max_model_len`` fails
+        the whole request, ``max_tokens`` (None: no limit) is clamped to what the context leaves
+        (``get_max_tokens``), then every prompt's sampling is checked (``sampling_error``).
+        ``"total"`` (older vLLM): prompt plus ``max_tokens`` must fit."""
+        length = self.config.max_model_len
+        if self.config.context_check == "total":
+            self._check_context(prompt_tokens, 1 if max_tokens is None else max_tokens)
+            limits = [length - t if max_tokens is None else max_tokens for t in prompt_tokens]
+        else:
+            refused = next(filter(None, (prompt_context_error(p, length) for p in prompts)), None)
+            if refused is not None:
+                raise BadRequest(*refused)
+            limits = [length - t if max_tokens is None else min(max_tokens, length - t) for t in prompt_tokens]
+        temperature, top_p = _number_param(body, "temperature"), _number_param(body, "top_p")
+        for limit in limits:
+            refused = sampling_error(n, temperature, top_p, limit, stop)
+            if refused is not None:
+                raise BadRequest(*refused)
+        return limits
 
     async def _answer_chat(self, body: dict, started: float) -> web.Response:
         messages = body.get("messages")
@@ -576,29 +652,35 @@ class Endpoint:
             prompt = chat_prompt(messages)
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
+        max_tokens = _int_param(body, "max_completion_tokens", None)
+        if max_tokens is None:
+            max_tokens = _int_param(body, "max_tokens", None)
+        n, seed, stop = _sampling_params(body)
+        model = self._check_model(body)
         self.metrics.prompts_received += 1
         prompt_tokens = [count_tokens(prompt)]
-        max_tokens = _int_param(body, "max_completion_tokens", None, 1)
-        if max_tokens is None:
-            max_tokens = _int_param(body, "max_tokens", None, 1)
-        # Without a limit, like vLLM: whatever the context leaves (at least one token).
-        self._check_context(prompt_tokens, 1 if max_tokens is None else max_tokens)
-        limit = self.config.max_model_len - prompt_tokens[0] if max_tokens is None else max_tokens
-        n, seed, stop = _sampling_params(body)
-        answers = [expected_completion(prompt, seed=seed, j=j, max_tokens=limit, stop=stop)
-                   for j in range(n)]
+        # Without a limit, like vLLM: whatever the context leaves.
+        (limit,) = self._fit([prompt], prompt_tokens, max_tokens, body, n, stop)
+        answers = [expected_completion(prompt, seed=seed, j=j, max_tokens=limit, stop=stop,
+                                       nul=self.config.nul_answers) for j in range(n)]
         await self._generate(prompt_tokens, answers, n, started)
-        choices = [{"index": j, "message": self._message(text),
-                    "logprobs": None, "finish_reason": finish, "stop_reason": None}
+        choices = [{"index": j, "message": self._message(text), "logprobs": None, "finish_reason": finish,
+                    "stop_reason": None, "token_ids": None, "routed_experts": None}
                    for j, (text, finish, _) in enumerate(answers)]
-        return self._reply("chatcmpl-", "chat.completion", body, choices, prompt_tokens, answers)
+        return self._reply("chatcmpl-", "chat.completion", model, choices, prompt_tokens, answers)
 
     def _message(self, text: str) -> dict:
-        """A chat answer's message, with a reasoning model's reasoning if configured."""
-        if self.config.reasoning == "none":
-            return {"role": "assistant", "content": text}
+        """A chat answer's message (vLLM 0.32's ``ChatMessage`` fields), with a reasoning
+        model's reasoning if configured (``reasoning``, None otherwise; or older vLLM's
+        ``reasoning_content``)."""
         reasoning, content = split_reasoning(text, self.config.reasoning)
-        return {"role": "assistant", "content": content, self.config.reasoning_field: reasoning}
+        message = {"role": "assistant", "content": content, "refusal": None, "annotations": None,
+                   "audio": None, "function_call": None}
+        if self.config.reasoning_field == "reasoning":
+            message["reasoning"] = reasoning
+        elif reasoning is not None:
+            message["reasoning_content"] = reasoning
+        return message
 
     def _check_context(self, prompt_tokens: list[int], max_tokens: int) -> None:
         """Fail the whole request if any prompt plus ``max_tokens`` exceeds the context."""
@@ -625,64 +707,95 @@ class Endpoint:
         stats.prompt_tokens += sum(prompt_tokens)
         stats.completion_tokens += sum(a[2] for a in answers)
 
-    def _reply(self, id_prefix: str, obj: str, body: dict, choices: list[dict],
+    def _reply(self, id_prefix: str, obj: str, model: str, choices: list[dict],
                prompt_tokens: list[int], answers: list[tuple]) -> web.Response:
+        """The response body, with the fields of vLLM 0.32's ``CompletionResponse`` /
+        ``ChatCompletionResponse`` (``model``: the served name, or the LoRA adapter's)."""
         if self.config.shuffle_choices:
             self._shuffle.shuffle(choices)
-        model = body.get("model")
         p_tok, c_tok = sum(prompt_tokens), sum(a[2] for a in answers)
         payload = {
             "id": id_prefix + uuid.uuid4().hex,
             "object": obj,
             "created": int(time.time()),
-            "model": model if isinstance(model, str) and model else self.config.model,
+            "model": model,
             "choices": choices,
-            "usage": {"prompt_tokens": p_tok, "completion_tokens": c_tok,
-                      "total_tokens": p_tok + c_tok},
+            "service_tier": None,
+            "system_fingerprint": None,
+            "usage": {"prompt_tokens": p_tok, "total_tokens": p_tok + c_tok, "completion_tokens": c_tok,
+                      "prompt_tokens_details": None, "completion_tokens_details": None},
         }
+        if obj == "chat.completion":
+            payload.update(prompt_logprobs=None, prompt_token_ids=None, prompt_text=None)
+        payload.update(kv_transfer_params=None, ec_transfer_params=None, metrics=None)
         return web.Response(body=_dumps(payload).encode("utf-8"), content_type="application/json")
 
 
-def _int_param(body: dict, key: str, default: int | None, minimum: int) -> int | None:
+def _int_param(body: dict, key: str, default: int | None) -> int | None:
     value = body.get(key)
     if value is None:
         return default
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise BadRequest(f"{key} must be an integer >= {minimum}, got {value!r}.")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRequest(f"{key} must be an integer, got {value!r}.", param=key)
     return value
 
 
-def _sampling_params(body: dict) -> tuple[int, int | None, str | list[str] | None]:
-    """``(n, seed, stop)``; temperature, top_p and unknown keys are ignored."""
+def _number_param(body: dict, key: str) -> float | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BadRequest(f"{key} must be a number, got {value!r}.", param=key)
+    return float(value)
+
+
+_INT64 = 1 << 63
+
+
+def _sampling_params(body: dict) -> tuple[int, int | None, list[str]]:
+    """``(n, seed, stop)`` as types (their values are checked by ``sampling_error``); unknown
+    keys are ignored, as vLLM does."""
     if body.get("stream"):
         raise BadRequest("stream=true is not supported by the simulator.")
-    n = _int_param(body, "n", 1, 1)
+    n = _int_param(body, "n", 1)
     seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise BadRequest(f"seed must be an integer, got {seed!r}.")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not -_INT64 <= seed < _INT64):
+        raise BadRequest(f"seed must be an integer in [-2**63, 2**63 - 1], got {seed!r}.", param="seed")
     stop = body.get("stop")
     if not (stop is None or isinstance(stop, str)
             or (isinstance(stop, list) and all(isinstance(s, str) for s in stop))):
-        raise BadRequest("stop must be a string or a list of strings.")
-    return n, seed, stop
+        raise BadRequest("stop must be a string or a list of strings.", param="stop")
+    return n, seed, [] if stop is None else [stop] if isinstance(stop, str) else stop
 
 
 def _prompts(prompt: object) -> list[str]:
-    if isinstance(prompt, str):
+    if isinstance(prompt, str) and prompt:
         return [prompt]
     if isinstance(prompt, list) and prompt:
         if all(type(p) is str for p in prompt):
             return prompt
         if all(isinstance(p, (int, list)) for p in prompt):
             raise BadRequest("Token-id prompts are not supported by the simulator; send text.")
-    if prompt is None:
-        raise BadRequest("The request has no prompt.")
-    raise BadRequest("prompt must be a string or a non-empty list of strings.")
+    if prompt is None or prompt == "":  # CompletionRequest.validate_prompt_and_prompt_embeds
+        raise BadRequest("Either prompt or prompt_embeds must be provided and non-empty. (parameter=prompt)",
+                         param="prompt")
+    raise BadRequest("prompt must be a string or a non-empty list of strings.", param="prompt")
 
 
 # ---------------------------------------------------------------------------- server
+
+
+def _model_card(name: str, root: str, parent: str | None, max_model_len: int | None) -> dict:
+    """One ``/v1/models`` card with vLLM 0.32's ``ModelCard`` fields."""
+    now = int(time.time())
+    permission = {"id": f"modelperm-{uuid.uuid4().hex}", "object": "model_permission", "created": now,
+                  "allow_create_engine": False, "allow_sampling": True, "allow_logprobs": True,
+                  "allow_search_indices": False, "allow_view": True, "allow_fine_tuning": False,
+                  "organization": "*", "group": None, "is_blocking": False}
+    return {"id": name, "object": "model", "created": now, "owned_by": "vllm", "root": root, "parent": parent,
+            "max_model_len": max_model_len, "permission": [permission]}
 
 
 def url_host(host: str) -> str:

@@ -143,3 +143,46 @@ def test_bad_reduce_options_are_usage_errors(tmp_path, args, message):
     assert res.returncode == 2
     assert message in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o.h5").exists()
+
+
+@pytest.mark.parametrize("layout", ["single", "virtual"])
+def test_answers_with_nuls_reduce_and_vote_in_both_layouts(tmp_path, sim_factory, layout):
+    """Issue 12, defect 1: answers holding U+0000 (``--nul-answers``) crashed rank 0 in
+    ``store.write_reduce``; every text that reaches the file now follows the one NUL rule
+    (U+FFFD), the answers, the reduction's prompts and texts, the final answer and the votes."""
+    from mpiswarm.packed import storable
+
+    sim = sim_factory("--count", 2, "--time-scale", 0, "--nul-answers")
+    rows = make_rows(12)
+    rows[3]["prompt"] += "\x00 a NUL of the user's own"
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.h5"
+    res = run_mpiswarm(2, ["run", src, "-o", out, *endpoint_args(sim), "--seed", 3, "--max-tokens", 6,
+                           "--reduce-prompt", TEMPLATE.replace("\n", "\\n"), "--fanin", 4, "--reduce-max-tokens", 9,
+                           "--layout", layout, "--progress", "none"])
+    assert res.returncode == 0, res.stderr
+    answers = [expected_completion(r["prompt"], seed=3, max_tokens=6, nul=True)[0] for r in rows]
+    assert all("\x00" in a for a in answers)
+    with h5py.File(out, "r") as f:
+        assert f["completion"].asstr()[()].tolist() == [storable(a) for a in answers]
+        assert f["prompt"].asstr()[()].tolist() == [storable(r["prompt"]) for r in rows]
+    got = read_reduce(out)
+    levels = []
+    texts = answers
+    for level, size in enumerate(level_sizes(len(texts), 4), 1):  # the tree as sent: NULs and all
+        prompts = [supervisor_prompt(TEMPLATE, [texts[i] for i in group_inputs(g, 4, len(texts))], "\n---\n",
+                                     level, g) for g in range(size)]
+        texts = [expected_completion(p, seed=3, max_tokens=9, nul=True)[0] for p in prompts]
+        levels.append((prompts, texts))
+    for k, (prompts, texts) in enumerate(levels, 1):
+        assert got[f"level_{k}"]["prompt"] == [storable(p) for p in prompts], f"level {k}"
+        assert got[f"level_{k}"]["text"] == [storable(t) for t in texts], f"level {k}"
+    assert got["final"] == storable(levels[-1][1][0]) and "\ufffd" in got["final"] and got["final_ok"]
+
+    votes = tmp_path / "votes.h5"
+    res = run_mpiswarm(2, ["run", src, "-o", votes, *endpoint_args(sim), "--max-tokens", 6, "--temperature", 0.5,
+                           "--repeat", 2, "--layout", layout, "--progress", "none"])
+    assert res.returncode == 0, res.stderr
+    with h5py.File(votes, "r") as f:
+        vote = f["ensemble/vote"].asstr()[()].tolist()
+    assert len(vote) == len(rows) and all("\ufffd" in v and "\x00" not in v for v in vote)

@@ -283,3 +283,97 @@ def test_chat_concurrency_is_prompts_in_flight(tmp_path, sim_factory):
     data = read_results(tmp_path / "o.h5")
     one_call = float(np.median(data["latency_s"]))
     assert data["attrs"]["time_requests_s"] < 6 * one_call, (data["attrs"]["time_requests_s"], one_call)
+
+
+@pytest.mark.parametrize("rows, options, message", [
+    (None, ["--n", 2, "--temperature", 0], "command line: --n must be 1 when using greedy sampling (--temperature 0)"),
+    (None, ["--top-p", 0], "command line: --top-p must be a number in (0, 1]"),
+    (None, ["--temperature", 100], "command line: --temperature must be a number in [0, 2]"),
+    ([{"prompt": "a"}, {"prompt": "b", "temperature": 0}], ["--n", 2],
+     "in.jsonl:2: --n (command line) must be 1 when using greedy sampling ('temperature' 0), got 2"),
+    ([{"prompt": "a"}, {"prompt": "b", "top_p": 0}], [], "in.jsonl:2: 'top_p' must be a number in (0, 1]"),
+])
+def test_sampling_vllm_refuses_exits_2_before_anything_is_sent(tmp_path, sim_factory, rows, options, message):
+    """Issue 12, defect 2: greedy n > 1 (and top_p, temperature) were sent, refused by vLLM with
+    400 on every call and bisected down to single rows; now one line naming the option or the
+    row, exit 2, nothing sent, no output."""
+    sim = sim_factory("--count", 2, "--time-scale", 0)
+    src = write_jsonl(tmp_path / "in.jsonl", rows or make_rows(6))
+    out = tmp_path / "out.h5"
+    res = run_mpiswarm(2, ["run", src, "-o", out, *endpoint_args(sim), *options])
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mpiswarm: error: ") and message in lines[0], res.stderr
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["in.jsonl"]
+    assert [sim_counter(u) for u in sim.urls] == [0, 0]
+
+
+def test_endpoint_that_does_not_serve_the_model_fails_fast(tmp_path, sim_factory):
+    """Issue 12, defect 3: a wrong --model passed the health check (any single card was taken as
+    ours) and every call then failed 404. Now exit 4 at once, one line a rank naming the rank,
+    the URL and the names the endpoint serves; nothing sent, no output."""
+    sim = sim_factory("--count", 2, "--time-scale", 0, "--model", "tiny", "--lora", "tiny-sql")
+    src = write_jsonl(tmp_path / "in.jsonl", make_rows(8))
+    out = tmp_path / "out.h5"
+    base = ["--endpoint", "http://127.0.0.1:{port}/v1", "--base-port", sim.ports[0], "--progress", "none"]
+    t0 = time.monotonic()
+    res = run_mpiswarm(2, ["run", src, "-o", out, "--model", "llama-wrong", *base, "--health-timeout", 300])
+    assert time.monotonic() - t0 < 60  # no waiting for a deadline
+    assert res.returncode == 4, res.stdout + res.stderr
+    lines = [line for line in res.stdout.splitlines() if "unavailable" in line]
+    assert len(lines) == 2
+    for rank, (line, url) in enumerate(zip(lines, sim.urls)):
+        assert line.startswith(f"mpiswarm: rank {rank} on ") and (
+            f"endpoint {url} unavailable: it does not serve --model 'llama-wrong' (it serves: tiny, tiny-sql)") in line
+    assert not out.exists() and [sim_counter(u) for u in sim.urls] == [0, 0]
+    # the adapter is served: the run goes through
+    res = run_mpiswarm(2, ["run", src, "-o", out, "--model", "tiny-sql", *base])
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_min_endpoints_goes_on_without_an_endpoint_serving_another_model(tmp_path, sim_factory):
+    """--min-endpoints: an endpoint that does not serve --model counts as one that is down."""
+    right = sim_factory("--time-scale", 0)
+    wrong = sim_factory("--time-scale", 0, "--model", "other-model")
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text(f"127.0.0.1\t{right.ports[0]}\n127.0.0.1\t{wrong.ports[0]}\n")
+    rows = make_rows(10)
+    out = tmp_path / "out.h5"
+    res = run_mpiswarm(2, ["run", write_jsonl(tmp_path / "in.jsonl", rows), "-o", out, "--model", MODEL,
+                           "--hostfile", hostfile, "--min-endpoints", 1, "--max-tokens", 8, "--progress", "none"])
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"endpoint {wrong.urls[0]} unavailable: it does not serve --model 'sim-model' (it serves: other-model)" \
+        in res.stdout
+    assert_rows(read_results(out), rows, max_tokens=8)
+    assert sim_counter(wrong.urls[0]) == 0
+
+
+@pytest.mark.parametrize("schedule, extra", [("static", []), ("dynamic", ["--batch-size", 2000])])
+def test_no_call_carries_more_prompts_than_the_endpoint_accepts(tmp_path, sim_factory, schedule, extra):
+    """Issue 12, defect 4: --schedule static sent a rank's 3,000 prompts as one list, which vLLM
+    refuses over VLLM_MAX_COMPLETION_PROMPTS (1024): 7 calls, 3 refused. Now lists of at most
+    --max-prompts-per-call (1024), on both schedules."""
+    sim = sim_factory("--time-scale", 0)
+    rows = [{"prompt": f"p{i}"} for i in range(3000)]
+    out = tmp_path / "out.h5"
+    res = run_mpiswarm(1, ["run", write_jsonl(tmp_path / "in.jsonl", rows), "-o", out, *endpoint_args(sim),
+                           "--schedule", schedule, "--max-tokens", 2, "--progress", "none", *extra])
+    assert res.returncode == 0, res.stdout + res.stderr
+    data = read_results(out)
+    assert data["ok"].all() and data["ranks"]["n_failed_calls"].tolist() == [0]
+    assert data["ranks"]["n_bisections"].tolist() == [0]
+    assert sim_counter(sim.urls[0]) == data["ranks"]["n_calls"][0] >= 3
+    assert data["attrs"]["params"]["max_prompts_per_call"] == 1024
+
+
+def test_a_server_with_a_lower_limit_splits_by_it(tmp_path, sim_factory):
+    """A server started with VLLM_MAX_COMPLETION_PROMPTS=200 answers 400 naming 200: the list is
+    split into lists of 200 (not halved), and later calls are cut to 200 before they are sent."""
+    sim = sim_factory("--time-scale", 0, "--max-prompts-per-call", 200)
+    rows = [{"prompt": f"p{i}"} for i in range(1000)]
+    out = tmp_path / "out.h5"
+    res = run_mpiswarm(1, ["run", write_jsonl(tmp_path / "in.jsonl", rows), "-o", out, *endpoint_args(sim),
+                           "--schedule", "static", "--concurrency", 1, "--max-tokens", 2, "--progress", "none"])
+    assert res.returncode == 0, res.stdout + res.stderr
+    ranks = read_results(out)["ranks"]
+    assert (ranks["n_calls"][0], ranks["n_failed_calls"][0], ranks["n_bisections"][0]) == (6, 1, 0)

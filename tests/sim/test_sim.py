@@ -70,11 +70,19 @@ def metric(samples, name: str, **labels) -> float:
     return values[0]
 
 
-def assert_vllm_error(response, status: int, message_part: str = "") -> dict:
+def assert_vllm_error(response, status: int, message_part: str = "", flat: bool = False) -> dict:
+    """The error body vLLM 0.32 sends, ``{"error": {"message", "type", "param", "code"}}`` (or
+    older vLLM's flat one); returns the inner object."""
     assert response.status_code == status
     body = response.json()
-    assert set(body) == {"object", "message", "type", "param", "code"}
-    assert body["object"] == "error" and body["code"] == status and body["param"] is None
+    if flat:
+        assert set(body) == {"object", "message", "type", "param", "code"} and body["object"] == "error"
+        del body["object"]
+    else:
+        assert set(body) == {"error"}
+        body = body["error"]
+    assert set(body) == {"message", "type", "param", "code"}
+    assert body["code"] == status
     assert message_part in body["message"]
     return body
 
@@ -175,12 +183,12 @@ def test_config_validation():
 
 
 def test_prompt_list_answers_match_expected(sim, http):
-    r = complete(http, sim.urls[0], model="any-name", prompt=PROMPTS, max_tokens=12, seed=3,
+    r = complete(http, sim.urls[0], model="tiny", prompt=PROMPTS, max_tokens=12, seed=3,
                  temperature=0.7, top_p=0.9, some_unknown_key=True)
     assert r.status_code == 200
     data = r.json()
     assert data["object"] == "text_completion" and data["id"].startswith("cmpl-")
-    assert data["model"] == "any-name" and isinstance(data["created"], int)
+    assert data["model"] == "tiny" and isinstance(data["created"], int)
     assert [c["index"] for c in data["choices"]] == list(range(len(PROMPTS)))
     completion_tokens = 0
     for choice, prompt in zip(data["choices"], PROMPTS):
@@ -230,25 +238,28 @@ def test_stop_and_finish_reasons_over_http(sim, http):
         assert "the" not in choice["text"] and "of" not in choice["text"]
 
 
-def test_over_long_prompt_fails_the_whole_list(sim, http):
-    long_prompt = "x" * 4 * 600  # 600 tokens > max_model_len 512
-    calls = sim.stats(0)["http_requests"]
-    r = complete(http, sim.urls[0], prompt=["short", long_prompt, "short"], max_tokens=10)
-    body = assert_vllm_error(r, 400)
-    assert body["type"] == "BadRequestError"
-    assert body["message"] == (
-        "This model's maximum context length is 512 tokens. However, you requested 610 tokens "
-        "(600 in the messages, 10 in the completion). Please reduce the length of the messages "
-        "or completion.")
-    r = complete(http, sim.urls[0], prompt=["x" * 4 * 500], max_tokens=13)  # 513 > 512
-    assert_vllm_error(r, 400, "maximum context length is 512")
-    assert complete(http, sim.urls[0], prompt=["x" * 4 * 500], max_tokens=12).status_code == 200
-    assert sim.stats(0)["http_requests"] == calls + 3
+def test_over_long_prompt_fails_the_whole_list_with_older_vllms_check(http):
+    """``--context-check total --error-shape flat``: older vLLM, prompt + max_tokens must fit."""
+    config = SimConfig(time_scale=0, max_model_len=512, context_check="total", error_shape="flat")
+    with run_in_thread(config) as sim:
+        long_prompt = "x" * 4 * 600  # 600 tokens > max_model_len 512
+        r = complete(http, sim.urls[0], prompt=["short", long_prompt, "short"], max_tokens=10)
+        body = assert_vllm_error(r, 400, flat=True)
+        assert body["type"] == "BadRequestError" and body["param"] is None
+        assert body["message"] == (
+            "This model's maximum context length is 512 tokens. However, you requested 610 tokens "
+            "(600 in the messages, 10 in the completion). Please reduce the length of the messages "
+            "or completion.")
+        r = complete(http, sim.urls[0], prompt=["x" * 4 * 500], max_tokens=13)  # 513 > 512
+        assert_vllm_error(r, 400, "maximum context length is 512", flat=True)
+        assert complete(http, sim.urls[0], prompt=["x" * 4 * 500], max_tokens=12).status_code == 200
+        assert sim.stats(0)["http_requests"] == 3
 
 
 @pytest.mark.parametrize("content, message_part", [
     (b"{not json", "Invalid JSON"),
-    (json.dumps({"max_tokens": 4}).encode(), "no prompt"),
+    (json.dumps({"max_tokens": 4}).encode(), "Either prompt or prompt_embeds must be provided and non-empty."),
+    (json.dumps({"prompt": ""}).encode(), "Either prompt or prompt_embeds must be provided and non-empty."),
     (json.dumps({"prompt": [[1, 2, 3]]}).encode(), "Token-id"),
     (json.dumps({"prompt": "a", "n": 0}).encode(), "n must be"),
     (json.dumps({"prompt": "a", "max_tokens": "many"}).encode(), "max_tokens"),
@@ -271,7 +282,8 @@ def test_chat_completions(sim, http):
     prompt = chat_prompt(messages)
     for choice in data["choices"]:
         text, finish, _ = expected_completion(prompt, seed=5, j=choice["index"], max_tokens=7)
-        assert choice["message"] == {"role": "assistant", "content": text}
+        assert choice["message"] == {"role": "assistant", "content": text, "refusal": None, "annotations": None,
+                                     "audio": None, "function_call": None, "reasoning": None}
         assert choice["finish_reason"] == finish
     assert sorted(c["index"] for c in data["choices"]) == [0, 1]
     assert data["usage"]["prompt_tokens"] == count_tokens(prompt)
@@ -300,9 +312,11 @@ def test_chat_answers_of_a_reasoning_model(http, mode, field):
                         field: " ".join(words[:half])}
         else:
             expected = {"role": "assistant", "content": None, field: text}
+        expected.update(refusal=None, annotations=None, audio=None, function_call=None)
         assert choice["message"] == expected
     # /v1/completions has no reasoning parser in vLLM: plain text
-    assert set(completion["choices"][0]) == {"index", "text", "logprobs", "finish_reason", "stop_reason"}
+    assert set(completion["choices"][0]) == {"index", "text", "logprobs", "finish_reason", "stop_reason",
+                                             "token_ids", "prompt_logprobs", "prompt_token_ids", "routed_experts"}
     assert "max_model_len" not in card
 
 
@@ -310,8 +324,8 @@ def test_models_and_health(sim, http):
     data = http.get(sim.urls[0] + "/models").json()
     assert data["object"] == "list"
     (card,) = data["data"]
-    assert (card["id"], card["object"], card["owned_by"], card["max_model_len"]) == (
-        "tiny", "model", "mpiswarm-sim", 512)
+    assert (card["id"], card["object"], card["owned_by"], card["max_model_len"], card["root"], card["parent"]) == (
+        "tiny", "model", "vllm", 512, "tiny", None)
     r = http.get(root(sim.urls[0]) + "/health")
     assert r.status_code == 200 and r.content == b""
 
@@ -539,7 +553,7 @@ def _cpu_seconds(pid: int) -> float:
 
 def test_process_with_three_endpoints(tmp_path, http):
     ready = tmp_path / "urls.txt"
-    with start_process(["--count", "3", "--time-scale", "0", "--model", "m3",
+    with start_process(["--count", "3", "--time-scale", "0", "--model", "m3", "--max-prompts-per-call", "0",
                         "--ready-file", str(ready)]) as proc:
         assert len(proc.urls) == 3
         assert proc.ports == [proc.ports[0] + i for i in range(3)]
@@ -552,7 +566,7 @@ def test_process_with_three_endpoints(tmp_path, http):
         if Path(f"/proc/{proc.pid}/stat").exists():  # CPU cost of a 10,000-prompt list
             prompts = [f"Prompt {i}: summarise item {i} of the catalogue." for i in range(10_000)]
             cpu0 = _cpu_seconds(proc.pid)
-            r = complete(http, proc.urls[0], prompt=prompts, max_tokens=16)
+            r = complete(http, proc.urls[0], prompt=prompts, max_tokens=16)  # --max-prompts-per-call 0
             cpu = _cpu_seconds(proc.pid) - cpu0
             assert r.status_code == 200 and len(r.json()["choices"]) == 10_000
             assert cpu < 1.0, f"{cpu:.2f} s of CPU for 10,000 prompts"
@@ -617,3 +631,134 @@ def test_openai_sdk_talks_to_the_simulator(sim):
     with pytest.raises(openai.BadRequestError, match="maximum context length"):
         client.completions.create(model="tiny", prompt=["x" * 4000], max_tokens=5)
     assert [m.id for m in client.models.list()] == ["tiny"]
+
+
+# ------------------------------------------------- vLLM 0.32's refusals and cards, by default
+
+
+@pytest.mark.parametrize("extra, message, param", [
+    ({"n": 2, "temperature": 0}, "n must be 1 when using greedy sampling, got 2.", None),
+    ({"n": 3, "temperature": 0.0, "top_p": 0.5}, "n must be 1 when using greedy sampling, got 3.", None),
+    ({"top_p": 0}, "top_p must be in (0, 1], got 0.0. (parameter=top_p, value=0.0)", "top_p"),
+    ({"top_p": 1.5}, "top_p must be in (0, 1], got 1.5. (parameter=top_p, value=1.5)", "top_p"),
+    ({"temperature": 2.5}, "temperature must be in [0, 2], got 2.5. (parameter=temperature, value=2.5)",
+     "temperature"),
+    ({"temperature": -1}, "temperature must be non-negative, got -1.0. (parameter=temperature, value=-1.0)",
+     "temperature"),
+    ({"max_tokens": 0}, "max_tokens must be at least 1, got 0. (parameter=max_tokens, value=0)", "max_tokens"),
+    ({"n": 0}, "n must be at least 1, got 0.", None),
+    ({"stop": ["a", ""]}, "stop cannot contain an empty string.", None),
+])
+def test_sampling_refused_as_vllm_refuses_it(sim, http, extra, message, param):
+    """``vllm/sampling_params.py`` (vLLM 0.32) ``_verify_args`` and ``_verify_greedy_sampling``:
+    400 BadRequestError with the str of its VLLMValidationError, on both routes."""
+    for route, body in (("/completions", {"prompt": ["a", "b"]}),
+                        ("/chat/completions", {"messages": [{"role": "user", "content": "a"}]})):
+        r = http.post(sim.urls[0] + route, json={"model": "tiny", **body, **extra})
+        error = assert_vllm_error(r, 400)
+        assert (error["message"], error["type"], error["param"]) == (message, "BadRequestError", param)
+
+
+def test_sampling_vllm_accepts(sim, http):
+    # a temperature in (0, 0.01) is raised to 0.01 (not greedy); greedy with n = 1 is fine
+    for extra in ({"n": 2, "temperature": 0.001}, {"n": 1, "temperature": 0}, {"n": 2, "temperature": 2},
+                  {"top_p": 1}, {"n": 2}):
+        assert complete(http, sim.urls[0], prompt=["a"], **extra).status_code == 200, extra
+
+
+def test_unknown_model_is_404_and_adapters_are_served(http):
+    config = SimConfig(time_scale=0, model="tiny", lora_modules=("tiny-sql",), max_model_len=300)
+    with run_in_thread(config) as s:
+        r = complete(http, s.urls[0], model="llama-wrong", prompt=["a"])
+        error = assert_vllm_error(r, 404)
+        assert error == {"message": "The model `llama-wrong` does not exist. Valid aliases: tiny.",
+                         "type": "NotFoundError", "param": "model", "code": 404}
+        r = http.post(s.urls[0] + "/chat/completions", json={"model": "x", "messages": [{"role": "user",
+                                                                                          "content": "a"}]})
+        assert_vllm_error(r, 404, "The model `x` does not exist.")
+        data = complete(http, s.urls[0], model="tiny-sql", prompt=["a"]).json()
+        assert data["model"] == "tiny-sql"
+        assert complete(http, s.urls[0], prompt=["a"]).json()["model"] == "tiny"  # no model: the served one
+        base, adapter = http.get(s.urls[0] + "/models").json()["data"]
+        assert s.stats(0)["not_found"] == 2
+    assert (base["id"], base["parent"], base["max_model_len"], base["owned_by"]) == ("tiny", None, 300, "vllm")
+    assert (adapter["id"], adapter["parent"], adapter["max_model_len"], adapter["owned_by"]) == (
+        "tiny-sql", "tiny", None, "vllm")
+    assert set(base) == {"id", "object", "created", "owned_by", "root", "parent", "max_model_len", "permission"}
+    with run_in_thread(SimConfig(time_scale=0, skip_model_name_validation=True)) as s:
+        assert complete(http, s.urls[0], model="anything", prompt=["a"]).json()["model"] == "sim-model"
+
+
+def test_prompt_lists_over_the_cap_are_400(http):
+    """``CompletionRequest.validate_prompt_list_length`` (vLLM 0.32) with
+    VLLM_MAX_COMPLETION_PROMPTS: 1024 by default; ``max_prompts_per_call=0``: no cap."""
+    with run_in_thread(SimConfig(time_scale=0)) as s:
+        assert complete(http, s.urls[0], prompt=["p"] * 1024, max_tokens=1).status_code == 200
+        error = assert_vllm_error(complete(http, s.urls[0], prompt=["p"] * 3000, max_tokens=1), 400)
+        assert error["message"] == (
+            "prompt list length 3000 exceeds the maximum allowed count of 1024. To increase this limit, set "
+            "the VLLM_MAX_COMPLETION_PROMPTS environment variable. (parameter=prompt)")
+        assert (error["type"], error["param"]) == ("BadRequestError", "prompt")
+    with run_in_thread(SimConfig(time_scale=0, max_prompts_per_call=5)) as s:
+        assert_vllm_error(complete(http, s.urls[0], prompt=["p"] * 6), 400, "maximum allowed count of 5.")
+    with run_in_thread(SimConfig(time_scale=0, max_prompts_per_call=0)) as s:
+        assert complete(http, s.urls[0], prompt=["p"] * 3000, max_tokens=1).status_code == 200
+
+
+def test_over_long_prompt_fails_the_whole_list_as_in_vllm_0_32(sim, http):
+    """``vllm/renderers/params.py`` (0.32): the prompt alone must fit (a tokenizer truncating at
+    max_model_len + 1 counts "at least" that), text past 4 characters a token fails before it is
+    tokenized; max_tokens is clamped to what the context leaves (``get_max_tokens``)."""
+    over = "é" * 2 * 600  # 600 tokens, 1200 characters: past the token bound only
+    r = complete(http, sim.urls[0], prompt=["short", over, "short"], max_tokens=10)
+    error = assert_vllm_error(r, 400)
+    assert error["message"] == (
+        "This model's maximum context length is 512 tokens. However, your prompt contains at least 513 input "
+        "tokens, which exceeds this limit even without any output tokens. Please reduce the length of the input "
+        "prompt. (parameter=input_tokens, value=513)")
+    assert (error["type"], error["param"]) == ("BadRequestError", "input_tokens")
+    error = assert_vllm_error(complete(http, sim.urls[0], prompt=["x" * 2100]), 400)
+    assert error["message"] == (
+        "This model's maximum context length is 512 tokens. However, your prompt contains 2100 characters (more "
+        "than 2048 characters, which is the upper bound for 512 input tokens). Please reduce the length of the "
+        "input prompt. (parameter=input_text, value=2100)")
+    # 500 prompt tokens + 13 > 512: clamped to 12, no error; a prompt of 512 tokens leaves 0
+    data = complete(http, sim.urls[0], prompt=["x" * 4 * 500], max_tokens=13, seed=1).json()
+    assert data["choices"][0]["text"] == expected_completion("x" * 4 * 500, seed=1, max_tokens=12)[0]
+    assert_vllm_error(complete(http, sim.urls[0], prompt=["x" * 4 * 512]), 400,
+                      "max_tokens must be at least 1, got 0. (parameter=max_tokens, value=0)")
+
+
+def test_nul_answers_and_the_reasoning_field(http):
+    messages = [{"role": "user", "content": "nul please"}]
+    with run_in_thread(SimConfig(time_scale=0, nul_answers=True, reasoning="split")) as s:
+        data = complete(http, s.urls[0], prompt=PROMPTS, max_tokens=9).json()
+        chat = http.post(s.urls[0] + "/chat/completions", json={"messages": messages, "max_tokens": 9}).json()
+    for choice in data["choices"]:
+        text = expected_completion(PROMPTS[choice["index"]], max_tokens=9, nul=True)[0]
+        assert choice["text"] == text and "\x00" in text
+        assert text.replace("\x00", " ", 1).rstrip(" ") == expected_completion(PROMPTS[choice["index"]],
+                                                                              max_tokens=9)[0]
+    message = chat["choices"][0]["message"]
+    assert "reasoning_content" not in message and "\x00" in message["reasoning"] + (message["content"] or "")
+
+
+def test_flat_error_shape_of_older_vllm(http):
+    with run_in_thread(SimConfig(time_scale=0, error_shape="flat")) as s:
+        body = assert_vllm_error(complete(http, s.urls[0], model="nope", prompt=["a"]), 404, flat=True)
+    assert body["type"] == "NotFoundError" and body["param"] == "model"
+
+
+def test_version_flags_on_the_command_line():
+    from mpiswarm.sim.__main__ import build_parser, config_from_args
+
+    ns = build_parser().parse_args(["--error-shape", "flat", "--max-prompts-per-call", "0", "--context-check",
+                                    "total", "--reasoning-field", "reasoning_content", "--lora", "a", "--lora", "b",
+                                    "--nul-answers", "--skip-model-name-validation"])
+    c = config_from_args(ns)
+    assert (c.error_shape, c.max_prompts_per_call, c.context_check, c.reasoning_field, c.lora_modules,
+            c.nul_answers, c.skip_model_name_validation) == ("flat", 0, "total", "reasoning_content", ("a", "b"),
+                                                             True, True)
+    d = config_from_args(build_parser().parse_args([]))
+    assert (d.error_shape, d.max_prompts_per_call, d.context_check, d.reasoning_field) == (
+        "nested", 1024, "prompt", "reasoning")

@@ -228,3 +228,25 @@ def test_line_breaking_characters_stay_escaped(results):
         text.writelines(export_module.jsonl_lines(block, range(len(block["ok"])), 1))
     assert "\u2028" not in text.getvalue() and "\x85" not in text.getvalue()
     assert len(text.getvalue().splitlines()) == 120
+
+
+@pytest.mark.parametrize("message", [
+    # older vLLM
+    "This model's maximum context length is 512 tokens. However, you requested 610 tokens (600 in the messages, "
+    "10 in the completion). Please reduce the length of the messages or completion.",
+    # vLLM 0.32 (vllm/renderers/params.py, serve/utils/api_utils.py, v1/engine/input_processor.py)
+    "This model's maximum context length is 512 tokens. However, your prompt contains at least 513 input tokens, "
+    "which exceeds this limit even without any output tokens. Please reduce the length of the input prompt. "
+    "(parameter=input_tokens, value=513)",
+    "This model's maximum context length is 512 tokens. However, your prompt contains 2100 characters (more than "
+    "2048 characters, which is the upper bound for 512 input tokens). Please reduce the length of the input prompt. "
+    "(parameter=input_text, value=2100)",
+    "Input length (600) exceeds model's maximum context length (512).",
+    "The decoder prompt (length 512) plus the number of requested output tokens (at least 1) is longer than the "
+    "maximum model length of 512. Make sure that `max_model_len` is no smaller than the number of text tokens.",
+])
+def test_context_length_errors_of_every_vllm_wording(message):
+    from mpiswarm.export import error_object
+
+    status, batch_error, body = error_object(f"HTTP 400: {message}")
+    assert status == 400 and batch_error["code"] == body["error"]["code"] == "context_length_exceeded"

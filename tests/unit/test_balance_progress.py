@@ -103,3 +103,11 @@ plain_metric 4
     assert deltas["engine_generation_tokens"] == 50 and deltas["engine_queue_time_s"] == 0.5
     assert deltas["engine_preemptions"] == -1  # not exported here
     assert set(engine_deltas(None, later).values()) == {-1.0}
+
+
+def test_next_call_size_never_exceeds_the_limit():
+    # --max-prompts-per-call: the static schedule's whole slice, a --batch-size, the dynamic cap
+    assert next_call_size(3000, batch_size=None, concurrency=4, cap=None, final=True, limit=1024) == 1024
+    assert next_call_size(3000, batch_size=2000, concurrency=4, cap=None, final=False, limit=1024) == 1024
+    assert next_call_size(3000, batch_size=None, concurrency=4, cap=2048, final=False, limit=1024) == 1024
+    assert next_call_size(100, batch_size=None, concurrency=4, cap=None, final=True, limit=1024) == 100

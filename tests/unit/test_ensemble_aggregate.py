@@ -45,3 +45,14 @@ def test_api_rejects_unknown_keywords_and_bad_sampling():
         api.build_config("in", "out", model="m", temperature=-1)
     config = api.build_config("in", "out", model="m", temperature=0.5, batch_size=8, schedule="static")
     assert (config.sampling, config.client.batch_size, config.schedule) == ({"temperature": 0.5, "max_tokens": 256}, 8, "static")
+
+
+def test_api_max_prompts_per_call_and_vllms_sampling_rules():
+    api = pytest.importorskip("mpiswarm.api")
+    assert api.build_config("in", "out", model="m").client.max_prompts_per_call == 1024
+    config = api.build_config("in", "out", model="m", max_prompts_per_call=256)
+    assert config.client.max_prompts_per_call == 256 and config.params()["max_prompts_per_call"] == 256
+    with pytest.raises(ValueError, match="greedy"):
+        api.build_config("in", "out", model="m", temperature=0, n=2)
+    with pytest.raises(ValueError, match="top_p"):
+        api.build_config("in", "out", model="m", top_p=0)

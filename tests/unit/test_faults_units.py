@@ -58,16 +58,19 @@ class Recorder:
         self.delays.append(seconds)
 
 
-def dispatch(urls, prompts, *, batch_size=None, concurrency=2, policy=None, stop_first=False, max_tokens=8):
-    """Run a Dispatcher over one static chunk of ``prompts``; returns what happened."""
+def dispatch(urls, prompts, *, batch_size=None, concurrency=2, policy=None, stop_first=False, max_tokens=8,
+             max_prompts=1024, limit=None):
+    """Run a Dispatcher over one static chunk of ``prompts``; returns what happened
+    (``max_prompts``: the client's --max-prompts-per-call; ``limit``: the work source's)."""
     chunk = Chunk.new(np.arange(len(prompts)), prompts, [""] * len(prompts), 1, 0)
     stats = RankStats(rank=0, host="h", endpoint=urls[0])
     finished = []
     sleep = Recorder()
-    options = ClientOptions(model="sim-model", batch_size=batch_size, concurrency=concurrency)
+    options = ClientOptions(model="sim-model", batch_size=batch_size, concurrency=concurrency,
+                            max_prompts_per_call=max_prompts)
 
     async def go():
-        source = WorkSource(batch_size=batch_size, concurrency=concurrency, cap=None)
+        source = WorkSource(batch_size=batch_size, concurrency=concurrency, cap=None, limit=limit)
         source.add(chunk)
         async with AsyncExitStack() as stack:
             pool = EndpointPool(urls, options, stack)
@@ -188,3 +191,36 @@ def test_shards_round_trip_and_skip_a_torn_line(tmp_path):
     assert loaded.completion == ["c ☃", "d", "", "", "a", "b", "\ud800", "h"]
     assert loaded.ok.tolist() == [True, False, True, True] and loaded.error[1] == "HTTP 400: too long"
     assert loaded.done.all() and loaded.rank.tolist() == [1] * 4
+
+
+def test_a_400_naming_the_list_limit_splits_by_it_not_by_halving():
+    """Issue 12, defect 4: vLLM's 400 "prompt list length 3000 exceeds the maximum allowed count
+    of 1024" splits the list into lists of 1024 (one refused call), and later lists are cut to
+    it before they are sent; halving took 7 calls, 3 refused."""
+    prompts = [f"p{i}" for i in range(3000)]
+    with run_in_thread(SimConfig(time_scale=0)) as sim:  # vLLM's default cap, 1024
+        results, stats, finished, delays, _ = dispatch(sim.urls, prompts, concurrency=1, max_prompts=5000,
+                                                       max_tokens=2)
+        refused = sim.stats(0)["bad_requests"]
+    assert results.ok.all() and results.completion == expected(prompts, max_tokens=2) and not delays
+    assert (stats.n_calls, stats.n_failed_calls, stats.n_bisections, refused) == (4, 1, 0, 1)
+    with run_in_thread(SimConfig(time_scale=0, max_prompts_per_call=300)) as sim:  # a server set lower
+        results, stats, *_ = dispatch(sim.urls, prompts, batch_size=1000, concurrency=1, max_tokens=2)
+    assert results.ok.all() and stats.n_bisections == 0
+    assert (stats.n_calls, stats.n_failed_calls) == (1 + 3 * 4, 1)  # one 1000 refused, then lists of 300
+
+
+def test_no_call_carries_more_than_max_prompts_per_call():
+    prompts = [f"p{i}" for i in range(2100)]
+    with run_in_thread(SimConfig(time_scale=0)) as sim:
+        results, stats, *_ = dispatch(sim.urls, prompts, concurrency=4, limit=1024, max_tokens=2)  # static: whole slice
+        assert sim.stats(0)["bad_requests"] == 0
+    assert results.ok.all() and (stats.n_calls, stats.n_failed_calls) == (3, 0)
+
+
+def test_prompt_limit_parses_vllms_message():
+    from mpiswarm.dispatch import prompt_limit
+
+    assert prompt_limit("HTTP 400: prompt list length 3000 exceeds the maximum allowed count of 1024. To increase "
+                        "this limit, set the VLLM_MAX_COMPLETION_PROMPTS environment variable. (parameter=prompt)") == 1024
+    assert prompt_limit("HTTP 400: This model's maximum context length is 512 tokens.") is None

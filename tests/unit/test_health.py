@@ -55,3 +55,42 @@ def test_becomes_healthy_later():
         return len(calls)
 
     assert asyncio.run(with_server([web.get("/health", health)], check)) == 3
+
+
+def _card(id, parent=None, max_model_len=None, owned_by="vllm"):
+    return {"id": id, "object": "model", "owned_by": owned_by, "root": id, "parent": parent,
+            "max_model_len": max_model_len}
+
+
+def test_a_vllm_endpoint_must_serve_the_model():
+    """vLLM answers 404 for a model it does not serve: its ids, adapters included."""
+    from mpiswarm.client import model_problem
+
+    cards = [_card("tiny", max_model_len=1024), _card("tiny-sql", parent="tiny")]
+    assert model_problem(cards, "tiny") is None and model_problem(cards, "tiny-sql") is None
+    assert model_problem(cards, "llama-wrong") == "it does not serve --model 'llama-wrong' (it serves: tiny, tiny-sql)"
+    # a server that serves any name (llama.cpp's), or cards that cannot be read: taken as they are
+    assert model_problem([_card("/models/tiny.gguf", owned_by="llamacpp")], "tiny") is None
+    assert model_problem(None, "tiny") is None and model_problem([], "tiny") is None
+
+
+def test_max_model_len_of_the_model_or_its_parent():
+    from mpiswarm.client import card_max_model_len
+
+    cards = [_card("tiny", max_model_len=1024), _card("tiny-sql", parent="tiny"), _card("big", max_model_len=9)]
+    assert card_max_model_len(cards, "tiny") == 1024
+    assert card_max_model_len(cards, "tiny-sql") == 1024  # an adapter's card has none: its parent's
+    assert card_max_model_len(cards, "other") == -1
+    assert card_max_model_len([{"id": "x.gguf", "meta": {"n_ctx": 512}}], "tiny") == 512  # the only card
+
+
+def test_model_cards_from_the_simulator():
+    from mpiswarm.sim import SimConfig, run_in_thread
+
+    async def cards(url):
+        async with EndpointClient(url, ClientOptions(model="tiny")) as client:
+            return await client.model_cards(), await client.max_model_len()
+
+    with run_in_thread(SimConfig(time_scale=0, model="tiny", lora_modules=("tiny-sql",), max_model_len=77)) as sim:
+        got, length = asyncio.run(cards(sim.urls[0]))
+    assert [(c["id"], c["parent"]) for c in got] == [("tiny", None), ("tiny-sql", "tiny")] and length == 77

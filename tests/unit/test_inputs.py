@@ -107,3 +107,62 @@ def test_validate_sampling():
     for bad in ({"n": 0}, {"top_p": 1.5}, {"stop": [""]}, {"max_tokens": True}, {"bogus": 1}):
         with pytest.raises(ValueError):
             validate_sampling(bad)
+
+
+@pytest.mark.parametrize("values, message", [
+    # vLLM 0.32.0 vllm/sampling_params.py: _verify_args and _verify_greedy_sampling
+    ({"n": 2, "temperature": 0}, "'n' must be 1 when using greedy sampling ('temperature' 0), got 2"),
+    ({"top_p": 0}, "'top_p' must be a number in (0, 1]"),
+    ({"top_p": 1.01}, "'top_p' must be a number in (0, 1]"),
+    ({"temperature": 2.5}, "'temperature' must be a number in [0, 2]"),
+    ({"temperature": 100}, "'temperature' must be a number in [0, 2]"),
+    ({"temperature": -0.1}, "'temperature' must be a number in [0, 2]"),
+    ({"n": 16385}, "'n' must be an integer in [1, 16384]"),
+    ({"seed": 2**63}, "'seed' must be an integer in [-9223372036854775808, 9223372036854775807]"),
+    ({"max_tokens": 0}, "'max_tokens' must be an integer >= 1"),
+    ({"stop": ["a", ""]}, "'stop' must be a non-empty string"),
+])
+def test_sampling_refused_as_vllm_refuses_it(values, message):
+    with pytest.raises(ValueError) as err:
+        validate_sampling(values)
+    assert message in str(err.value)
+
+
+def test_sampling_vllm_accepts():
+    for values in ({"n": 2, "temperature": 0.001}, {"temperature": 2, "top_p": 1}, {"temperature": 0, "n": 1},
+                   {"seed": -(2**63)}, {"seed": -1}, {"n": 16384}):
+        assert validate_sampling(values) == values
+
+
+def test_command_line_sampling_errors_name_the_option():
+    from mpiswarm.cli import build_parser, config_from_args
+
+    def refused(*extra):
+        with pytest.raises(InputError) as err:
+            config_from_args(build_parser().parse_args(["run", "in.jsonl", "-o", "o.h5", "--model", "m", *extra]))
+        return str(err.value)
+
+    assert refused("--n", "2", "--temperature", "0") == (
+        "command line: --n must be 1 when using greedy sampling (--temperature 0), got 2")
+    assert refused("--top-p", "0") == "command line: --top-p must be a number in (0, 1] (vLLM's range), got 0.0"
+    assert refused("--temperature", "3") == (
+        "command line: --temperature must be a number in [0, 2] (vLLM's range), got 3.0")
+
+
+def test_rows_refused_with_the_command_lines_sampling(tmp_path):
+    """A row's own values combined with the command line's: the line and where each came from."""
+    from mpiswarm.inputs import check_row_sampling
+
+    path = write(tmp_path, "in.jsonl", '{"prompt": "a"}\n\n{"prompt": "b", "n": 3}\n{"prompt": "c", "temperature": 0}\n')
+    prompt_set = read_prompts(path)
+    check_row_sampling(prompt_set, {"n": 1, "temperature": 0.7})
+    with pytest.raises(InputError) as err:
+        check_row_sampling(prompt_set, {"n": 2, "temperature": 0.7})
+    assert str(err.value) == (f"{path}:4: --n (command line) must be 1 when using greedy sampling ('temperature' 0), "
+                              "got 2")
+    with pytest.raises(InputError) as err:
+        check_row_sampling(prompt_set, {"n": 1, "temperature": 0})
+    assert str(err.value) == (f"{path}:3: 'n' must be 1 when using greedy sampling (--temperature (command line) 0), "
+                              "got 3")
+    with pytest.raises(InputError, match=r"in.jsonl:1: 'n' must be 1 when using greedy sampling"):
+        read_prompts(write(tmp_path, "in.jsonl", '{"prompt": "a", "n": 2, "temperature": 0}\n'))
