@@ -104,7 +104,9 @@ class Metrics:
 
     def __init__(self, model: str):
         escaped = model.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-        self.labels = f'model_name="{escaped}"'
+        self.model_label = f'model_name="{escaped}"'
+        # vLLM >= 0.11 labels every engine metric with its engine index (one engine here).
+        self.labels = f'engine="0",{self.model_label}'
         self.prompt_tokens = 0
         self.generation_tokens = 0
         self.preemptions = 0  # the simulator admits by sequence count, so never preempts
@@ -139,8 +141,8 @@ class Metrics:
                "Cumulative number of preemption from the engine.", self.preemptions)
         name = "vllm:request_success_total"
         family(name, "counter", "Count of successfully processed requests.",
-               [f'{name}{{finished_reason="{reason}",{lb}}} {float(self.success[reason])}'
-                for reason in ("stop", "length")])
+               [f'{name}{{engine="0",finished_reason="{reason}",{self.model_label}}} '
+                f'{float(self.success[reason])}' for reason in ("stop", "length", "abort", "error")])
         name = "vllm:e2e_request_latency_seconds"
         family(name, "histogram", "Histogram of e2e request latency in seconds.",
                self.e2e.lines(name, lb))
@@ -505,7 +507,8 @@ class Endpoint:
 
     async def tokenize(self, request: web.Request) -> web.Response:
         """``POST /tokenize`` (vLLM's): ``{"prompt": text}`` → its ``count`` in the simulator's
-        tokens (4 UTF-8 bytes each) and the token ids (the bytes, 4 at a time)."""
+        tokens (4 UTF-8 bytes each) and the token ids (the bytes, 4 at a time); ``token_strs``
+        as vLLM 0.32 answers it (null unless ``return_token_strs``)."""
         try:
             body = await request.json()
         except ValueError:
@@ -519,8 +522,11 @@ class Endpoint:
             return self._error(exc.status, str(exc), exc.err_type, param=exc.param)
         data = text.encode("utf-8", "surrogatepass")
         tokens = [int.from_bytes(data[i:i + 4], "little") for i in range(0, len(data), 4)] or [0]
+        strs = [data[i:i + 4].decode("utf-8", "replace") for i in range(0, len(data), 4)] or [""]
         return web.json_response({"count": count_tokens(text), "max_model_len": self.config.max_model_len,
-                                  "tokens": tokens}, dumps=_dumps)
+                                  "tokens": tokens,
+                                  "token_strs": strs if body.get("return_token_strs") else None},
+                                 dumps=_dumps)
 
     async def metrics_page(self, request: web.Request) -> web.Response:
         """``GET /metrics`` in Prometheus text format."""

