@@ -3,6 +3,7 @@ clean setup passes (tier 1: no MPI is initialised; the mpi4py look happens in a 
 import json
 import os
 import stat
+import subprocess
 import sys
 from types import SimpleNamespace
 
@@ -81,7 +82,14 @@ def test_a_clean_setup_passes(setup, capsys):
     assert "--time-limit 3000 s below the walltime 3600 s (from --walltime)" in out
     assert "mpi4py (MPICH" in out and f"matches {find_mpiexec()}" in out
     assert out.rstrip().endswith("nothing found that would doom the job")
-    assert "mpi4py.MPI" not in sys.modules or not sys.modules["mpi4py.MPI"].Is_initialized()
+
+
+def test_preflight_never_imports_mpi(setup):
+    """MPI-free: the process running preflight never loads mpi4py.MPI (a child Python looks)."""
+    code = ("import sys; from mpiswarm.cli import main; rc = main(sys.argv[1:]); "
+            "assert 'mpi4py.MPI' not in sys.modules, 'mpi4py.MPI imported'; sys.exit(rc)")
+    res = subprocess.run([sys.executable, "-c", code, *setup["argv"]], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
 
 
 def test_invalid_input_is_named_with_its_line(setup, capsys):
