@@ -1,5 +1,7 @@
 """The PBS job scripts (jobs/*.pbs) run with plain bash outside PBS: PBS_NODEFILE lists
-localhost, the servers are simulated vLLM endpoints, mpiexec is MPICH's Hydra.
+localhost, the servers are simulated vLLM endpoints, mpiexec is MPICH's Hydra. Where Aurora's
+tools do not exist here, stand-ins do (tests/jobs/standins.py): `module`, ALCF's `bcast`,
+Copper's launch/stop scripts, and a Cray PALS `mpiexec` (its --cpu-bind list) over Hydra.
 
 Every test checks that nothing the script started is left: the servers (by the PIDs the script
 writes to its log directory), every process of the script's session, and the ports.
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -22,6 +25,7 @@ from mpiswarm.sim import expected_completion, find_free_port_block
 from mpiswarm.store import read_results
 
 from ..conftest import REPO, process_table, subprocess_env
+from .standins import install_standins, write_model
 
 BATCH = REPO / "jobs" / "aurora_batch.pbs"
 SCALING = REPO / "jobs" / "aurora_scaling.pbs"
@@ -47,11 +51,15 @@ def job_env(tmp_path: Path, *, nodes: list[str], ppn: int, base: int, server: st
         del env[name]
     mpiexec = find_mpiexec()
     env["PATH"] = os.pathsep.join([os.path.dirname(mpiexec), env.get("PATH", "")])
+    write_model(tmp_path / "model-weights", "sim-model")
     env.update(
         PBS_NODEFILE="nodes", MPISWARM_INPUT="in.jsonl", MPISWARM_OUTPUT="out.h5", MPISWARM_MODEL="sim-model",
         MPISWARM_PPN=str(ppn), MPISWARM_BASE_PORT=str(base), MPISWARM_SERVER=server, MPISWARM_LOG_DIR="logs",
         MPISWARM_CMD=f"{sys.executable} -m mpiswarm", MPISWARM_MPIEXEC=mpiexec,
         MPISWARM_EXTRA_ARGS=f"--max-tokens {MAX_TOKENS}", MPISWARM_STOP_TIMEOUT="10",
+        # simulated servers: the weights a preflight looks for, no model-info cache, no staging
+        MPISWARM_HF_HOME=str(tmp_path / "model-weights"), MPISWARM_NODE_TMP=str(tmp_path / "node-tmp"),
+        MPISWARM_VLLM_CACHE="", MPISWARM_STAGE="0",
     )
     env.update({k: str(v) for k, v in settings.items()})
     return env
@@ -192,23 +200,43 @@ def test_batch_job_with_the_virtual_layout_a_part_a_node(tmp_path, jobs):
 
 
 def test_servers_that_never_become_healthy_fail_the_job_within_the_deadline(tmp_path, jobs):
-    """Tile 0 keeps answering 503 (a model that never finishes loading), tile 1's server dies."""
+    """Both tiles keep answering 503 (a model that never finishes loading): each server is
+    reported down at the health deadline, and the job stops them all and exits 4."""
     base = find_free_port_block(2)
-    server = (f"if [ {{tile}} = 0 ]; then exec {SIM} --port {{port}} --slow-start 600; "
-              "else echo 'cannot load the model' >&2; exit 3; fi")
-    env = job_env(tmp_path, nodes=["localhost"], ppn=2, base=base, rows=make_rows(5), server=server,
-                  MPISWARM_HEALTH_TIMEOUT=4)
+    env = job_env(tmp_path, nodes=["localhost"], ppn=2, base=base, rows=make_rows(5),
+                  server=f"exec {SIM} --port {{port}} --slow-start 600", MPISWARM_HEALTH_TIMEOUT=4)
     job = jobs(BATCH, tmp_path, env)
     res = job.finish(timeout=60)
     assert res.returncode == EXIT_UNHEALTHY, res.stdout + res.stderr
     assert job.elapsed < 4 + 20
     err = res.stderr
-    assert f"servers not healthy within 4 s: localhost:{base + 1} localhost:{base}" in err
-    assert f"down localhost {base}: /health did not answer within 4 s" in err
-    assert f"down localhost {base + 1}: the server exited with code 3" in err
-    assert f"localhost:{base + 1}| cannot load the model" in err  # the end of its log
+    # both time out at once; the job may stop on the first report, before the second one
+    listed = re.search(r"servers not healthy within 4 s: (.*?) \(server logs", err).group(1).split()
+    assert listed and set(listed) <= {f"localhost:{base}", f"localhost:{base + 1}"}
+    for entry in listed:
+        assert f"down localhost {entry.split(':')[1]}: /health did not answer within 4 s" in err
     assert not (tmp_path / "out.h5").exists()
     assert "mpiswarm run" not in err  # never started
+    assert_nothing_left(job, [base, base + 1])
+
+
+def test_a_server_that_dies_while_loading_fails_its_node_at_once(tmp_path, jobs):
+    """Tile 1's server exits 3 while tile 0's is still loading: the node is failed then, not at
+    the health deadline (no node-hours spent waiting for a node that cannot serve)."""
+    base = find_free_port_block(2)
+    server = (f"if [ {{tile}} = 0 ]; then exec {SIM} --port {{port}} --slow-start 600; "
+              "else echo 'cannot load the model' >&2; exit 3; fi")
+    env = job_env(tmp_path, nodes=["localhost"], ppn=2, base=base, rows=make_rows(5), server=server,
+                  MPISWARM_HEALTH_TIMEOUT=300)
+    job = jobs(BATCH, tmp_path, env)
+    res = job.finish(timeout=60)
+    assert res.returncode == EXIT_UNHEALTHY, res.stdout + res.stderr
+    assert job.elapsed < 40
+    err = res.stderr
+    assert f"servers not healthy within 300 s: localhost:{base + 1}" in err
+    assert f"down localhost {base + 1}: the server exited with code 3" in err
+    assert f"localhost:{base + 1}| cannot load the model" in err  # the end of its log
+    assert "mpiswarm run" not in err
     assert_nothing_left(job, [base, base + 1])
 
 
