@@ -881,7 +881,7 @@ mpiswarm_run() {
         mpiswarm_log "not starting mpiswarm: SIG$MS_INTERRUPTED received"
         return "$MPISWARM_JOB_EXIT_RESUME"
     fi
-    mpiswarm_log "running on $n node(s): $(printf '%q ' "${cmd[@]}")"
+    mpiswarm_show "mpiswarm on $n node(s)" "${cmd[@]}"
     MS_SIGNALLED=0
     MS_STARTING=1
     "${cmd[@]}" </dev/null &
