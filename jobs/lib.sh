@@ -47,6 +47,7 @@ MS_RUN_OPTS=()         # mpiexec options of the mpiswarm run (--cpu-bind)
 MS_LAUNCH_OPTS=()      # mpiexec options of the server launchers (--cpu-bind LIST)
 MS_STAGE_OPTS=()       # mpiexec options of the once-a-node steps (--cpu-bind numa)
 MS_DRY_RUN=0           # --dry-run: print the commands, start nothing
+MS_DRY_RUN_RC=0        # --dry-run's exit code (2: preflight found problems)
 MS_STAGE=0             # copy the weights (and the model-info cache) to every node first
 MS_COPPER=0            # Python imports through Copper
 MS_COPPER_UP=          # Copper was launched (stop it at exit)
@@ -555,7 +556,13 @@ mpiswarm_preflight() {  # `mpiswarm preflight` with the job's settings: exit 2 i
     max_len=$(sed -n 's/.*--max-model-len[= ]\([0-9][0-9]*\).*/\1/p' <<<"$MPISWARM_SERVER")
     [[ -n $max_len ]] && cmd+=(--max-model-len "$max_len")
     mpiswarm_show "preflight" "${cmd[@]}"
-    "${cmd[@]}" </dev/null >&2 || mpiswarm_die "$MPISWARM_JOB_EXIT_USAGE" "preflight found problems that would doom the job (above); nothing was started"
+    "${cmd[@]}" </dev/null >&2 && return 0
+    if ((MS_DRY_RUN)); then  # show the rest of the plan, then exit 2
+        mpiswarm_log "error: preflight found problems that would doom the job (above): the job would stop here"
+        MS_DRY_RUN_RC=$MPISWARM_JOB_EXIT_USAGE
+        return 0
+    fi
+    mpiswarm_die "$MPISWARM_JOB_EXIT_USAGE" "preflight found problems that would doom the job (above); nothing was started"
 }
 
 mpiswarm_on_nodes() {  # mpiswarm_on_nodes WHAT CMD...: CMD once on every node (mpiexec --ppn 1)
@@ -679,6 +686,7 @@ mpiswarm_on_exit() {
     local rc=$?
     trap '' TERM INT HUP  # finish the cleanup whatever else arrives
     if ((MS_DRY_RUN)); then
+        ((rc == 0)) && rc=${MS_DRY_RUN_RC:-0}
         echo "# dry run: nothing was started (exit $rc)"
         exit "$rc"
     fi

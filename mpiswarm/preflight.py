@@ -295,10 +295,10 @@ def check_model(report: Report, model: str, hf_home: str, offline: bool, max_mod
     try:
         directory = model_dir(model, hf_home)
         missing = missing_files(directory)
+        text = f"{where}: missing {', '.join(missing)} in {directory}"
     except FileNotFoundError as exc:
-        directory, missing = None, [str(exc)]
+        missing, text = [str(exc)], f"{where}: {exc}"
     if missing:
-        text = f"{where}: missing {', '.join(missing)}" + (f" in {directory}" if directory else "")
         if offline:
             report.error(text + " (HF_HUB_OFFLINE=1: the servers cannot download it)")
         else:

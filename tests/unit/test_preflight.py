@@ -174,7 +174,8 @@ def test_missing_weights_offline_is_an_error_online_a_warning(setup, capsys, fil
 def test_model_not_in_the_cache(setup, capsys):
     code, out = run(capsys, replace(setup["argv"], "--model", "org/absent"))
     assert code == 2
-    assert f"model org/absent: missing no {setup['hf']}/hub/models--org--absent" in problem_lines(out)[0]
+    assert f"model org/absent: no {setup['hf']}/hub/models--org--absent (model org/absent is not in the Hugging " \
+        f"Face cache of HF_HOME={setup['hf']})" in problem_lines(out)[0]
 
 
 def test_max_model_len_and_max_tokens_against_the_config(setup, capsys):
