@@ -206,7 +206,7 @@ mpiswarm_hsn_ip() {  # the node's HSN address (ALCF Aurora vLLM guide's getent l
 mpiswarm_node_serve() {
     local node=$1 label=$2 base=$3 ppn=$4 tp=$5 health_timeout=$6 stop_timeout=$7 log_dir=$8 vport_base=$9
     local node_tmp=${10} hf_home=${11} cache_root=${12} pp_prefix=${13} template=${14}
-    local tile port cmd log pid rc deadline t0=$SECONDS host_ip= line
+    local tile port cmd log pid rc deadline t0=$SECONDS host_ip='' line
     local -a env_args=() env_lines=()
     tile=$(mpiswarm_node_rank)
     port=$((base + tile))
@@ -385,6 +385,7 @@ mpiswarm_dry_run_nodes() {  # MS_NODES for --dry-run without PBS_NODEFILE: the s
 
 mpiswarm_setup() {
     MS_DRY_RUN=0
+    # shellcheck disable=SC2034  # read by mpiswarm_flag, by name
     [[ ${1:-} == --dry-run ]] && MPISWARM_DRY_RUN=1
     mpiswarm_flag MPISWARM_DRY_RUN && MS_DRY_RUN=1
     ((MS_DRY_RUN)) && echo "# mpiswarm job --dry-run: the commands this job would run; nothing is started"
