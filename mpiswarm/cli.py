@@ -1,4 +1,5 @@
-"""``mpiswarm`` command line: ``run`` (under mpiexec), ``demo``, ``inspect``, ``export``, ``scaling``.
+"""``mpiswarm`` command line: ``run`` (under mpiexec), ``demo``, ``inspect``, ``export``, ``scaling``,
+``preflight`` (a job's checks, on the login node).
 
 ``main()`` is the abort guard: usage and input errors exit 2 with one line and no traceback;
 any other exception on any rank aborts the whole MPI job with a message naming the rank and
@@ -173,17 +174,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _tools() -> dict:
-    """The result-file tools (MPI-free): subcommand name -> module with add_parser and main."""
-    from . import export, inspect, scaling
+    """The MPI-free tools: subcommand name -> module with add_parser and main."""
+    from . import export, inspect, preflight, scaling
 
-    return {"inspect": inspect, "export": export, "scaling": scaling}
+    return {"inspect": inspect, "export": export, "scaling": scaling, "preflight": preflight}
 
 
 def config_from_args(args):
-    """A :class:`~mpiswarm.runner.RunConfig` from parsed ``run`` arguments."""
+    """A :class:`~mpiswarm.config.RunConfig` from parsed ``run`` arguments (MPI-free)."""
     from .client import ClientOptions
+    from .config import DEFAULT_ENDPOINT, ReduceOptions, RunConfig
     from .retry import RetryPolicy
-    from .runner import DEFAULT_ENDPOINT, RunConfig
 
     auto = args.max_tokens == "auto"
     if args.max_tokens_cap is not None and not auto:
@@ -197,7 +198,6 @@ def config_from_args(args):
         raise InputError(f"command line: {exc}") from None
     reduce = None
     if args.reduce_prompt is not None:
-        from .reduce import ReduceOptions
         from .tree import check_reduce_template
 
         template = unescape(args.reduce_prompt)

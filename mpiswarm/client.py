@@ -1,9 +1,10 @@
 """The HTTP side of one rank: its endpoint's health, and batched calls (no MPI here).
 
-Calls go through ``openai.AsyncOpenAI`` (its auth, base URL and error types) but use the
-client's generic ``post(..., cast_to=httpx.Response)`` and parse the JSON ourselves: the
-typed ``completions.create`` costs ~20x more CPU per prompt on large lists. The client's
-own silent retries are off; answers are placed by ``choice.index``, never by position.
+Calls are plain HTTP posts (bearer auth, JSON parsed here) on one ``httpx`` client: the
+``openai`` package's typed ``completions.create`` costs ~20x more CPU per prompt on large
+lists, and importing it costs every rank ~0.5 s of start-up and ~700 modules (read from a
+shared file system at thousands of ranks). Failures raise :mod:`mpiswarm.errors`; nothing is
+retried silently; answers are placed by ``choice.index``, never by position.
 """
 from __future__ import annotations
 
@@ -12,14 +13,13 @@ import json
 import time
 from dataclasses import dataclass
 
-import openai
-
-try:  # openai >= 3 ships on httpx2; older releases on httpx
+try:  # the httpx the installed openai ships on: httpx2 (openai >= 3), else httpx
     import httpx2 as httpx
 except ImportError:  # pragma: no cover - depends on the installed openai
     import httpx
 
 from .balance import DEFAULT_MAX_PROMPTS_PER_CALL
+from .errors import CallTimeout, ConnectionFailed, StatusError, status_message
 from .metrics import parse_prometheus
 from .records import ResultColumns
 
@@ -64,15 +64,11 @@ def server_root(base_url: str) -> str:
 
 def describe_error(exc: BaseException, timeout: float | None = None) -> str:
     """One line saying why a call failed, as stored in the ``error`` column."""
-    if isinstance(exc, openai.APITimeoutError):
+    if isinstance(exc, CallTimeout):
         return f"timeout after {timeout:.0f} s" if timeout else "timeout"
-    if isinstance(exc, openai.APIStatusError):
-        message = exc.message
-        body = exc.body
-        if isinstance(body, dict):
-            message = body.get("message") or (body.get("error") or {}).get("message") or message
-        return f"HTTP {exc.status_code}: {message}"
-    if isinstance(exc, openai.APIConnectionError):
+    if isinstance(exc, StatusError):
+        return f"HTTP {exc.status_code}: {exc.message}"
+    if isinstance(exc, ConnectionFailed):
         cause = exc.__cause__
         return f"connection error: {type(cause).__name__ if cause else ''} {cause or exc}".strip()
     return f"{type(exc).__name__}: {exc}"
@@ -215,7 +211,7 @@ class EndpointClient:
         self.base_url = base_url.rstrip("/")
         self.options = options
         self._http: httpx.AsyncClient | None = None
-        self._openai: openai.AsyncOpenAI | None = None
+        self._headers = {"Authorization": f"Bearer {options.api_key}"}
         self._no_tokenize = False
 
     async def __aenter__(self) -> "EndpointClient":
@@ -225,17 +221,10 @@ class EndpointClient:
             timeout=httpx.Timeout(self.options.request_timeout, connect=30.0),
             trust_env=False,  # endpoints are in the job's network: an exported http_proxy must not apply
         )
-        self._openai = openai.AsyncOpenAI(
-            base_url=self.base_url,
-            api_key=self.options.api_key,
-            max_retries=0,
-            http_client=self._http,
-            timeout=self.options.request_timeout,
-        )
         return self
 
     async def __aexit__(self, *exc) -> None:
-        await self._openai.close()
+        await self._http.aclose()
 
     # -- health -------------------------------------------------------------------------
     async def _probe(self) -> str | None:
@@ -313,13 +302,21 @@ class EndpointClient:
     async def _post(self, path: str, body: dict, n_sequences: int) -> tuple[dict, float]:
         timeout = self.options.timeout_for(n_sequences)
         t0 = time.perf_counter()
-        resp = await self._openai.post(path, body=body, cast_to=httpx.Response, options={"timeout": timeout})
+        try:
+            resp = await self._http.post(self.base_url + path, json=body, headers=self._headers, timeout=timeout)
+        except httpx.TimeoutException as exc:
+            raise CallTimeout(str(exc)) from exc
+        except httpx.HTTPError as exc:
+            raise ConnectionFailed(str(exc)) from exc
+        if resp.status_code >= 400:
+            raise StatusError(resp.status_code, status_message(resp.status_code, resp.content))
         return json.loads(resp.content), time.perf_counter() - t0
 
     async def complete(self, prompts: list[str], params: dict) -> tuple[dict, float]:
         """One ``/v1/completions`` call with ``prompt`` as a list: (parsed reply, seconds).
 
-        Raises the openai client's errors (``APIStatusError``, ``APIConnectionError``, …)."""
+        Raises :class:`~mpiswarm.errors.StatusError`, :class:`~mpiswarm.errors.CallTimeout` or
+        :class:`~mpiswarm.errors.ConnectionFailed`; a reply that does not parse, ``ValueError``."""
         body = {"model": self.options.model, "prompt": prompts, **params}
         return await self._post("/completions", body, len(prompts) * params.get("n", 1))
 

@@ -25,18 +25,18 @@ from contextlib import AsyncExitStack
 from typing import Callable
 
 import numpy as np
-import openai
 
 from .balance import Chunk
 from .budget import NO_ROOM, TokenBudget
 from .client import ClientOptions, EndpointClient, describe_error, place_chat, place_completions
+from .errors import CallError
 from .records import RankStats, ResultColumns
 from .retry import CLIENT_ERROR, TRANSIENT, RetryPolicy, classify
 
 UNANSWERED_DEAD = "not answered: every endpoint is down (run the same command again to resume)"
 UNANSWERED_STOPPED = "not answered: the job was stopped before this prompt (run the same command again to resume)"
-# errors of one call: the openai client's, and a reply that does not parse
-_CALL_ERRORS = (openai.APIError, ValueError, KeyError, TypeError)
+# errors of one call: the client's, and a reply that does not parse
+_CALL_ERRORS = (CallError, ValueError, KeyError, TypeError)
 # vLLM's 400 for a list over VLLM_MAX_COMPLETION_PROMPTS (0.32.0, vllm/entrypoints/openai/
 # completion/protocol.py, validate_prompt_list_length): "prompt list length 3000 exceeds the
 # maximum allowed count of 1024. To increase this limit, set the VLLM_MAX_COMPLETION_PROMPTS …"

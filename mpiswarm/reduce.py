@@ -25,30 +25,17 @@ import numpy as np
 from . import _mpi
 from .balance import Chunk
 from .budget import MARGIN_TOKENS, estimate_tokens
+from .config import ReduceOptions
 from .control import WorkSource
 from .dispatch import AllEndpointsDown, Dispatcher, EndpointPool
 from .gather import gather_results
 from .records import RankStats, ResultColumns
 from .template import format_prompt
-from .tree import DEFAULT_JOINER, group_inputs, level_sizes, shorten, supervisor_prompt
+from .tree import group_inputs, level_sizes, shorten, supervisor_prompt
 
 NO_INPUT = "every input of this group failed"
 #: rounds of shortening before a supervisor prompt is given up as too long
 FIT_ROUNDS = 8
-
-
-@dataclass
-class ReduceOptions:
-    """``--reduce-prompt``, ``--fanin``, ``--joiner`` and ``--reduce-max-tokens``."""
-
-    template: str
-    fanin: int = 8
-    joiner: str = DEFAULT_JOINER
-    max_tokens: int | None = None  # None: the map phase's --max-tokens
-
-    def as_dict(self) -> dict:
-        return {"template": self.template, "fanin": self.fanin, "joiner": self.joiner,
-                "max_tokens": self.max_tokens}
 
 
 @dataclass

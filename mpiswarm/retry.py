@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-import openai
+from .errors import CallError, StatusError
 
 #: the call may succeed if tried again (5xx, 429, timeouts, dropped connections, garbled replies)
 TRANSIENT = "transient"
@@ -20,14 +20,14 @@ FATAL = "fatal"
 
 def classify(exc: BaseException) -> str:
     """Which of :data:`TRANSIENT`, :data:`CLIENT_ERROR` or :data:`FATAL` ``exc`` is."""
-    if isinstance(exc, openai.APIStatusError):
+    if isinstance(exc, StatusError):
         status = exc.status_code
         if status == 429 or status >= 500 or status == 408:
             return TRANSIENT
         if status in (400, 413, 422):
             return CLIENT_ERROR
         return FATAL
-    if isinstance(exc, (openai.APIConnectionError, ValueError, KeyError, TypeError)):
+    if isinstance(exc, (CallError, ValueError, KeyError, TypeError)):
         return TRANSIENT  # includes timeouts; a garbled reply is worth another try
     return FATAL
 

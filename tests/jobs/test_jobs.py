@@ -1,5 +1,7 @@
 """The PBS job scripts (jobs/*.pbs) run with plain bash outside PBS: PBS_NODEFILE lists
-localhost, the servers are simulated vLLM endpoints, mpiexec is MPICH's Hydra.
+localhost, the servers are simulated vLLM endpoints, mpiexec is MPICH's Hydra. Where Aurora's
+tools do not exist here, stand-ins do (tests/jobs/standins.py): `module`, ALCF's `bcast`,
+Copper's launch/stop scripts, and a Cray PALS `mpiexec` (its --cpu-bind list) over Hydra.
 
 Every test checks that nothing the script started is left: the servers (by the PIDs the script
 writes to its log directory), every process of the script's session, and the ports.
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -22,6 +25,7 @@ from mpiswarm.sim import expected_completion, find_free_port_block
 from mpiswarm.store import read_results
 
 from ..conftest import REPO, process_table, subprocess_env
+from .standins import install_standins, standin_calls, write_model
 
 BATCH = REPO / "jobs" / "aurora_batch.pbs"
 SCALING = REPO / "jobs" / "aurora_scaling.pbs"
@@ -47,11 +51,15 @@ def job_env(tmp_path: Path, *, nodes: list[str], ppn: int, base: int, server: st
         del env[name]
     mpiexec = find_mpiexec()
     env["PATH"] = os.pathsep.join([os.path.dirname(mpiexec), env.get("PATH", "")])
+    write_model(tmp_path / "model-weights", "sim-model")
     env.update(
         PBS_NODEFILE="nodes", MPISWARM_INPUT="in.jsonl", MPISWARM_OUTPUT="out.h5", MPISWARM_MODEL="sim-model",
         MPISWARM_PPN=str(ppn), MPISWARM_BASE_PORT=str(base), MPISWARM_SERVER=server, MPISWARM_LOG_DIR="logs",
         MPISWARM_CMD=f"{sys.executable} -m mpiswarm", MPISWARM_MPIEXEC=mpiexec,
         MPISWARM_EXTRA_ARGS=f"--max-tokens {MAX_TOKENS}", MPISWARM_STOP_TIMEOUT="10",
+        # simulated servers: the weights a preflight looks for, no model-info cache, no staging
+        MPISWARM_HF_HOME=str(tmp_path / "model-weights"), MPISWARM_NODE_TMP=str(tmp_path / "node-tmp"),
+        MPISWARM_VLLM_CACHE="", MPISWARM_STAGE="0",
     )
     env.update({k: str(v) for k, v in settings.items()})
     return env
@@ -192,23 +200,43 @@ def test_batch_job_with_the_virtual_layout_a_part_a_node(tmp_path, jobs):
 
 
 def test_servers_that_never_become_healthy_fail_the_job_within_the_deadline(tmp_path, jobs):
-    """Tile 0 keeps answering 503 (a model that never finishes loading), tile 1's server dies."""
+    """Both tiles keep answering 503 (a model that never finishes loading): each server is
+    reported down at the health deadline, and the job stops them all and exits 4."""
     base = find_free_port_block(2)
-    server = (f"if [ {{tile}} = 0 ]; then exec {SIM} --port {{port}} --slow-start 600; "
-              "else echo 'cannot load the model' >&2; exit 3; fi")
-    env = job_env(tmp_path, nodes=["localhost"], ppn=2, base=base, rows=make_rows(5), server=server,
-                  MPISWARM_HEALTH_TIMEOUT=4)
+    env = job_env(tmp_path, nodes=["localhost"], ppn=2, base=base, rows=make_rows(5),
+                  server=f"exec {SIM} --port {{port}} --slow-start 600", MPISWARM_HEALTH_TIMEOUT=4)
     job = jobs(BATCH, tmp_path, env)
     res = job.finish(timeout=60)
     assert res.returncode == EXIT_UNHEALTHY, res.stdout + res.stderr
     assert job.elapsed < 4 + 20
     err = res.stderr
-    assert f"servers not healthy within 4 s: localhost:{base + 1} localhost:{base}" in err
-    assert f"down localhost {base}: /health did not answer within 4 s" in err
-    assert f"down localhost {base + 1}: the server exited with code 3" in err
-    assert f"localhost:{base + 1}| cannot load the model" in err  # the end of its log
+    # both time out at once; the job may stop on the first report, before the second one
+    listed = re.search(r"servers not healthy within 4 s: (.*?) \(server logs", err).group(1).split()
+    assert listed and set(listed) <= {f"localhost:{base}", f"localhost:{base + 1}"}
+    for entry in listed:
+        assert f"down localhost {entry.split(':')[1]}: /health did not answer within 4 s" in err
     assert not (tmp_path / "out.h5").exists()
     assert "mpiswarm run" not in err  # never started
+    assert_nothing_left(job, [base, base + 1])
+
+
+def test_a_server_that_dies_while_loading_fails_its_node_at_once(tmp_path, jobs):
+    """Tile 1's server exits 3 while tile 0's is still loading: the node is failed then, not at
+    the health deadline (no node-hours spent waiting for a node that cannot serve)."""
+    base = find_free_port_block(2)
+    server = (f"if [ {{tile}} = 0 ]; then exec {SIM} --port {{port}} --slow-start 600; "
+              "else echo 'cannot load the model' >&2; exit 3; fi")
+    env = job_env(tmp_path, nodes=["localhost"], ppn=2, base=base, rows=make_rows(5), server=server,
+                  MPISWARM_HEALTH_TIMEOUT=300)
+    job = jobs(BATCH, tmp_path, env)
+    res = job.finish(timeout=60)
+    assert res.returncode == EXIT_UNHEALTHY, res.stdout + res.stderr
+    assert job.elapsed < 40
+    err = res.stderr
+    assert f"servers not healthy within 300 s: localhost:{base + 1}" in err
+    assert f"down localhost {base + 1}: the server exited with code 3" in err
+    assert f"localhost:{base + 1}| cannot load the model" in err  # the end of its log
+    assert "mpiswarm run" not in err
     assert_nothing_left(job, [base, base + 1])
 
 
@@ -351,6 +379,10 @@ def test_scaling_study_goes_on_without_a_node_whose_servers_fail(tmp_path, jobs)
     ({"MPISWARM_EXTRA_ARGS": "--stop 'unbalanced"}, "unbalanced quotes in: --stop 'unbalanced"),
     ({"MPISWARM_NODE_COUNTS": "1 4"}, "MPISWARM_NODE_COUNTS: 4 nodes, but the job has 1"),
     ({"MPISWARM_NODE_COUNTS": "1,x"}, "MPISWARM_NODE_COUNTS: 'x' is not a node count"),
+    ({"MPISWARM_PPN": "2", "MPISWARM_TP": "8"}, "MPISWARM_PPN=2 servers of MPISWARM_TP=8 tiles need 16 tiles; an Aurora node has 12"),
+    ({"MPISWARM_STAGE": "maybe"}, "MPISWARM_STAGE must be 1 or 0, got 'maybe'"),
+    ({"MPISWARM_VLLM_CACHE": "cache"}, "the vLLM model-info cache cache is empty and MPISWARM_VLLM_CACHE_BUILD is not set"),
+    ({"MPISWARM_HF_HOME": "/nonexistent"}, "preflight found problems that would doom the job"),
 ])
 def test_bad_settings_fail_before_any_server_starts(tmp_path, settings, message):
     env = job_env(tmp_path, nodes=["localhost"], ppn=1, base=find_free_port_block(1), rows=make_rows(2),
@@ -369,3 +401,189 @@ def test_scripts_pass_shellcheck():
     res = subprocess.run(["shellcheck", "-x", "aurora_batch.pbs", "aurora_scaling.pbs", "lib.sh"],
                          cwd=REPO / "jobs", capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+# ------------------------------------------------------------------ Aurora as ALCF documents it
+# A server that writes down the environment and core list it actually received, then serves.
+DUMP_SERVER = ("{{ env; echo \"CPUS=$(awk '/Cpus_allowed_list/ {{print $2}}' /proc/self/status)\"; "
+               "echo \"T_START=$(date +%s.%N)\"; }} > {dumps}/server-{{node}}-{{port}}.env; "
+               "exec {sim} --port {port_expr} --time-scale 0")
+CACHE_BUILD = (f"{sys.executable} -c \"import os, time; d = os.environ['VLLM_CACHE_ROOT']; os.makedirs(d, exist_ok=True); "
+               "open(os.path.join(d, 'modelinfos.json'), 'w').write('{}'); "
+               "open(os.path.join(d, '..', 'builds.log'), 'a').write(str(time.time()) + chr(10))\"")
+
+
+def read_dump(path: Path) -> dict:
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+
+
+def aurora_env(tmp_path, *, nodes, ppn, base, rows, port_expr="{port}", pals=True, **settings):
+    """job_env with stand-ins, the model-info cache built by a stand-in of ALCF's
+    vllm_build_model_cache.py, weights staged with bcast, Copper on."""
+    dumps = tmp_path / "dumps"
+    dumps.mkdir()
+    server = DUMP_SERVER.format(dumps=dumps, sim=SIM, port_expr=port_expr)
+    env = job_env(tmp_path, nodes=nodes, ppn=ppn, base=base, rows=rows, server=server)
+    log = install_standins(tmp_path, env, pals=pals)
+    (tmp_path / "project").mkdir()
+    env.update(MPISWARM_VLLM_CACHE=str(tmp_path / "project" / ".vllm_cache"), MPISWARM_VLLM_CACHE_BUILD=CACHE_BUILD,
+               MPISWARM_COPPER="1", MPISWARM_COPPER_MOUNT=str(tmp_path / "copper_mount"), MPISWARM_STAGE="1")
+    if pals:  # the PALS stand-in lives outside this Python environment: preflight would rightly refuse it
+        env["MPISWARM_PREFLIGHT"] = "0"
+    env.update({k: str(v) for k, v in settings.items()})
+    return env, log, dumps
+
+
+def site_packages() -> str:
+    import sysconfig
+    return sysconfig.get_paths()["purelib"]
+
+
+def test_each_server_gets_the_environment_and_cores_aurora_needs(tmp_path, jobs):
+    """One node, two servers (one a tile) under the PALS stand-in: each server process received
+    HF_HOME (the staged copy), TRANSFORMERS_OFFLINE, a TMPDIR, ports and ZE_AFFINITY_MASK of its
+    own, its entry of the --cpu-bind list, the model-info cache built once before it started, and
+    Copper's view of site-packages; the ranks ran unbound with their TMPDIR and Copper's PYTHONPATH."""
+    rows = make_rows(40)
+    base = find_free_port_block(2)
+    env, log, dumps = aurora_env(tmp_path, nodes=["localhost"], ppn=2, base=base, rows=rows,
+                                 MPISWARM_SERVER_CPU_BIND="list:0:1")
+    job = jobs(BATCH, tmp_path, env)
+    res = job.finish()
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert_answers(tmp_path / "out.h5", rows, ranks=2)
+    node_tmp = tmp_path / "node-tmp"
+    mount = str(tmp_path / "copper_mount")
+    staged = [float(t) for t, _, _, _ in standin_calls(log, "bcast")]
+    builds = (tmp_path / "project" / "builds.log").read_text().split()
+    assert len(builds) == 1  # built once, before staging and before any server
+    for tile in (0, 1):
+        got = read_dump(dumps / f"server-localhost-{base + tile}.env")
+        assert got["HF_HOME"] == f"{node_tmp}/hf_home"
+        assert (Path(got["HF_HOME"]) / "hub/models--sim-model/snapshots/0123abcd/config.json").exists()
+        assert got["HF_HUB_OFFLINE"] == "1" and got["TRANSFORMERS_OFFLINE"] == "1"
+        assert got["TMPDIR"] == f"{node_tmp}/vllm_inst_{tile}" and Path(got["TMPDIR"]).is_dir()
+        assert got["ZE_FLAT_DEVICE_HIERARCHY"] == "FLAT" and got["ZE_AFFINITY_MASK"] == str(tile)
+        assert got["VLLM_PORT"] == got["MASTER_PORT"] == str(10000 + 200 * tile)
+        assert got["MASTER_ADDR"] == "127.0.0.1" and got["RANK"] == "0" and got["WORLD_SIZE"] == "1"
+        assert got["CPUS"] == str(tile)  # its entry of list:0:1
+        assert got["VLLM_CACHE_ROOT"] == f"{node_tmp}/hf_home/hub/.vllm_cache"
+        assert (Path(got["VLLM_CACHE_ROOT"]) / "modelinfos.json").exists()
+        assert got["PYTHONPATH"].split(":")[0] == mount + site_packages()
+        assert "CCL_PROCESS_LAUNCHER" not in got and not [k for k in got if k.startswith(("PMI_", "PALS_"))]
+        assert float(builds[0]) < min(staged) < max(staged) < float(got["T_START"])
+    assert [call[3].split()[0] for call in standin_calls(log, "bcast")] == [
+        str(tmp_path / "model-weights/hub/models--sim-model"), str(tmp_path / "project/.vllm_cache")]
+    modules = [call[3] for call in standin_calls(log, "module")]
+    assert modules == ["load frameworks", "load copper"]
+    [launch] = standin_calls(log, "launch_copper.sh")
+    [stop] = standin_calls(log, "stop_copper.sh")
+    assert launch[3] == stop[3] == f"-d {tmp_path}/logs/copper -v {mount}" and float(launch[0]) < float(stop[0])
+    assert not os.path.lexists(mount)  # Copper stopped at the end
+    launches = [call[3] for call in standin_calls(log, "mpiexec")]
+    assert any(c.startswith("--cpu-bind list:0:1 -n 2 --ppn 2 --hosts localhost bash -c") for c in launches)
+    [run] = [c for c in launches if " run in.jsonl " in c]
+    assert run.startswith(f"--cpu-bind none -n 2 --ppn 2 --hosts localhost env TMPDIR={node_tmp} "
+                          f"PYTHONPATH={mount}{site_packages()}")
+    assert_nothing_left(job, [base, base + 1])
+
+
+def test_two_nodes_stage_once_a_node_and_tensor_parallel_servers(tmp_path, jobs):
+    """Two nodes (Hydra: localhost and 127.0.0.1), staging on by default: bcast runs once on
+    each node before any server starts; one server a node of TP 8 gets the tensor-parallel
+    environment (CCL_PROCESS_LAUNCHER=None, ONEAPI_DEVICE_SELECTOR removed, 8 tiles); preflight
+    runs (and passes) before anything."""
+    rows = make_rows(20)
+    base = find_free_port_block(2)
+    port_expr = "$(case {node} in localhost) echo {port};; *) echo $(({port} + 1));; esac)"
+    env, log, dumps = aurora_env(tmp_path, nodes=["localhost", "127.0.0.1"], ppn=1, base=base, rows=rows,
+                                 port_expr=port_expr, pals=False, MPISWARM_COPPER="0",
+                                 ONEAPI_DEVICE_SELECTOR="level_zero:gpu")
+    del env["MPISWARM_STAGE"]
+    job = jobs(BATCH, tmp_path, env)
+    res = job.finish()
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "mpiswarm preflight: nothing found that would doom the job" in res.stderr
+    assert "staged to" in res.stderr
+    calls = standin_calls(log, "bcast")
+    assert sorted(rank for _, _, rank, _ in calls) == ["0", "0", "1", "1"]  # weights, cache: once a node each
+    first_server = min(float(read_dump(p)["T_START"]) for p in dumps.iterdir())
+    assert max(float(t) for t, _, _, _ in calls) < first_server
+    for node in ("localhost", "127.0.0.1"):
+        got = read_dump(dumps / f"server-{node}-{base}.env")
+        assert got["WORLD_SIZE"] == "8" and got["ZE_AFFINITY_MASK"] == "0,1,2,3,4,5,6,7"
+        assert got["CCL_PROCESS_LAUNCHER"] == "None" and "ONEAPI_DEVICE_SELECTOR" not in got
+        assert got["HF_HOME"] == f"{tmp_path}/node-tmp/hf_home"
+    assert len(list((tmp_path / "logs").glob("server-*.pid"))) == 2
+    assert_nothing_left(job, [base, base + 1])
+
+
+def dry_lines(stdout: str, prefix: str) -> list[str]:
+    return [line for line in stdout.splitlines() if line.startswith(prefix)]
+
+
+def test_dry_run_starts_nothing_and_prints_what_the_real_run_then_does(tmp_path, jobs):
+    rows = make_rows(20)
+    base = find_free_port_block(2)
+    env, log, dumps = aurora_env(tmp_path, nodes=["localhost"], ppn=2, base=base, rows=rows,
+                                 MPISWARM_SERVER_CPU_BIND="list:0:1")
+    dry = subprocess.run(["bash", str(BATCH), "--dry-run"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    out = dry.stdout
+    assert out.startswith("# mpiswarm job --dry-run") and "# dry run: nothing was started (exit 0)" in out
+    # nothing started or written: no logs, no server, no staging, no cache, no Copper, no mpiexec
+    assert not (tmp_path / "logs").exists() and not list(dumps.iterdir())
+    assert not (tmp_path / "project" / ".vllm_cache").exists() and not (tmp_path / "node-tmp").exists()
+    assert [line.split(" ", 1)[0] for line in log.read_text().splitlines()] == ["module"]  # module load only
+    planned = {
+        "cache": dry_lines(out, "model-info cache: "),
+        "stage": dry_lines(out, "staging "),
+        "copper": dry_lines(out, "copper: "),
+        "run": dry_lines(out, "mpiswarm on 1 node(s): "),
+        "env": {line.split(": environment: ")[0]: line.split(": environment: ")[1]
+                for line in dry_lines(out, "server ") if ": environment: " in line},
+        "cmd": dry_lines(out, "server localhost:"),
+    }
+    assert len(planned["stage"]) == 2 and len(planned["cache"]) == 1 and len(planned["run"]) == 1
+    assert len(planned["env"]) == 2 and len(planned["copper"]) == 2  # module load copper, launch_copper.sh
+
+    job = jobs(BATCH, tmp_path, env)  # the real run does what the dry run printed
+    res = job.finish()
+    assert res.returncode == 0, res.stdout + res.stderr
+    logged = [line.split(" mpiswarm-job: ", 1)[1] for line in res.stderr.splitlines() if " mpiswarm-job: " in line]
+    for key in ("cache", "stage", "run"):
+        for line in planned[key]:
+            assert line in logged, (key, line)
+    assert all(line in logged for line in planned["copper"])
+    for tile in (0, 1):
+        header = (tmp_path / "logs" / f"server-localhost-{base + tile}.log").read_text().splitlines()[:2]
+        assert header[1] == "# mpiswarm: environment: " + planned["env"][f"server localhost:{base + tile} (tile {tile})"]
+        command = header[0].split("): ", 1)[1]
+        assert f"server localhost:{base + tile} (tile {tile}): command: {command}" in planned["cmd"]
+    assert_nothing_left(job, [base, base + 1])
+
+
+def test_a_doomed_job_stops_at_preflight_before_any_server(tmp_path):
+    """The weights are not where HF_HOME says (offline): the job exits 2 with preflight's line
+    naming them, and starts nothing. No module system here: the log says so."""
+    env = job_env(tmp_path, nodes=["localhost"], ppn=1, base=find_free_port_block(1), rows=make_rows(3),
+                  server="exit 99", MPISWARM_HF_HOME=str(tmp_path / "empty"))
+    res = subprocess.run(["bash", str(BATCH)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "no module command here (not an ALCF system?): not loading frameworks" in res.stderr
+    assert f"mpiswarm preflight: error: model sim-model: no {tmp_path}/empty/hub/models--sim-model" in res.stderr
+    assert "preflight found problems that would doom the job (above); nothing was started" in res.stderr
+    assert not list(tmp_path.glob("logs/server-*")) and not list(tmp_path.glob("logs/launcher-*"))
+
+
+def test_a_failing_module_load_stops_the_job(tmp_path):
+    env = job_env(tmp_path, nodes=["localhost"], ppn=1, base=find_free_port_block(1), rows=make_rows(3),
+                  server="exit 99", STANDIN_MODULE_FAIL="frameworks")
+    log = install_standins(tmp_path, env)
+    res = subprocess.run(["bash", str(BATCH)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert 'The following module(s) are unknown: "frameworks"' in res.stderr
+    assert "error: module load frameworks failed" in res.stderr
+    assert [c[3] for c in standin_calls(log, "module")] == ["load frameworks"]
+    assert not (tmp_path / "logs").exists()

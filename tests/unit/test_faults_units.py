@@ -7,9 +7,7 @@ import asyncio
 import random
 from contextlib import AsyncExitStack
 
-import httpx2
 import numpy as np
-import openai
 import pytest
 
 from mpiswarm.checkpoint import (Manifest, ShardWriter, decode_records, encode_record, load_finished, open_run_dir,
@@ -17,6 +15,7 @@ from mpiswarm.checkpoint import (Manifest, ShardWriter, decode_records, encode_r
 from mpiswarm.balance import Chunk
 from mpiswarm.client import ClientOptions
 from mpiswarm.control import WorkSource
+from mpiswarm.errors import CallTimeout, ConnectionFailed, StatusError
 from mpiswarm.dispatch import UNANSWERED_DEAD, UNANSWERED_STOPPED, Dispatcher, EndpointPool
 from mpiswarm.inputs import InputError
 from mpiswarm.records import RankStats, ResultColumns
@@ -25,17 +24,15 @@ from mpiswarm.sim import SimConfig, expected_completion, run_in_thread
 
 
 def status_error(code):
-    req = httpx2.Request("POST", "http://x/v1/completions")
-    return openai.APIStatusError("e", response=httpx2.Response(code, request=req), body=None)
+    return StatusError(code, "e")
 
 
 def test_classify():
     assert [classify(status_error(c)) for c in (500, 502, 503, 429, 408)] == [TRANSIENT] * 5
     assert [classify(status_error(c)) for c in (400, 413, 422)] == [CLIENT_ERROR] * 3
     assert [classify(status_error(c)) for c in (401, 403, 404)] == [FATAL] * 3
-    req = httpx2.Request("POST", "http://x")
-    assert classify(openai.APITimeoutError(request=req)) == TRANSIENT
-    assert classify(openai.APIConnectionError(request=req)) == TRANSIENT
+    assert classify(CallTimeout("read timeout")) == TRANSIENT
+    assert classify(ConnectionFailed("refused")) == TRANSIENT
     assert classify(ValueError("garbled json")) == TRANSIENT
 
 

@@ -3,10 +3,10 @@ import json
 import random
 
 import numpy as np
-import openai
 import pytest
 
 from mpiswarm.client import ClientOptions, describe_error, place_chat, place_completions, server_root
+from mpiswarm.errors import CallTimeout, ConnectionFailed, StatusError, status_message
 from mpiswarm.records import RankStats, ResultColumns
 from mpiswarm.store import create_result_file, read_results, write_results
 
@@ -83,12 +83,17 @@ def test_helpers():
     assert server_root("http://h:8000/v1/") == "http://h:8000"
     assert ClientOptions(model="m").timeout_for(2000) > ClientOptions(model="m").timeout_for(20)
     assert ClientOptions(model="m", api="chat").calls_in_flight() == 128
-    import httpx2
-    req = httpx2.Request("POST", "http://x/v1/completions")
-    resp = httpx2.Response(400, request=req, json={"object": "error", "message": "too long", "code": 400})
-    err = openai.BadRequestError("x", response=resp, body=resp.json())
-    assert describe_error(err) == "HTTP 400: too long"
-    assert describe_error(openai.APITimeoutError(request=req), 12) == "timeout after 12 s"
+    flat = json.dumps({"object": "error", "message": "too long", "code": 400}).encode()
+    nested = json.dumps({"error": {"message": "too long", "type": "BadRequestError", "code": 400}}).encode()
+    assert status_message(400, flat) == status_message(400, nested) == "too long"
+    assert status_message(422, b'{"detail": "bad field"}') == "bad field"
+    assert status_message(502, b"Bad Gateway\n") == "Bad Gateway" and status_message(503, b"") == "status 503"
+    assert describe_error(StatusError(400, status_message(400, nested))) == "HTTP 400: too long"
+    assert describe_error(CallTimeout("read"), 12) == "timeout after 12 s"
+    try:
+        raise ConnectionFailed("x") from ConnectionRefusedError("refused")
+    except ConnectionFailed as exc:
+        assert describe_error(exc) == "connection error: ConnectionRefusedError refused"
 
 
 def sample_results(n_rows, n=1):
