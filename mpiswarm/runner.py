@@ -13,9 +13,10 @@ import os
 import resource
 import secrets
 import signal
+import sys
 import threading
 import time
-from contextlib import AsyncExitStack, nullcontext
+from contextlib import AsyncExitStack, ExitStack, nullcontext
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -35,6 +36,7 @@ from .exitcodes import EXIT_ENDPOINT_DOWN, EXIT_OK, EXIT_PROMPTS_FAILED, EXIT_RE
 from .gather import any_reasoning, gather_in_rounds, gather_stats, redistribute_in_rounds
 from .packed import PackedColumns
 from .inputs import InputError, PromptSet, check_row_sampling
+from .lock import OutputLock
 from .metrics import engine_deltas
 from .partition import contiguous_bounds
 from .records import RankStats, ResultColumns
@@ -178,10 +180,12 @@ class Plan:
     n_finished: int  # rows finished by earlier attempts
 
 
-def _prepare_on_root(config: RunConfig, comm) -> tuple[Plan, PromptSet | None, ResultColumns | None,
-                                                      EnsemblePlan | None]:
+def _prepare_on_root(config: RunConfig, comm, held: ExitStack | None = None) -> tuple[
+        Plan, PromptSet | None, ResultColumns | None, EnsemblePlan | None]:
     """Every rank reads a part of the input (:func:`~mpiswarm.read.read_prompts_parallel`), the
-    root validates the rest and opens the run directory; every rank learns the plan. Returns
+    root takes the output's lock (held in ``held`` until the job ends: a second job on the same
+    output is refused before it reads or sends anything), validates the rest and opens the run
+    directory; every rank learns the plan. Returns
     ``(plan, prompt_set, finished, ensemble)``, the last three on the root only (``ensemble``
     None unless ``repeat``). Raises :class:`InputError` on every rank when the
     input is bad.
@@ -195,6 +199,10 @@ def _prepare_on_root(config: RunConfig, comm) -> tuple[Plan, PromptSet | None, R
             if not config.hostfile:
                 check_template(config.endpoint)
             _check_output(config)
+            if held is not None:
+                lock = held.enter_context(OutputLock(config.output))
+                if lock.took_over:
+                    print(f"mpiswarm: {lock.took_over}", file=sys.stderr, flush=True)
         except InputError as exc:
             error = str(exc)
     error = _mpi.bcast(error, comm)
@@ -449,9 +457,14 @@ def _ring(urls: list[str], rank: int) -> list[str]:
 def run(config: RunConfig, comm=None) -> int:
     """Run the whole job on this rank; returns the exit code (identical on every rank).
 
-    Raises :class:`~mpiswarm.inputs.InputError` (on every rank) for bad input, before
-    anything is sent.
+    Raises :class:`~mpiswarm.inputs.InputError` (on every rank) for bad input, or when another
+    job holds the output's lock (:class:`~mpiswarm.lock.OutputLocked`), before anything is sent.
     """
+    with ExitStack() as held:  # the root's output lock, released however the run ends
+        return _run(config, comm, held)
+
+
+def _run(config: RunConfig, comm, held: ExitStack) -> int:
     rank, size = _mpi.rank_and_size(comm)
     root = rank == _mpi.ROOT
     times: dict[str, float] = {}
@@ -465,7 +478,7 @@ def run(config: RunConfig, comm=None) -> int:
         times[name] = now - t
         t = now
 
-    plan, prompt_set, finished, ensemble = _prepare_on_root(config, comm)
+    plan, prompt_set, finished, ensemble = _prepare_on_root(config, comm, held)
     phase("read")
 
     url = _endpoint_url(config, plan.entries, comm)
