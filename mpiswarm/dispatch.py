@@ -10,6 +10,10 @@
 * an endpoint that keeps failing, or whose ``/health`` turns bad, is declared dead and the rank
   carries on with the next live endpoint of the job (ring order from its own); when none is
   left, its remaining rows stay unanswered for a resume;
+* a reply that does not answer every row (a missing, repeated or out-of-range ``choice.index``,
+  a choice without text, a 200 whose body is not JSON or not a completion) keeps the rows it
+  did answer and sends the others again under the same retry policy; only when the attempts are
+  spent do they fail, each with what was wrong (counted in ``n_bad_replies``);
 * a stop request (SIGTERM, ``--time-limit``) lets no new call start and cancels those in flight.
 
 Every finished call is reported to ``on_finished(results, rows)`` (the checkpoint). No MPI here.
@@ -29,7 +33,7 @@ import openai
 
 from .balance import Chunk
 from .budget import NO_ROOM, TokenBudget
-from .client import ClientOptions, EndpointClient, describe_error, place_chat, place_completions
+from .client import BadReply, ClientOptions, EndpointClient, describe_error, place_chat, place_completions
 from .records import RankStats, ResultColumns
 from .retry import CLIENT_ERROR, TRANSIENT, RetryPolicy, classify
 
@@ -161,14 +165,27 @@ class Dispatcher:
             t0 = time.monotonic()
             try:
                 await self._attempt(client, chunk, rows, params)
-                self._finished(results, rows)
-                return
+                left = [r for r in rows if not results.ok[r]]
+                if not left:
+                    self._finished(results, rows)
+                    return
+                bad = True  # some rows had no (usable) choice: each carries why
             except asyncio.CancelledError:
                 raise
+            except BadReply as exc:
+                if not exc.placed:  # nothing placed: every row carries the reply's problem
+                    results.fail(rows, str(exc), time.monotonic() - t0, final=False)
+                left, bad = [r for r in rows if not results.ok[r]], True
             except _CALL_ERRORS as exc:
                 kind = classify(exc)
                 self.stats.n_failed_calls += 1
                 reason = describe_error(exc, self.pool.options.timeout_for(len(rows) * params.get("n", 1)))
+                bad = False
+            if bad:
+                rows = await self._bad_reply(results, rows, left, attempt, first_try)
+                if not rows:
+                    return
+                continue
             limit = prompt_limit(reason) if kind == CLIENT_ERROR else None
             if limit is not None and limit < len(rows):  # the list was too long, not a prompt bad
                 self.max_prompts = min(self.max_prompts, limit)
@@ -194,6 +211,26 @@ class Dispatcher:
                 continue
             self.stats.n_retries += 1
             await self.sleep(delay)
+
+    async def _bad_reply(self, results: ResultColumns, rows, left: list, attempt: int, first_try: float) -> list:
+        """After a reply that left ``left`` of ``rows`` unanswered (each with why in its
+        ``error``): the answered rows are finished; the others are returned to be sent again
+        after the policy's backoff, or, once the attempts are spent, failed for good (an empty
+        list is returned)."""
+        self.stats.n_bad_replies += 1
+        answered = [r for r in rows if results.ok[r]]
+        if answered:
+            self._finished(results, answered)
+        delay = self.policy.delay(attempt, self.rng)
+        if not self.policy.should_retry(attempt, time.monotonic() - first_try, delay):
+            for row in left:
+                results.fail([row], f"bad reply after {attempt} attempts: {results.error[row]}",
+                             results.latency_s[row], final=True)
+            self._finished(results, left)
+            return []
+        self.stats.n_retries += 1
+        await self.sleep(delay)
+        return left
 
     async def _send_split(self, chunk: Chunk, rows, params: dict) -> None:
         """``rows`` in lists of at most ``max_prompts`` (by the limit, never by halving)."""

@@ -133,6 +133,7 @@ class RankStats:
     n_retries: int = 0
     n_bisections: int = 0
     n_failovers: int = 0
+    n_bad_replies: int = 0  # 200s that did not answer every row (missing/bad choices, not JSON, not a completion)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     max_model_len: int = -1

@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     g("--error-rate", type=float, default=d.error_rate, metavar="P",
       help="fraction of completion calls that fail (default %(default)s)")
     g("--error-kinds", type=_words, default=d.error_kinds, metavar="LIST",
-      help=f"failure kinds, drawn uniformly (default {','.join(FAULT_KINDS)})")
+      help=f"failure kinds, drawn uniformly, of {','.join(FAULT_KINDS)} (default {','.join(d.error_kinds)}); "
+           "the last six are 200s that do not answer every prompt")
     g("--fault-seed", type=int, default=d.fault_seed, metavar="N",
       help="seed of the fault draws (default %(default)s)")
     g("--crash-after", type=int, default=d.crash_after, metavar="N",

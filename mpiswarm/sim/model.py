@@ -51,8 +51,14 @@ WORDS: tuple[str, ...] = tuple(
 if len(WORDS) != 256 or len(set(WORDS)) != 256:  # one digest byte picks one word
     raise ImportError("mpiswarm.sim.model.WORDS must hold 256 distinct words")
 
-FAULT_KINDS: tuple[str, ...] = ("500", "503", "429", "timeout", "drop")
-"""Kinds ``error_kinds`` accepts: HTTP statuses, a call never answered, a dropped connection."""
+#: 200s that do not answer every prompt of the call (what a proxy, a truncated body or a server
+#: bug gives): the first choice missing, repeated, with an index past the last or without its
+#: text (chat: its message); a body that is not JSON; JSON that is not a completion
+BAD_REPLY_KINDS: tuple[str, ...] = ("missing-choice", "dup-choice", "bad-index", "no-text", "not-json",
+                                    "not-completion")
+FAULT_KINDS: tuple[str, ...] = ("500", "503", "429", "timeout", "drop") + BAD_REPLY_KINDS
+"""Kinds ``error_kinds`` accepts: HTTP statuses, a call never answered, a dropped connection, and
+the bad replies of :data:`BAD_REPLY_KINDS`. The default ``error_kinds`` is the first five."""
 
 REASONING_MODES: tuple[str, ...] = ("none", "split", "only")
 """How chat answers carry reasoning: not at all; the first half of the words as reasoning and
@@ -105,7 +111,7 @@ class SimConfig:
     speeds: tuple[float, ...] | None = None  # one speed per endpoint, overrides speed
     shuffle_choices: bool = False  # return choices in random order (indices stay right)
     error_rate: float = 0.0  # fraction of completion calls that fail
-    error_kinds: tuple[str, ...] = FAULT_KINDS  # how they fail, drawn uniformly
+    error_kinds: tuple[str, ...] = FAULT_KINDS[:5]  # how they fail, drawn uniformly
     fault_seed: int = 0  # seed of fault draws and shuffles
     crash_after: int | None = None  # after this many calls: unhealthy, calls dropped
     slow_start: float = 0.0  # real seconds of 503 after listening starts

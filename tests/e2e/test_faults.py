@@ -242,3 +242,22 @@ def test_every_endpoint_down_stops_resumable(tmp_path, sim_factory):
     assert res.returncode == 0, res.stdout + res.stderr
     assert_rows(read_results(tmp_path / "out.h5"), rows, max_tokens=8)
     assert prompts_received(revived) == 80
+
+
+@pytest.mark.parametrize("api", ["completions", "chat"])
+def test_replies_that_do_not_answer_every_row_are_sent_again(tmp_path, sim_factory, api):
+    """Issue 16, item 2: 200s missing a choice, repeating or misnumbering one, a choice without
+    text, a body that is not JSON or not a completion: the rows they left are sent again."""
+    rows = make_rows(120)
+    sim = sim_factory("--count", 2, "--time-scale", 0, "--error-rate", 0.25, "--fault-seed", 8, "--error-kinds",
+                      "missing-choice,dup-choice,bad-index,no-text,not-json,not-completion")
+    res = run_mpiswarm(2, job_args(tmp_path, rows, sim, "--batch-size", 6, "--concurrency", 2, "--api", api))
+    assert res.returncode == 0, res.stdout + res.stderr
+    data = read_results(tmp_path / "out.h5")
+    if api == "chat":
+        assert data["ok"].all() and (data["error"] == "").all()
+    else:
+        assert_rows(data, rows, max_tokens=8)
+    bad = data["ranks"]["n_bad_replies"]
+    assert bad.sum() > 0 and (data["ranks"]["n_failovers"] == 0).all()
+    assert bad.sum() == sum(sim_counter(u, "mpiswarm_sim:faults_injected_total") for u in sim.urls)
