@@ -124,6 +124,7 @@ class SimConfig:
     max_prompts_per_call: int = DEFAULT_MAX_PROMPTS  # longer prompt lists are 400; 0: no cap (older vLLM)
     context_check: str = "prompt"  # prompt (vLLM 0.32) or total (older vLLM): see CONTEXT_CHECKS
     nul_answers: bool = False  # every answer holds a U+0000, as real models' sometimes do (see expected_completion)
+    answer_bytes: int = 0  # every answer repeated to at least this many UTF-8 bytes (long answers: see expected_completion)
 
     def __post_init__(self) -> None:
         _require(self.max_model_len >= 1, "max_model_len must be >= 1")
@@ -229,6 +230,7 @@ def expected_completion(
     max_tokens: int | None = 16,
     stop: str | Sequence[str] | None = None,
     nul: bool = False,
+    min_bytes: int = 0,
 ) -> tuple[str, str, int]:
     """The simulator's answer to ``prompt``: ``(text, finish_reason, completion_tokens)``.
 
@@ -237,9 +239,14 @@ def expected_completion(
     ``max_tokens`` words, else ``"stop"``. A stop string cuts the text before its first
     occurrence (``"stop"``); the tokens counted then run to the word that completed it.
     ``nul`` (``SimConfig.nul_answers``): the first space of the text becomes U+0000 (a NUL
-    ends a text of one word), as a real model's answer may hold one.
+    ends a text of one word), as a real model's answer may hold one. ``min_bytes``
+    (``SimConfig.answer_bytes``): the text is repeated, a space between, until it holds at least
+    that many UTF-8 bytes — the long answers of reasoning models (10–30 KB) without their time.
     """
     text, finish, n_tokens = _completion(prompt, seed, j, max_tokens, stop)
+    if text and min_bytes:
+        copies = -(-(min_bytes + 1) // (len(text.encode("utf-8")) + 1))  # n copies: n (bytes + 1) - 1
+        text = " ".join([text] * max(1, copies))
     if nul:
         text = text.replace(" ", "\x00", 1) if " " in text else text + "\x00"
     return text, finish, n_tokens

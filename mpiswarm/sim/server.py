@@ -629,7 +629,8 @@ class Endpoint:
         prompt_tokens = [count_tokens(p) for p in prompts]
         limits = self._fit(prompts, prompt_tokens, max_tokens, body, n, stop)
         nul = self.config.nul_answers
-        answers = [expected_completion(p, seed=seed, j=j, max_tokens=limit, stop=stop, nul=nul)
+        answers = [expected_completion(p, seed=seed, j=j, max_tokens=limit, stop=stop, nul=nul,
+                                       min_bytes=self.config.answer_bytes)
                    for p, limit in zip(prompts, limits) for j in range(n)]
         await self._generate(prompt_tokens, answers, n, started)
         choices = [{"index": k, "text": text, "logprobs": None, "finish_reason": finish,
@@ -680,7 +681,8 @@ class Endpoint:
         # Without a limit, like vLLM: whatever the context leaves.
         (limit,) = self._fit([prompt], prompt_tokens, max_tokens, body, n, stop)
         answers = [expected_completion(prompt, seed=seed, j=j, max_tokens=limit, stop=stop,
-                                       nul=self.config.nul_answers) for j in range(n)]
+                                       nul=self.config.nul_answers, min_bytes=self.config.answer_bytes)
+                   for j in range(n)]
         await self._generate(prompt_tokens, answers, n, started)
         choices = [{"index": j, "message": self._message(text), "logprobs": None, "finish_reason": finish,
                     "stop_reason": None, "token_ids": None, "routed_experts": None}
