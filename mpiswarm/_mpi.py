@@ -66,6 +66,14 @@ def allreduce_max(value: int, comm=None) -> int:
     return world(comm).allreduce(value, op=MPI.MAX)
 
 
+def allreduce_sum_array(values: np.ndarray, comm=None) -> np.ndarray:
+    """The element-wise sum over the ranks of ``values`` (int64, the same length everywhere)."""
+    send = np.ascontiguousarray(values, dtype=np.int64)
+    out = np.empty_like(send)
+    world(comm).Allreduce(send, out, op=MPI.SUM)
+    return out
+
+
 def exscan_sum(value: int, comm=None) -> int:
     """The sum of ``value`` over the ranks before this one (0 on the first rank): ``MPI_Exscan``."""
     comm = world(comm)
