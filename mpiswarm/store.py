@@ -238,9 +238,10 @@ class WriteGuard:
     def reserve(self, nbytes: int) -> None:
         """Check that ``nbytes`` can be written beside the file before writing it: allocate them
         in a probe file (``posix_fallocate``: refused past a full disk, a quota or a file size
-        limit, as the writes would be) and free them again. HDF5 (2.0.0 with h5py 3.16, measured here) crashes the process
-        when a variable-length string write fails, so a file that cannot fit must be refused
-        before it is begun. A file system that cannot allocate ahead is left to the writes."""
+        limit, as the writes would be) and free them again. HDF5 (2.0.0 with h5py 3.16, measured
+        here) crashes the process when a variable-length string write fails, so a file that
+        cannot fit must be refused before it is begun. A file system that cannot allocate ahead
+        is left to the writes."""
         if self.error is not None or nbytes <= 0:
             return
         probe = f"{self.path}.space-{os.getpid()}"
