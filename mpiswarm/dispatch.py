@@ -21,6 +21,7 @@ Every finished call is reported to ``on_finished(results, rows)`` (the checkpoin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import re
@@ -33,7 +34,8 @@ import openai
 
 from .balance import Chunk
 from .budget import NO_ROOM, TokenBudget
-from .client import BadReply, ClientOptions, EndpointClient, describe_error, place_chat, place_completions
+from .client import (BadReply, ClientOptions, EndpointClient, describe_error, model_problem, place_chat,
+                     place_completions)
 from .records import RankStats, ResultColumns
 from .retry import CLIENT_ERROR, TRANSIENT, RetryPolicy, classify
 
@@ -58,31 +60,69 @@ class AllEndpointsDown(Exception):
 
 
 class EndpointPool:
-    """The endpoints a rank may use: its own first, then the others in ring order."""
+    """The endpoints a rank may use: its own first, then the others in ring order. An endpoint
+    declared dead can come back (:meth:`revive_dead`); every loss and return is kept in
+    :attr:`events` (seconds since the pool was made)."""
 
-    def __init__(self, urls: list[str], options: ClientOptions, stack: AsyncExitStack):
+    def __init__(self, urls: list[str], options: ClientOptions, stack: AsyncExitStack, clock=time.monotonic):
         self.urls = list(dict.fromkeys(urls))
         self.options = options
         self._stack = stack
         self._clients: dict[str, EndpointClient] = {}
         self.dead: dict[str, str] = {}  # url -> why
+        self.events: list[dict] = []  # {"url", "event": "lost" | "back", "t": s, "why"}
+        self._clock = clock
+        self._t0 = clock()
+
+    async def _client(self, url: str) -> EndpointClient:
+        client = self._clients.get(url)
+        if client is None:
+            client = self._clients[url] = await self._stack.enter_async_context(EndpointClient(url, self.options))
+        return client
 
     async def current(self) -> EndpointClient:
         for url in self.urls:
             if url not in self.dead:
-                client = self._clients.get(url)
-                if client is None:
-                    client = self._clients[url] = await self._stack.enter_async_context(
-                        EndpointClient(url, self.options))
-                return client
+                return await self._client(url)
         raise AllEndpointsDown
+
+    def _event(self, url: str, event: str, why: str = "") -> None:
+        self.events.append({"url": url, "event": event, "t": round(self._clock() - self._t0, 3), "why": why})
 
     def mark_dead(self, client: EndpointClient, why: str) -> bool:
         """Declare ``client``'s endpoint dead; False if it already was."""
-        if client.base_url in self.dead:
+        return self.declare_dead(client.base_url, why)
+
+    def declare_dead(self, url: str, why: str) -> bool:
+        """Declare ``url`` dead (also one that was not healthy at the start); False if it already was."""
+        if url in self.dead:
             return False
-        self.dead[client.base_url] = why
+        self.dead[url] = why
+        self._event(url, "lost", why)
         return True
+
+    async def revive_dead(self) -> list[str]:
+        """Look at every dead endpoint's ``/health`` (and that it serves the model): those
+        healthy again return to service, and the ring order sends to them again (a rank's own
+        endpoint first). Returns the URLs that came back."""
+        back = []
+        for url in list(self.dead):
+            client = await self._client(url)
+            if await client.is_down() or model_problem(await client.model_cards(), self.options.model):
+                continue
+            del self.dead[url]
+            self._event(url, "back")
+            back.append(url)
+        return back
+
+    def own_endpoint_record(self) -> dict:
+        """For the rank's own endpoint (the ring's first): how often it was lost and came back,
+        and when last (seconds since the start, -1 never)."""
+        mine = [e for e in self.events if e["url"] == self.urls[0]]
+        lost = [e["t"] for e in mine if e["event"] == "lost"]
+        back = [e["t"] for e in mine if e["event"] == "back"]
+        return {"n_endpoint_lost": len(lost), "n_endpoint_back": len(back),
+                "t_endpoint_lost": lost[-1] if lost else -1.0, "t_endpoint_back": back[-1] if back else -1.0}
 
 
 class Dispatcher:
@@ -91,8 +131,9 @@ class Dispatcher:
 
     def __init__(self, pool: EndpointPool, stats: RankStats, *, policy: RetryPolicy | None = None,
                  on_finished: Callable | None = None, sleep=asyncio.sleep, rng: random.Random | None = None,
-                 budget: TokenBudget | None = None):
+                 budget: TokenBudget | None = None, revive_interval: float | None = None):
         self.pool = pool
+        self.revive_interval = revive_interval  # seconds between looks at the dead endpoints; None: never
         self.budget = budget  # --max-tokens auto: explains the rows it left no room
         self.stats = stats
         self.policy = policy or RetryPolicy()
@@ -238,6 +279,16 @@ class Dispatcher:
         for start in range(0, len(rows), step):
             await self.send(chunk, rows[start:start + step], params)
 
+    async def _revive(self, stop: asyncio.Event) -> None:
+        """Every ``revive_interval`` seconds, return the dead endpoints that are healthy again
+        (a server restarted, one that was still loading at the start) to service."""
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):  # the interval, or a stop: whichever first
+                await asyncio.wait_for(stop.wait(), self.revive_interval)
+            if stop.is_set():
+                return
+            await self.pool.revive_dead()
+
     # -- all calls ---------------------------------------------------------------------
     async def run(self, source, base_params: dict, stop: asyncio.Event | None = None) -> None:
         """Send calls from ``source``, ``calls_in_flight()`` at a time, until it runs dry or
@@ -260,7 +311,11 @@ class Dispatcher:
 
         workers = asyncio.gather(*(worker() for _ in range(self.pool.options.calls_in_flight())))
         stopper = asyncio.ensure_future(stop.wait())
+        reviver = asyncio.ensure_future(self._revive(stop)) if self.revive_interval else None
         await asyncio.wait([workers, stopper], return_when=asyncio.FIRST_COMPLETED)
+        if reviver is not None:
+            reviver.cancel()
+            await asyncio.gather(reviver, return_exceptions=True)
         source.stop()
         if not workers.done():  # stopped: calls in flight are abandoned, their rows resent on resume
             workers.cancel()

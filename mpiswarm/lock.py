@@ -5,9 +5,11 @@ file created with ``O_CREAT | O_EXCL`` (atomic on Lustre and NFS, where ``flock`
 across nodes). While the job runs a daemon thread touches the file's mtime every
 ``heartbeat_s`` seconds (one ``utime`` call: nothing for a 2-core node to notice). Another job
 that finds the lock fresh is refused (:class:`OutputLocked`, an input error: exit 2, nothing
-sent); a lock whose heartbeat has stopped for :data:`STALE_BEATS` beats (its holder was killed:
-``kill -9``, a node failure, the walltime) is taken over, with a message. No MPI here: the root
-holds the lock for the whole job.
+sent); a lock is taken over, with a message, when its heartbeat has stopped for
+:data:`STALE_BEATS` beats (its holder was killed: ``kill -9``, a node failure, the walltime) or,
+sooner, when its holder ran on this host and its process is gone (so that the same command run
+again at once after a kill resumes, as it always did). No MPI here: the root holds the lock for
+the whole job.
 """
 from __future__ import annotations
 
@@ -82,6 +84,21 @@ def _read(path: str) -> tuple[Holder | None, float | None]:
         return None, mtime
 
 
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host still runs (a zombie does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):  # no /proc (not Linux): it answered the signal
+        return True
+
+
 class OutputLock:
     """The lock of one output, held from :meth:`acquire` to :meth:`release` (or ``with``)."""
 
@@ -119,14 +136,16 @@ class OutputLock:
                 continue  # released meanwhile
             beat = other.heartbeat_s if other is not None else self.heartbeat_s
             age = self.clock() - mtime
-            if age <= STALE_BEATS * beat:
+            gone = other is not None and other.host == self.holder.host and not _alive(other.pid)
+            if age <= STALE_BEATS * beat and not gone:
                 who = other.describe() if other is not None else "a job that is still writing it"
                 raise OutputLocked(f"{self.output}: in use by {who} (lock {self.path}, heartbeat {age:.0f} s ago); "
                                    "wait for it to end, or use another -o")
             if self._take_over(other, mtime):
+                why = (f"its process {other.pid} is gone" if gone
+                       else f"no heartbeat for {age:.0f} s (the job was killed?)")
                 self.took_over = (f"{self.output}: taking over the lock of "
-                                  f"{other.describe() if other else 'an unreadable lock'}: "
-                                  f"no heartbeat for {age:.0f} s (the job was killed?)")
+                                  f"{other.describe() if other else 'an unreadable lock'}: {why}")
                 break
         else:
             raise OutputLocked(f"{self.output}: another job is taking the lock {self.path} at the same time")

@@ -78,6 +78,9 @@ class RunConfig:
     base_port: int = 8000
     health_timeout: float = 120.0
     min_endpoints: int | None = None  # None: every endpoint must be healthy at the start
+    #: seconds between looks at the dead endpoints (and those down at the start): one healthy
+    #: again returns to service; None or 0: a dead endpoint stays dead
+    revive_interval: float | None = 30.0
     time_limit: float | None = None  # seconds from the start: stop sending, write what is answered
     restart: bool = False  # ignore (delete) an earlier attempt's run directory
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -132,6 +135,7 @@ class RunConfig:
             "base_port": self.base_port,
             "health_timeout": self.health_timeout,
             "min_endpoints": self.min_endpoints,
+            "revive_interval": self.revive_interval,
             "time_limit": self.time_limit,
             "schedule": self.schedule,
             "max_num_seqs": self.max_num_seqs,
@@ -333,8 +337,10 @@ async def _serve(urls: list[str], config: RunConfig, piece: RankSlice, plan: Pla
     event = stop.event()
     async with AsyncExitStack() as stack:
         endpoints = EndpointPool(urls, config.client, stack)
-        endpoints.dead.update(down_at_start)
-        dispatcher = Dispatcher(endpoints, stats, policy=config.retry, on_finished=shard.append, budget=budget)
+        for url, why in down_at_start.items():  # they join once healthy (revive_interval)
+            endpoints.declare_dead(url, why)
+        dispatcher = Dispatcher(endpoints, stats, policy=config.retry, on_finished=shard.append, budget=budget,
+                                revive_interval=config.revive_interval or None)
         control.progress = dispatcher.progress
         try:
             work = asyncio.ensure_future(dispatcher.run(source, config.sampling, event))
@@ -347,6 +353,9 @@ async def _serve(urls: list[str], config: RunConfig, piece: RankSlice, plan: Pla
             await work  # its exception, if any, reaches the abort guard
         finally:
             stop.detach()
+        for name, value in endpoints.own_endpoint_record().items():
+            setattr(stats, name, value)
+        stats.extra["endpoint_events"] = endpoints.events
     if pool is not None and len(leftover := pool.leftover()):  # never handed out: left for a resume
         chunk = control.chunk(leftover, [""] * len(leftover), None)
         chunk.results.fail(range(len(leftover)), UNANSWERED_STOPPED, final=False)

@@ -80,3 +80,28 @@ def test_release_leaves_a_lock_that_another_job_took_over(tmp_path):
     assert json.loads(open(lock_path(out)).read())["token"] == other.holder.token
     other.release()
     assert not os.path.exists(lock_path(out))
+
+
+def test_lock_of_a_process_gone_from_this_host_is_taken_over_despite_a_fresh_heartbeat(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone = int(done.stdout)
+    out = tmp_path / "out.h5"
+    with OutputLock(out, heartbeat_s=60) as first:
+        record = json.loads(open(lock_path(out)).read())
+    with open(lock_path(out), "w") as fh:  # as the killed job left it: fresh, naming a dead PID here
+        json.dump(dict(record, pid=gone), fh)
+    with OutputLock(out, heartbeat_s=60) as lock:
+        assert f"its process {gone} is gone" in lock.took_over
+    assert first.holder is None
+
+
+def test_lock_held_on_another_host_is_refused_while_its_heartbeat_is_fresh(tmp_path):
+    out = tmp_path / "out.h5"
+    other = {"host": "x4711c0s0b0n0", "pid": 1, "pbs_jobid": "", "started": "t", "heartbeat_s": 10.0, "token": "t"}
+    with open(lock_path(out), "w") as fh:
+        json.dump(other, fh)
+    with pytest.raises(OutputLocked, match="on x4711c0s0b0n0"):
+        OutputLock(out, heartbeat_s=10).acquire()
