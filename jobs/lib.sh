@@ -111,14 +111,29 @@ mpiswarm_node_stop() {  # mpiswarm_node_stop TIMEOUT PID...: TERM, wait up to TI
     return 0
 }
 
-# mpiswarm_node_serve NODE LABEL BASE_PORT PPN HEALTH_TIMEOUT STOP_TIMEOUT LOG_DIR TEMPLATE
+# mpiswarm_node_launch CMD LOG USE_SETSID: start one server (in a session of its own when
+# USE_SETSID is set, so that stopping it stops its children), its output appended to LOG; its pid
+# in MS_NODE_PID.
+mpiswarm_node_launch() {
+    if [[ -n $3 ]]; then
+        setsid bash -c "$1" >>"$2" 2>&1 </dev/null &
+    else
+        bash -c "$1" >>"$2" 2>&1 </dev/null &
+    fi
+    MS_NODE_PID=$!
+}
+
+# mpiswarm_node_serve NODE LABEL BASE_PORT PPN HEALTH_TIMEOUT STOP_TIMEOUT LOG_DIR TEMPLATE [RESTARTS]
 # Start PPN servers (TEMPLATE with {port} {tile} {node} replaced) on ports BASE_PORT.., wait for
-# their /health on 127.0.0.1, report on stdout, keep them until SIGTERM, then stop them.
-# Report lines: "mpiswarm-server: started|up|down|died NODE PORT ..." and, once,
+# their /health on 127.0.0.1, report on stdout, keep them until SIGTERM, then stop them. A server
+# that exits while serving is started again, at most RESTARTS times (default 0), so that it can
+# rejoin (mpiswarm looks at dead endpoints every --revive-interval seconds).
+# Report lines: "mpiswarm-server: started|up|down|died|restarted NODE PORT ..." and, once,
 # "mpiswarm-server: ready NODE" or "mpiswarm-server: failed NODE"; last "stopped NODE".
 mpiswarm_node_serve() {
     local node=$1 label=$2 base=$3 ppn=$4 health_timeout=$5 stop_timeout=$6 log_dir=$7 template=$8
-    local -a pids=() state=() running=()
+    local max_restarts=${9:-0}
+    local -a pids=() state=() running=() cmds=() restarts=()
     local j port cmd log rc deadline n_pending n_down=0 t0=$SECONDS use_setsid=
     MPISWARM_NODE_STOP=
     trap 'MPISWARM_NODE_STOP=TERM' TERM
@@ -140,12 +155,10 @@ mpiswarm_node_serve() {
         cmd=${cmd//\{tile\}/"$j"}
         cmd=${cmd//\{node\}/"$node"}
         printf '# mpiswarm: %s on %s (tile %s): %s\n' "$(date '+%Y-%m-%d %H:%M:%S')" "$node" "$j" "$cmd" >"$log"
-        if [[ -n $use_setsid ]]; then
-            setsid bash -c "$cmd" >>"$log" 2>&1 </dev/null &
-        else
-            bash -c "$cmd" >>"$log" 2>&1 </dev/null &
-        fi
-        pids[j]=$!
+        mpiswarm_node_launch "$cmd" "$log" "$use_setsid"
+        pids[j]=$MS_NODE_PID
+        cmds[j]=$cmd
+        restarts[j]=0
         state[j]=pending
         running+=("${pids[j]}")
         echo "${pids[j]}" >"$log_dir/server-$label-$port.pid"
@@ -205,7 +218,18 @@ mpiswarm_node_serve() {
                 state[j]=died
                 port=$((base + j))
                 echo "mpiswarm-server: died $node $port: exited with code $rc while serving"
-                mpiswarm_node_tail "$log_dir/server-$label-$port.log" "$node:$port|"
+                log="$log_dir/server-$label-$port.log"
+                mpiswarm_node_tail "$log" "$node:$port|"
+                ((restarts[j] < max_restarts)) || continue
+                restarts[j]=$((restarts[j] + 1))
+                printf '# mpiswarm: %s restart %s of %s\n' "$(date '+%Y-%m-%d %H:%M:%S')" "${restarts[j]}" \
+                    "$max_restarts" >>"$log"
+                mpiswarm_node_launch "${cmds[j]}" "$log" "$use_setsid"
+                pids[j]=$MS_NODE_PID
+                running+=("${pids[j]}")
+                echo "${pids[j]}" >"$log_dir/server-$label-$port.pid"
+                state[j]=up  # serving again once its /health answers: mpiswarm looks by itself
+                echo "mpiswarm-server: restarted $node $port pid ${pids[j]} (restart ${restarts[j]} of $max_restarts)"
             done
         done
     fi
@@ -289,11 +313,13 @@ mpiswarm_setup() {
     MPISWARM_BASE_PORT=${MPISWARM_BASE_PORT:-8000}
     MPISWARM_HEALTH_TIMEOUT=${MPISWARM_HEALTH_TIMEOUT:-1800}
     MPISWARM_STOP_TIMEOUT=${MPISWARM_STOP_TIMEOUT:-30}
+    MPISWARM_SERVER_RESTARTS=${MPISWARM_SERVER_RESTARTS:-2}  # times a server that exits is started again
     MPISWARM_LAUNCH_GRACE=${MPISWARM_LAUNCH_GRACE:-60}
     mpiswarm_require_int MPISWARM_PPN 1
     mpiswarm_require_int MPISWARM_BASE_PORT 1
     mpiswarm_require_int MPISWARM_HEALTH_TIMEOUT 1
     mpiswarm_require_int MPISWARM_STOP_TIMEOUT 1
+    mpiswarm_require_int MPISWARM_SERVER_RESTARTS 0
     mpiswarm_require_int MPISWARM_LAUNCH_GRACE 0
     ((MPISWARM_BASE_PORT + MPISWARM_PPN - 1 <= 65535)) ||
         mpiswarm_die "$MPISWARM_JOB_EXIT_USAGE" "ports $MPISWARM_BASE_PORT..$((MPISWARM_BASE_PORT + MPISWARM_PPN - 1)) exceed 65535"
@@ -416,8 +442,9 @@ mpiswarm_on_exit() {
         for label in "${MS_LABELS[@]}"; do
             logs+=("$MPISWARM_LOG_DIR/launcher-$label.log")
         done
-        died=$(grep -h -E '^mpiswarm-server: (died|killed) ' "${logs[@]}" 2>/dev/null)
-        [[ -z $died ]] || mpiswarm_log "servers lost during the job (mpiswarm fails over to live ones):"$'\n'"$died"
+        died=$(grep -h -E '^mpiswarm-server: (died|killed|restarted) ' "${logs[@]}" 2>/dev/null)
+        [[ -z $died ]] ||
+            mpiswarm_log "servers lost during the job (mpiswarm fails over to live ones; restarted ones rejoin):"$'\n'"$died"
         mpiswarm_log "server logs: $MPISWARM_LOG_DIR"
     fi
     mpiswarm_log "exit code $rc"
@@ -426,14 +453,16 @@ mpiswarm_on_exit() {
 
 mpiswarm_start_servers() {
     local i script
-    script="$(declare -f mpiswarm_nap mpiswarm_http_ok mpiswarm_node_tail mpiswarm_node_stop mpiswarm_node_serve)"
+    script="$(declare -f mpiswarm_nap mpiswarm_http_ok mpiswarm_node_tail mpiswarm_node_stop mpiswarm_node_launch \
+        mpiswarm_node_serve)"
     script+=$'\nmpiswarm_node_serve "$@"\n'
     MS_LAUNCHER_PIDS=()
     for i in "${!MS_NODES[@]}"; do
         "${MS_MPIEXEC[@]}" -n 1 --ppn 1 --hosts "${MS_NODES[i]}" "${MS_LAUNCH_OPTS[@]}" \
             bash -c "$script" mpiswarm-node "${MS_NODES[i]}" "${MS_LABELS[i]}" "$MPISWARM_BASE_PORT" \
             "$MPISWARM_PPN" "$MPISWARM_HEALTH_TIMEOUT" "$MPISWARM_STOP_TIMEOUT" "$MPISWARM_LOG_DIR" \
-            "$MPISWARM_SERVER" >"$MPISWARM_LOG_DIR/launcher-${MS_LABELS[i]}.log" 2>&1 </dev/null &
+            "$MPISWARM_SERVER" "$MPISWARM_SERVER_RESTARTS" >"$MPISWARM_LOG_DIR/launcher-${MS_LABELS[i]}.log" \
+            2>&1 </dev/null &
         MS_LAUNCHER_PIDS[i]=$!
     done
     printf '%s\n' "${MS_LAUNCHER_PIDS[@]}" >"$MPISWARM_LOG_DIR/launchers.pid"

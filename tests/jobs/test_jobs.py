@@ -7,6 +7,7 @@ writes to its log directory), every process of the script's session, and the por
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import socket
@@ -271,6 +272,31 @@ def test_a_server_that_dies_during_the_run_is_reported(tmp_path, jobs):
     assert f"mpiswarm-server: died localhost {base + 1}: exited with code 124 while serving" in res.stderr
     if res.returncode == 0:
         assert_answers(tmp_path / "out.h5", rows, ranks=2)
+    assert_nothing_left(job, [base, base + 1])
+
+
+def test_a_server_that_exits_is_restarted_and_its_endpoint_used_again(tmp_path, jobs):
+    """Issue 16, item 6: tile 1's server exits 6 s after its start; lib.sh starts it again (once,
+    MPISWARM_SERVER_RESTARTS=1, logged) and mpiswarm, looking at dead endpoints every second,
+    sends to it again: every row right."""
+    rows = make_rows(800)
+    base = find_free_port_block(2)
+    marker = tmp_path / "tile1-started"  # the second start of tile 1 lives on
+    server = (f"if [ {{tile}} = 0 ] || [ -e {marker} ]; then exec {SIM} --port {{port}} --time-scale 1 "
+              f"--max-num-seqs 4; else touch {marker}; exec timeout 6 {SIM} --port {{port}} --time-scale 1 "
+              "--max-num-seqs 4; fi")
+    env = job_env(tmp_path, nodes=["localhost"], ppn=2, base=base, rows=rows, server=server,
+                  MPISWARM_SERVER_RESTARTS="1",
+                  MPISWARM_EXTRA_ARGS=f"--max-tokens {MAX_TOKENS} --batch-size 8 --revive-interval 1")
+    job = jobs(BATCH, tmp_path, env)
+    res = job.finish(timeout=200)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"mpiswarm-server: died localhost {base + 1}: exited with code 124 while serving" in res.stderr
+    assert re.search(rf"mpiswarm-server: restarted localhost {base + 1} pid \d+ \(restart 1 of 1\)", res.stderr)
+    assert "restart 1 of 1" in (tmp_path / "logs" / f"server-localhost-{base + 1}.log").read_text()
+    assert_answers(tmp_path / "out.h5", rows, ranks=2)
+    ranks = read_results(tmp_path / "out.h5")["ranks"]
+    assert ranks["n_endpoint_lost"][1] >= 1 and ranks["n_endpoint_back"][1] >= 1
     assert_nothing_left(job, [base, base + 1])
 
 
