@@ -606,7 +606,9 @@ def _run(config: RunConfig, comm, held: ExitStack) -> int:
     stats.n_prompts = int(results.done.sum())
     stats.n_ok = int(results.ok.sum())
     stats.extra["dead_endpoints"] = dead
-    if metrics_before is not None:
+    # A stopped job (SIGTERM at the walltime: PBS kills it a few seconds later) does not wait on
+    # its endpoint's /metrics: a server being stopped beside it may hold the connection open.
+    if metrics_before is not None and stop.reason is None:
         for name, value in engine_deltas(metrics_before, asyncio.run(_read_metrics(url, config))).items():
             setattr(stats, name, value)
     _mpi.barrier_sleeping(comm)  # the slowest rank sets the end of the request phase; the others sleep
