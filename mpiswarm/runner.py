@@ -342,14 +342,19 @@ async def _serve(urls: list[str], config: RunConfig, piece: RankSlice, plan: Pla
         dispatcher = Dispatcher(endpoints, stats, policy=config.retry, on_finished=shard.append, budget=budget,
                                 revive_interval=config.revive_interval or None)
         control.progress = dispatcher.progress
+        control.on_stop = stop.request  # another rank's SIGTERM or --time-limit stops this one too
+
+        def why() -> str:
+            return stop.reason or "stopped"
+
         try:
             work = asyncio.ensure_future(dispatcher.run(source, config.sampling, event))
             if rank == _mpi.ROOT:
-                await control.serve(dispatcher.progress, work, event, printer.update if printer else None)
+                await control.serve(dispatcher.progress, work, event, printer.update if printer else None, why)
                 if printer:
                     printer.close(control.counts)
             else:
-                await control.report(dispatcher.progress, work)
+                await control.report(dispatcher.progress, work, event, why)
             await work  # its exception, if any, reaches the abort guard
         finally:
             stop.detach()
