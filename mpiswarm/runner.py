@@ -43,9 +43,9 @@ from .records import RankStats, ResultColumns
 from .reduce import Combiner, Items, ReduceOptions, reduce_tree
 from .retry import RetryPolicy
 from .scatter import RankSlice, scatter_rows
+from .store import (WriteGuard, create_part_file, create_result_file, create_virtual_file, estimate_file_bytes,
+                    part_name, parts_dir, remove_parts, remove_stale_parts)
 from .wire import utf8_lengths
-from .store import (WriteGuard, create_part_file, estimate_file_bytes, create_result_file, create_virtual_file, part_name, parts_dir,
-                    remove_parts, remove_stale_parts)
 from .progress import ProgressPrinter
 from .read import read_prompts_parallel
 from .summary import Tally, format_reduction, format_summary, format_votes

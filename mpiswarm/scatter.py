@@ -67,8 +67,7 @@ def scatter_rows(prompt_set: PromptSet | None, todo: np.ndarray | None = None, c
             spans = [p[k] if k < len(p) else (b, b) for p, b in zip(pieces, bounds[1:].tolist())]
             rows = np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in spans]) if n_rounds > 1 else None
             round_bounds = np.concatenate([[0], np.cumsum([b - a for a, b in spans])]).astype(np.int64)
-            pick = (lambda column: column) if rows is None else (lambda column: [column[i] for i in rows.tolist()])  # noqa: E731
-            args = (todo if rows is None else todo[rows], pick(prompts), pick(overrides), round_bounds)
+            args = (todo if rows is None else todo[rows], _pick(prompts, rows), _pick(overrides, rows), round_bounds)
         else:
             args = (None, None, None, None)
         got.append(_scatter_round(*args, has_overrides, comm))
@@ -76,6 +75,11 @@ def scatter_rows(prompt_set: PromptSet | None, todo: np.ndarray | None = None, c
         return RankSlice(np.zeros(0, np.int64), [], [])
     return RankSlice(np.concatenate([g.index for g in got]), [p for g in got for p in g.prompts],
                      [o for g in got for o in g.overrides])
+
+
+def _pick(column: list[str], rows: np.ndarray | None) -> list[str]:
+    """``column``'s entries at ``rows`` (all of it when None: one round)."""
+    return column if rows is None else [column[i] for i in rows.tolist()]
 
 
 def _pieces(prompts: list[str], overrides: list[str], bounds: np.ndarray, quota: int) -> list[list[tuple[int, int]]]:

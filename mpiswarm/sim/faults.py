@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 from .model import BAD_REPLY_KINDS, FAULT_KINDS, SimConfig
 
-__all__ = ["BAD_REPLY_KINDS", "CRASHED", "FAULT_KINDS", "STARTING", "FaultAction", "FaultPolicy", "draw_fault", "spoil_reply"]
+__all__ = ["BAD_REPLY_KINDS", "CRASHED", "FAULT_KINDS", "STARTING", "FaultAction", "FaultPolicy", "draw_fault",
+           "spoil_reply"]
 
 STARTING = "starting"
 CRASHED = "crashed"
