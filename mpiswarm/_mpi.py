@@ -7,6 +7,7 @@ control values (counts, status, statistics) are pickled.
 """
 from __future__ import annotations
 
+import os
 import socket
 import sys
 import time
@@ -63,6 +64,14 @@ def gather(obj, comm=None) -> list | None:
 
 def allreduce_max(value: int, comm=None) -> int:
     return world(comm).allreduce(value, op=MPI.MAX)
+
+
+def allreduce_sum_array(values: np.ndarray, comm=None) -> np.ndarray:
+    """The element-wise sum over the ranks of ``values`` (int64, the same length everywhere)."""
+    send = np.ascontiguousarray(values, dtype=np.int64)
+    out = np.empty_like(send)
+    world(comm).Allreduce(send, out, op=MPI.SUM)
+    return out
 
 
 def exscan_sum(value: int, comm=None) -> int:
@@ -260,28 +269,44 @@ def alltoallv_bytes(messages: list, comm=None, poll_s: float = WAIT_POLL_S) -> t
     recv_displ = _displacements(recv_counts)
     out = np.empty(int(recv_counts.sum()), dtype=np.uint8)
     sources = np.flatnonzero(recv_counts).tolist()
-    requests = [comm.Irecv([out[int(recv_displ[r]):int(recv_displ[r] + recv_counts[r])], MPI.BYTE], source=r,
-                           tag=ALLTOALL_TAG) for r in sources]
-    requests += [comm.Isend([m, MPI.BYTE], dest=r, tag=ALLTOALL_TAG) for r, m in enumerate(sends) if len(m)]
+    # a message over message_byte_limit() moves as several, in order (MPI does not let messages
+    # of one sender, tag and communicator overtake each other): no count passes a C int
+    piece = message_byte_limit()
+    requests = [comm.Irecv([out[a:min(a + piece, int(recv_displ[r] + recv_counts[r]))], MPI.BYTE], source=r,
+                           tag=ALLTOALL_TAG)
+                for r in sources for a in range(int(recv_displ[r]), int(recv_displ[r] + recv_counts[r]), piece)]
+    requests += [comm.Isend([m[a:a + piece], MPI.BYTE], dest=r, tag=ALLTOALL_TAG)
+                 for r, m in enumerate(sends) for a in range(0, len(m), piece)]
     MPI.Request.Waitall(requests)
     return out, recv_displ[sources]
 
 
-#: The most bytes one ``Igatherv`` of :func:`gather_bytes_in_rounds` moves: MPI's counts and
-#: displacements are C ints, so a gather of more than 2 GiB must be cut into rounds.
+#: The most bytes one collective or message moves (every round of the gathers, the virtual
+#: layout's redistribution, the parallel reader's merge and the scatter is sized to it): MPI's
+#: counts and displacements are C ints, so more than 2 GiB must be cut into rounds.
 GATHER_ROUND_BYTES = 1 << 30
+#: the environment variable that overrides :data:`GATHER_ROUND_BYTES` (tests set a small one)
+MAX_MESSAGE_BYTES_ENV = "MPISWARM_MAX_MESSAGE_BYTES"
+
+
+def message_byte_limit() -> int:
+    """The most bytes one round may move: ``MPISWARM_MAX_MESSAGE_BYTES`` if set, else
+    :data:`GATHER_ROUND_BYTES`; never above 2^31 - 1 (a C int)."""
+    value = os.environ.get(MAX_MESSAGE_BYTES_ENV, "").strip()
+    limit = int(value) if value.isdigit() and int(value) > 0 else GATHER_ROUND_BYTES
+    return min(limit, (1 << 31) - 1)
 
 
 def gather_bytes_in_rounds(payload: bytes, comm=None, round_bytes: int | None = None) -> list[bytes] | None:
     """Every rank's byte message, of any size, on the root: a list in rank order (None elsewhere).
 
     Each round is one :func:`gatherv_bytes` of at most ``round_bytes`` (default
-    :data:`GATHER_ROUND_BYTES`) in all, every rank sending the next piece of its message (at
+    :func:`message_byte_limit`) in all, every rank sending the next piece of its message (at
     most ``round_bytes // size`` bytes); small messages take one round.
     """
     comm = world(comm)
     size = comm.Get_size()
-    quota = max(1, (GATHER_ROUND_BYTES if round_bytes is None else round_bytes) // size)
+    quota = max(1, (message_byte_limit() if round_bytes is None else round_bytes) // size)
     rounds = max(1, -(-allreduce_max(len(payload), comm) // quota))
     view = memoryview(payload)
     pieces = [[] for _ in range(size)] if comm.Get_rank() == ROOT else None

@@ -55,6 +55,13 @@ def _at_least_two(text: str) -> int:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -132,6 +139,9 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     f = p.add_argument_group("fault tolerance")
     f.add_argument("--max-attempts", type=_positive_int, default=6,
                    help="attempts of one call on one endpoint before it is declared dead (default 6)")
+    f.add_argument("--revive-interval", type=_non_negative_float, default=30.0, metavar="S",
+                   help="seconds between looks at dead endpoints (and those down at the start under "
+                   "--min-endpoints): one healthy again is used again (default 30; 0: never)")
     f.add_argument("--time-limit", type=_positive_float, default=None,
                    help="seconds after the start to stop sending and write what is answered "
                    "(exit 75: run again to resume); set it a few minutes under the walltime")
@@ -219,6 +229,7 @@ def config_from_args(args):
         input=args.input, output=args.output, client=client, sampling=sampling,
         endpoint=args.endpoint or DEFAULT_ENDPOINT, hostfile=args.hostfile, base_port=args.base_port,
         health_timeout=args.health_timeout, min_endpoints=args.min_endpoints, time_limit=args.time_limit,
+        revive_interval=args.revive_interval,
         restart=args.restart,
         retry=RetryPolicy(max_attempts=args.max_attempts), schedule=args.schedule, max_num_seqs=args.max_num_seqs,
         progress=args.progress, progress_interval=args.progress_interval, quiet=args.quiet, reduce=reduce,

@@ -74,67 +74,118 @@ def describe_error(exc: BaseException, timeout: float | None = None) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+class BadReply(ValueError):
+    """A 200 that does not answer the call: a body that is not JSON or not a completion, or
+    choices with a missing, repeated or out-of-range ``index`` or without ``text``. ``placed``:
+    the good choices were placed and each row left unanswered carries its own reason (failed,
+    not final); else no row was touched. Retried like a failed call (the unanswered rows only)."""
+
+    def __init__(self, message: str, placed: bool = False):
+        super().__init__(message)
+        self.placed = placed
+
+
+NO_CHOICE = "response carried no choice for this prompt"
+
+
+def _choices(data) -> list:
+    choices = data.get("choices") if isinstance(data, dict) else None
+    if not isinstance(choices, list):
+        raise BadReply(f"reply is not a completion (no 'choices' list): {str(data)[:120]}")
+    return choices
+
+
 def place_completions(data: dict, rows, n: int, results: ResultColumns, latency_s: float) -> int:
     """Put a ``/v1/completions`` response's choices into ``results`` by ``choice.index``.
 
     ``rows[i]`` is the local row of the call's prompt *i*; choice ``index = i * n + j``.
-    Rows with a missing choice fail. Returns the number of rows answered.
+    Returns the number of rows answered. A row without all its choices is failed, not for good
+    (``done`` stays False: the caller sends it again), with why; a choice that cannot be placed
+    (an index repeated, out of range or not an integer, no ``text``) spoils its row and, after
+    the good ones are placed, raises :class:`BadReply` (``placed=True``).
     """
     k = len(rows)
     n_out = results.n
     completion, finish = results.completion, results.finish_reason
+    choices = _choices(data)
     if n == 1 == n_out and isinstance(rows, range):
-        return _place_contiguous(data, rows, results, latency_s)
+        return _place_contiguous(choices, data, rows, results, latency_s)
     seen = bytearray(k * n)
-    for choice in data["choices"]:
-        idx = choice["index"]
+    spoiled: dict[int, str] = {}  # prompt i -> why its answer cannot be trusted
+    problem = None
+    for choice in choices:
+        idx, text = (choice.get("index"), choice.get("text")) if isinstance(choice, dict) else (None, None)
+        if not isinstance(idx, int) or not 0 <= idx < k * n:
+            problem = problem or f"choice index {idx!r} out of range for {k} prompts x n={n}"
+            continue
         i, j = divmod(idx, n)
-        if not 0 <= i < k or seen[idx]:
-            raise ValueError(f"choice index {idx} out of range or repeated for {k} prompts x n={n}")
+        if seen[idx] or not isinstance(text, str):
+            why = f"choice index {idx} repeated" if seen[idx] else f"choice {idx} carried no text"
+            spoiled.setdefault(i, why)
+            problem = problem or why
+            continue
         seen[idx] = 1
         flat = rows[i] * n_out + j
-        completion[flat] = choice["text"]
+        completion[flat] = text
         finish[flat] = choice.get("finish_reason") or ""
-    missing = [rows[i] for i in range(k) if not all(seen[i * n : i * n + n])]
-    results.answered([rows[i] for i in range(k) if all(seen[i * n : i * n + n])])
-    answered = k - len(missing)
-    results.latency_s[rows if isinstance(rows, list) else slice(rows.start, rows.stop)] = latency_s
-    if missing:
-        results.fail(missing, "response carried no choice for this prompt", latency_s)
-    if k == 1:
-        _set_row_usage(data, rows[0], results)
-    return answered
+    return _settle(data, rows, [i not in spoiled and all(seen[i * n:i * n + n]) for i in range(k)], spoiled,
+                   problem, results, latency_s)
 
 
-def _place_contiguous(data: dict, rows: range, results: ResultColumns, latency_s: float) -> int:
+def _place_contiguous(choices: list, data: dict, rows: range, results: ResultColumns, latency_s: float) -> int:
     """:func:`place_completions` for the common case: n = 1 and contiguous rows."""
     k = len(rows)
     base = rows.start
     completion, finish = results.completion, results.finish_reason
     seen = bytearray(k)
-    try:
-        for choice in data["choices"]:
+    spoiled: dict[int, str] = {}
+    problem = None
+    for choice in choices:
+        try:  # the common case at C speed; anything odd is sorted out below
             i = choice["index"]
-            if i < 0 or seen[i]:
+            if i < 0 or seen[i] or type(i) is not int:
                 raise IndexError
+            text = choice["text"]
+            if type(text) is not str:
+                raise KeyError
             seen[i] = 1
-            completion[base + i] = choice["text"]
-            finish[base + i] = choice["finish_reason"] or ""
-    except IndexError:
-        raise ValueError(f"choice index {i} out of range or repeated for {k} prompts") from None
-    results.latency_s[base : base + k] = latency_s
-    answered = seen.count(1)
-    if answered == k:
+            completion[base + i] = text
+            finish[base + i] = choice.get("finish_reason") or ""
+        except (IndexError, KeyError, TypeError):
+            idx = choice.get("index") if isinstance(choice, dict) else None
+            if isinstance(idx, int) and 0 <= idx < k:
+                why = f"choice index {idx} repeated" if seen[idx] else f"choice {idx} carried no text"
+                spoiled.setdefault(idx, why)
+            else:
+                why = f"choice index {idx!r} out of range for {k} prompts"
+            problem = problem or why
+    if not spoiled and problem is None and seen.count(1) == k:
+        results.latency_s[base : base + k] = latency_s
         results.ok[base : base + k] = True
         results.done[base : base + k] = True
         results.error[base : base + k] = [""] * k
-    else:
-        results.answered([base + i for i in range(k) if seen[i]])
-        results.fail([base + i for i in range(k) if not seen[i]], "response carried no choice for this prompt",
-                     latency_s)
-    if k == 1:
-        _set_row_usage(data, base, results)
-    return answered
+        if k == 1:
+            _set_row_usage(data, base, results)
+        return k
+    return _settle(data, rows, [bool(seen[i]) and i not in spoiled for i in range(k)], spoiled, problem, results,
+                   latency_s)
+
+
+def _settle(data: dict, rows, good: list[bool], spoiled: dict[int, str], problem: str | None,
+            results: ResultColumns, latency_s: float) -> int:
+    """Mark the call's answered rows, fail the others (not for good) each with why; raise
+    :class:`BadReply` if some choice could not be placed."""
+    k = len(rows)
+    results.latency_s[rows if isinstance(rows, list) else slice(rows.start, rows.stop)] = latency_s
+    results.answered([rows[i] for i in range(k) if good[i]])
+    for i in range(k):
+        if not good[i]:
+            results.fail([rows[i]], spoiled.get(i, NO_CHOICE), latency_s, final=False)
+    if k == 1 and good[0]:
+        _set_row_usage(data, rows[0], results)
+    if problem is not None:
+        raise BadReply(problem, placed=True)
+    return sum(good)
 
 
 def place_chat(data: dict, row: int, n: int, results: ResultColumns, latency_s: float) -> int:
@@ -142,13 +193,18 @@ def place_chat(data: dict, row: int, n: int, results: ResultColumns, latency_s: 
 
     A reasoning model's reasoning (``message.reasoning`` or ``reasoning_content``) goes to
     ``results.reasoning``; an answer that is all reasoning (``content`` empty or null) is
-    answered, with an empty completion."""
-    got = 0
-    for choice in data["choices"]:
-        j = choice.get("index", got)
-        if not 0 <= j < n:
-            raise ValueError(f"choice index {j} out of range for n={n}")
-        message = choice.get("message") or {}
+    answered, with an empty completion. A reply without all its choices fails the row, not for
+    good (the caller sends it again); a choice out of range or without a ``message`` raises
+    :class:`BadReply`."""
+    got, seen = 0, set()
+    for choice in _choices(data):
+        j = choice.get("index", got) if isinstance(choice, dict) else None
+        if not isinstance(j, int) or not 0 <= j < n or j in seen:
+            raise BadReply(f"choice index {j!r} out of range or repeated for n={n}")
+        seen.add(j)
+        message = choice.get("message")
+        if not isinstance(message, dict):
+            raise BadReply(f"choice {j} carried no message")
         flat = row * results.n + j
         results.completion[flat] = message.get("content") or ""
         results.finish_reason[flat] = choice.get("finish_reason") or ""
@@ -159,7 +215,7 @@ def place_chat(data: dict, row: int, n: int, results: ResultColumns, latency_s: 
         got += 1
     results.latency_s[row] = latency_s
     if got < n:
-        results.fail([row], f"response carried {got} of {n} choices", latency_s)
+        results.fail([row], f"response carried {got} of {n} choices", latency_s, final=False)
         return 0
     results.answered([row])
     _set_row_usage(data, row, results)
@@ -310,7 +366,11 @@ class EndpointClient:
             raise ConnectionFailed(str(exc)) from exc
         if resp.status_code >= 400:
             raise StatusError(resp.status_code, status_message(resp.status_code, resp.content))
-        return json.loads(resp.content), time.perf_counter() - t0
+        try:
+            data = json.loads(resp.content)
+        except ValueError as exc:  # a 200 with a proxy's HTML page, a truncated body, …
+            raise BadReply(f"reply is not JSON ({exc}): {resp.content[:80]!r}") from None
+        return data, time.perf_counter() - t0
 
     async def complete(self, prompts: list[str], params: dict) -> tuple[dict, float]:
         """One ``/v1/completions`` call with ``prompt`` as a list: (parsed reply, seconds).

@@ -45,6 +45,9 @@ class RunConfig:
     base_port: int = 8000
     health_timeout: float = 120.0
     min_endpoints: int | None = None  # None: every endpoint must be healthy at the start
+    #: seconds between looks at the dead endpoints (and those down at the start): one healthy
+    #: again returns to service; None or 0: a dead endpoint stays dead
+    revive_interval: float | None = 30.0
     time_limit: float | None = None  # seconds from the start: stop sending, write what is answered
     restart: bool = False  # ignore (delete) an earlier attempt's run directory
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -94,6 +97,7 @@ class RunConfig:
             "request_timeout": c.request_timeout,
             "per_prompt_timeout": c.per_prompt_timeout,
             "max_prompts_per_call": c.max_prompts_per_call,
+            "revive_interval": self.revive_interval,
             "endpoint": None if self.hostfile else self.endpoint,
             "hostfile": self.hostfile,
             "base_port": self.base_port,

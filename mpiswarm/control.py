@@ -8,7 +8,10 @@ every rank is busy with HTTP. Protocol:
   with the next guided chunk, a "wait" (ask again shortly: the rank holds enough, or the others
   will finish what is left sooner), or an empty chunk when nothing is left (or the job stops);
 * every rank sends ``PROGRESS`` (rows finished, rows answered) about once a second, and ``DONE``
-  when it will send nothing more; rank 0 leaves its loop once every rank is done.
+  when it will send nothing more; rank 0 leaves its loop once every rank is done;
+* a rank asked to stop (SIGTERM, ``--time-limit``) tells rank 0 ``STOP``, and rank 0 tells every
+  rank not done yet: a signal that reaches one rank late, or only one rank, stops them all
+  within a poll.
 
 A rank never sends ``DONE`` with a request outstanding, so every chunk rank 0 hands out is
 received, and every row ends up in exactly one rank's results.
@@ -27,7 +30,7 @@ from .balance import Chunk, RowQueue, guided_size, next_call_size
 from .inputs import PromptSet
 from .wire import pack_rows, unpack_rows
 
-TAG_REQUEST, TAG_WORK, TAG_PROGRESS, TAG_DONE = 71, 72, 73, 74
+TAG_REQUEST, TAG_WORK, TAG_PROGRESS, TAG_DONE, TAG_STOP = 71, 72, 73, 74, 75
 ROOT_POLL_S = 0.001
 WORKER_POLL_S = 0.001
 PROGRESS_EVERY_S = 0.25  # also what rank 0's estimate of each rank's rate is made of
@@ -194,6 +197,27 @@ class Control:
         self.latency = np.zeros(size)  # root: typical seconds a call takes, per rank
         self.pool: Pool | None = None
         self.progress: Callable[[], tuple] = lambda: (0, 0, 0.0)  # this rank: (finished, answered, latency)
+        #: called with the reason when another rank asked the job to stop (StopRequest.request)
+        self.on_stop: Callable[[str], None] = lambda reason: None
+        self._told_stop = False
+
+    def _pass_stop(self, stop: asyncio.Event | None, reason: str) -> None:
+        """This rank's stop to rank 0 (non-root), or rank 0's to every rank not done (root): once."""
+        if self._told_stop or stop is None or not stop.is_set():
+            return
+        self._told_stop = True
+        payload = reason.encode("utf-8", "replace")
+        for dest in ([0] if self.rank else [r for r in range(1, self.size) if not self.done[r]]):
+            self.mailbox.send(dest, TAG_STOP, payload)
+
+    def _stop_received(self, source: int | None = None) -> None:
+        while (got := self.mailbox.poll(TAG_STOP, **({} if source is None else {"source": source}))) is not None:
+            said = got[1].decode("utf-8", "replace")
+            if self.rank:
+                self._told_stop = True  # rank 0 knows: nothing to tell it back
+                self.on_stop(said)
+            else:
+                self.on_stop(f"{said} (on rank {got[0]})")
 
     # -- work ----------------------------------------------------------------------------
     def chunk(self, index, prompts, overrides) -> Chunk:
@@ -252,20 +276,30 @@ class Control:
                 if tag == TAG_DONE:
                     self.done[source] = True
 
-    async def report(self, finished: Callable[[], tuple[int, int]], until: asyncio.Future) -> None:
-        """Non-root: send progress every second until ``until`` is done, then ``DONE``."""
-        while not until.done():
+    async def report(self, finished: Callable[[], tuple[int, int]], until: asyncio.Future,
+                     stop: asyncio.Event | None = None, reason: Callable[[], str] = lambda: "stopped") -> None:
+        """Non-root: send progress every second until ``until`` is done, then ``DONE``; pass
+        this rank's ``stop`` to rank 0, and rank 0's to :attr:`on_stop`."""
+        while True:
+            self._pass_stop(stop, reason())  # also when the stop just ended this rank's work
+            self._stop_received(source=0)
+            if until.done():
+                break
             self.mailbox.send(0, TAG_PROGRESS, _COUNTS.pack(*finished()))
             await asyncio.wait([until], timeout=PROGRESS_EVERY_S)
         self.mailbox.send(0, TAG_DONE, _COUNTS.pack(*finished()))
         self.mailbox.flush()
 
     async def serve(self, finished: Callable[[], tuple[int, int]], own_work: asyncio.Future, stop: asyncio.Event,
-                    on_tick: Callable[[np.ndarray], None] | None = None) -> None:
+                    on_tick: Callable[[np.ndarray], None] | None = None,
+                    reason: Callable[[], str] = lambda: "stopped") -> None:
         """Root: hand out chunks and gather progress until every rank (itself included) is done.
-        Once ``stop`` is set, requests are answered with no more work."""
+        Once ``stop`` is set (here, or by a rank's ``STOP``), requests are answered with no more
+        work and every rank not done is told to stop."""
         tick = time.monotonic()
         while True:
+            self._stop_received()
+            self._pass_stop(stop, reason())
             if self.pool is not None:
                 if stop.is_set():
                     self.pool.open = False

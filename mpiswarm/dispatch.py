@@ -10,6 +10,10 @@
 * an endpoint that keeps failing, or whose ``/health`` turns bad, is declared dead and the rank
   carries on with the next live endpoint of the job (ring order from its own); when none is
   left, its remaining rows stay unanswered for a resume;
+* a reply that does not answer every row (a missing, repeated or out-of-range ``choice.index``,
+  a choice without text, a 200 whose body is not JSON or not a completion) keeps the rows it
+  did answer and sends the others again under the same retry policy; only when the attempts are
+  spent do they fail, each with what was wrong (counted in ``n_bad_replies``);
 * a stop request (SIGTERM, ``--time-limit``) lets no new call start and cancels those in flight.
 
 Every finished call is reported to ``on_finished(results, rows)`` (the checkpoint). No MPI here.
@@ -17,6 +21,7 @@ Every finished call is reported to ``on_finished(results, rows)`` (the checkpoin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import re
@@ -28,7 +33,8 @@ import numpy as np
 
 from .balance import Chunk
 from .budget import NO_ROOM, TokenBudget
-from .client import ClientOptions, EndpointClient, describe_error, place_chat, place_completions
+from .client import (BadReply, ClientOptions, EndpointClient, describe_error, model_problem, place_chat,
+                     place_completions)
 from .errors import CallError
 from .records import RankStats, ResultColumns
 from .retry import CLIENT_ERROR, TRANSIENT, RetryPolicy, classify
@@ -54,31 +60,69 @@ class AllEndpointsDown(Exception):
 
 
 class EndpointPool:
-    """The endpoints a rank may use: its own first, then the others in ring order."""
+    """The endpoints a rank may use: its own first, then the others in ring order. An endpoint
+    declared dead can come back (:meth:`revive_dead`); every loss and return is kept in
+    :attr:`events` (seconds since the pool was made)."""
 
-    def __init__(self, urls: list[str], options: ClientOptions, stack: AsyncExitStack):
+    def __init__(self, urls: list[str], options: ClientOptions, stack: AsyncExitStack, clock=time.monotonic):
         self.urls = list(dict.fromkeys(urls))
         self.options = options
         self._stack = stack
         self._clients: dict[str, EndpointClient] = {}
         self.dead: dict[str, str] = {}  # url -> why
+        self.events: list[dict] = []  # {"url", "event": "lost" | "back", "t": s, "why"}
+        self._clock = clock
+        self._t0 = clock()
+
+    async def _client(self, url: str) -> EndpointClient:
+        client = self._clients.get(url)
+        if client is None:
+            client = self._clients[url] = await self._stack.enter_async_context(EndpointClient(url, self.options))
+        return client
 
     async def current(self) -> EndpointClient:
         for url in self.urls:
             if url not in self.dead:
-                client = self._clients.get(url)
-                if client is None:
-                    client = self._clients[url] = await self._stack.enter_async_context(
-                        EndpointClient(url, self.options))
-                return client
+                return await self._client(url)
         raise AllEndpointsDown
+
+    def _event(self, url: str, event: str, why: str = "") -> None:
+        self.events.append({"url": url, "event": event, "t": round(self._clock() - self._t0, 3), "why": why})
 
     def mark_dead(self, client: EndpointClient, why: str) -> bool:
         """Declare ``client``'s endpoint dead; False if it already was."""
-        if client.base_url in self.dead:
+        return self.declare_dead(client.base_url, why)
+
+    def declare_dead(self, url: str, why: str) -> bool:
+        """Declare ``url`` dead (also one that was not healthy at the start); False if it already was."""
+        if url in self.dead:
             return False
-        self.dead[client.base_url] = why
+        self.dead[url] = why
+        self._event(url, "lost", why)
         return True
+
+    async def revive_dead(self) -> list[str]:
+        """Look at every dead endpoint's ``/health`` (and that it serves the model): those
+        healthy again return to service, and the ring order sends to them again (a rank's own
+        endpoint first). Returns the URLs that came back."""
+        back = []
+        for url in list(self.dead):
+            client = await self._client(url)
+            if await client.is_down() or model_problem(await client.model_cards(), self.options.model):
+                continue
+            del self.dead[url]
+            self._event(url, "back")
+            back.append(url)
+        return back
+
+    def own_endpoint_record(self) -> dict:
+        """For the rank's own endpoint (the ring's first): how often it was lost and came back,
+        and when last (seconds since the start, -1 never)."""
+        mine = [e for e in self.events if e["url"] == self.urls[0]]
+        lost = [e["t"] for e in mine if e["event"] == "lost"]
+        back = [e["t"] for e in mine if e["event"] == "back"]
+        return {"n_endpoint_lost": len(lost), "n_endpoint_back": len(back),
+                "t_endpoint_lost": lost[-1] if lost else -1.0, "t_endpoint_back": back[-1] if back else -1.0}
 
 
 class Dispatcher:
@@ -87,8 +131,9 @@ class Dispatcher:
 
     def __init__(self, pool: EndpointPool, stats: RankStats, *, policy: RetryPolicy | None = None,
                  on_finished: Callable | None = None, sleep=asyncio.sleep, rng: random.Random | None = None,
-                 budget: TokenBudget | None = None):
+                 budget: TokenBudget | None = None, revive_interval: float | None = None):
         self.pool = pool
+        self.revive_interval = revive_interval  # seconds between looks at the dead endpoints; None: never
         self.budget = budget  # --max-tokens auto: explains the rows it left no room
         self.stats = stats
         self.policy = policy or RetryPolicy()
@@ -161,14 +206,27 @@ class Dispatcher:
             t0 = time.monotonic()
             try:
                 await self._attempt(client, chunk, rows, params)
-                self._finished(results, rows)
-                return
+                left = [r for r in rows if not results.ok[r]]
+                if not left:
+                    self._finished(results, rows)
+                    return
+                bad = True  # some rows had no (usable) choice: each carries why
             except asyncio.CancelledError:
                 raise
+            except BadReply as exc:
+                if not exc.placed:  # nothing placed: every row carries the reply's problem
+                    results.fail(rows, str(exc), time.monotonic() - t0, final=False)
+                left, bad = [r for r in rows if not results.ok[r]], True
             except _CALL_ERRORS as exc:
                 kind = classify(exc)
                 self.stats.n_failed_calls += 1
                 reason = describe_error(exc, self.pool.options.timeout_for(len(rows) * params.get("n", 1)))
+                bad = False
+            if bad:
+                rows = await self._bad_reply(results, rows, left, attempt, first_try)
+                if not rows:
+                    return
+                continue
             limit = prompt_limit(reason) if kind == CLIENT_ERROR else None
             if limit is not None and limit < len(rows):  # the list was too long, not a prompt bad
                 self.max_prompts = min(self.max_prompts, limit)
@@ -195,11 +253,41 @@ class Dispatcher:
             self.stats.n_retries += 1
             await self.sleep(delay)
 
+    async def _bad_reply(self, results: ResultColumns, rows, left: list, attempt: int, first_try: float) -> list:
+        """After a reply that left ``left`` of ``rows`` unanswered (each with why in its
+        ``error``): the answered rows are finished; the others are returned to be sent again
+        after the policy's backoff, or, once the attempts are spent, failed for good (an empty
+        list is returned)."""
+        self.stats.n_bad_replies += 1
+        answered = [r for r in rows if results.ok[r]]
+        if answered:
+            self._finished(results, answered)
+        delay = self.policy.delay(attempt, self.rng)
+        if not self.policy.should_retry(attempt, time.monotonic() - first_try, delay):
+            for row in left:
+                results.fail([row], f"bad reply after {attempt} attempts: {results.error[row]}",
+                             results.latency_s[row], final=True)
+            self._finished(results, left)
+            return []
+        self.stats.n_retries += 1
+        await self.sleep(delay)
+        return left
+
     async def _send_split(self, chunk: Chunk, rows, params: dict) -> None:
         """``rows`` in lists of at most ``max_prompts`` (by the limit, never by halving)."""
         step = self.max_prompts
         for start in range(0, len(rows), step):
             await self.send(chunk, rows[start:start + step], params)
+
+    async def _revive(self, stop: asyncio.Event) -> None:
+        """Every ``revive_interval`` seconds, return the dead endpoints that are healthy again
+        (a server restarted, one that was still loading at the start) to service."""
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):  # the interval, or a stop: whichever first
+                await asyncio.wait_for(stop.wait(), self.revive_interval)
+            if stop.is_set():
+                return
+            await self.pool.revive_dead()
 
     # -- all calls ---------------------------------------------------------------------
     async def run(self, source, base_params: dict, stop: asyncio.Event | None = None) -> None:
@@ -223,7 +311,11 @@ class Dispatcher:
 
         workers = asyncio.gather(*(worker() for _ in range(self.pool.options.calls_in_flight())))
         stopper = asyncio.ensure_future(stop.wait())
+        reviver = asyncio.ensure_future(self._revive(stop)) if self.revive_interval else None
         await asyncio.wait([workers, stopper], return_when=asyncio.FIRST_COMPLETED)
+        if reviver is not None:
+            reviver.cancel()
+            await asyncio.gather(reviver, return_exceptions=True)
         source.stop()
         if not workers.done():  # stopped: calls in flight are abandoned, their rows resent on resume
             workers.cancel()

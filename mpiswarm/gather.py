@@ -16,9 +16,10 @@ from typing import Callable, Iterator
 import numpy as np
 
 from . import _mpi
-from .packed import PackedColumns, PackedStrings, pack_message, unpack_messages
+from .packed import MESSAGE_OVERHEAD, PackedColumns, PackedStrings, pack_message, row_bytes, unpack_messages
 from .records import RankStats, ResultColumns
 from .scatter import scatter_packed
+from .wire import cut_by_bytes, utf8_lengths
 
 
 def any_reasoning(local: ResultColumns, comm=None) -> bool:
@@ -51,17 +52,22 @@ def gather_results(local: ResultColumns, comm=None, reasoning: bool | None = Non
 
 def gather_in_rounds(local: ResultColumns, rows_per_round: int, comm=None) -> Iterator[PackedColumns]:
     """Gather ``local`` from every rank a round at a time: each round, every rank sends its next
-    ``rows_per_round / ranks`` rows (in index order). The root gets each round's rows sorted by
-    index — at most ``rows_per_round`` rows in memory at once; the others get nothing. Every
-    rank must exhaust the iterator."""
+    rows (in index order), at most ``rows_per_round / ranks`` of them and at most
+    ``message_byte_limit() / ranks`` bytes (:func:`mpiswarm._mpi.message_byte_limit`: no count
+    of the round passes a C int, however long the answers). The root gets each round's rows
+    sorted by index — at most ``rows_per_round`` rows in memory at once; the others get
+    nothing. Every rank must exhaust the iterator."""
     _, size = _mpi.rank_and_size(comm)
     local = local.in_index_order()
     block = max(1, rows_per_round // size)
-    n_rounds = _mpi.allreduce_max(-(-len(local) // block), comm)
     reasoning = any_reasoning(local, comm)
+    quota = max(1, _mpi.message_byte_limit() // size - MESSAGE_OVERHEAD)
+    ends = cut_by_bytes(row_bytes(local, reasoning), quota, block)
+    n_rounds = _mpi.allreduce_max(len(ends), comm)
+    starts = [0] + ends
     for k in range(n_rounds):
-        a = min(k * block, len(local))
-        got = gather_packed(local, comm, a, min(a + block, len(local)), reasoning)
+        a, b = (starts[k], ends[k]) if k < len(ends) else (len(local), len(local))
+        got = gather_packed(local, comm, a, b, reasoning)
         if got is not None:
             yield got
 
@@ -70,6 +76,20 @@ def gather_stats(stats: RankStats, comm=None) -> list[RankStats] | None:
     """Per-rank statistics on the root, in rank order (small: pickled)."""
     gathered = _mpi.gather(stats.as_dict(), comm)
     return None if gathered is None else [RankStats(**d) for d in gathered]
+
+
+def _longest_text_row(texts: Callable[[int, int], list[list[str]]], a: int, b: int, n_texts: int,
+                      step: int = 1 << 20) -> int:
+    """The most UTF-8 bytes (NULs included) one row's ``n_texts`` text columns take, read a
+    million rows at a time (bounded memory)."""
+    longest = 0
+    if not n_texts:
+        return 0
+    for start in range(a, b, step):
+        columns = texts(start, min(start + step, b))
+        sizes = sum((utf8_lengths(columns[j]) + 1 for j in range(n_texts)), np.zeros(len(columns[0]), np.int64))
+        longest = max(longest, int(sizes.max(initial=0)))
+    return longest
 
 
 @dataclass
@@ -102,15 +122,23 @@ def redistribute_in_rounds(local: ResultColumns, bounds: np.ndarray, rows_per_ro
     strings, never writing them. Each round every rank gets the next window of its block: at
     most ``rows_per_round`` rows, and at most ``text_rows_per_round`` (default
     ``rows_per_round``) rows of text for all the ranks that have a block, together, on the
-    root. Every rank must exhaust the iterator."""
+    root; and few enough rows that no writer receives more than
+    :func:`~mpiswarm._mpi.message_byte_limit` bytes of answers a round, nor the root scatters
+    more bytes of text (windows sized by the longest row of each: rows much longer than the
+    rest make the rounds smaller). Every rank must exhaust the iterator."""
     rank, size = _mpi.rank_and_size(comm)
     bounds = np.asarray(bounds, dtype=np.int64)
     local = local.in_index_order()
     text_rows = rows_per_round if text_rows_per_round is None else text_rows_per_round
     receivers = max(1, int(np.count_nonzero(np.diff(bounds))))  # ranks with a block (the root encodes their texts)
-    window = max(1, min(rows_per_round, text_rows // receivers))
-    n_rounds = -(-int(np.diff(bounds).max(initial=0)) // window)
     reasoning = any_reasoning(local, comm)
+    limit = _mpi.message_byte_limit()
+    longest = _mpi.allreduce_max(int(row_bytes(local, reasoning).max(initial=0)), comm)
+    longest_text = _mpi.bcast(_longest_text_row(texts, int(bounds[0]), int(bounds[-1]), n_texts)
+                              if texts is not None and rank == _mpi.ROOT else 0, comm)
+    window = max(1, min(rows_per_round, text_rows // receivers, (limit - MESSAGE_OVERHEAD) // max(1, longest),
+                        limit // max(1, receivers * longest_text)))
+    n_rounds = -(-int(np.diff(bounds).max(initial=0)) // window)
     for k in range(n_rounds):
         lo = np.minimum(bounds[:-1] + k * window, bounds[1:])
         hi = np.minimum(lo + window, bounds[1:])

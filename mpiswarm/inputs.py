@@ -430,6 +430,10 @@ def _encodable(text: str) -> bool:
     return True
 
 
+#: the UTF-8 byte-order mark, accepted (and dropped) at the start of an input file
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
 def parse_range(path: str, raw: bytes, first_lineno: int = 1, suffix: str = ".jsonl", fill=None, *,
                 prompt_format: str | None = None, offset: int = 0) -> Part:
     """Parse the lines in ``raw`` — bytes ``offset`` … of the file ``path`` (for messages),
@@ -437,10 +441,14 @@ def parse_range(path: str, raw: bytes, first_lineno: int = 1, suffix: str = ".js
     map template ``fill`` (:func:`_filler`), then put the prompts into ``prompt_format``.
 
     Never raises for bad input: the first problem in the range, in file order, is
-    ``Part.error`` (invalid UTF-8 on line L counts as a problem on line L).
+    ``Part.error`` (invalid UTF-8 on line L counts as a problem on line L). A UTF-8 byte-order
+    mark at the start of the file (what many Windows tools write) is skipped, not read as part
+    of the first line.
     """
     parse = _parse_jsonl if suffix == ".jsonl" else _parse_txt
     part = Part()
+    if offset == 0 and raw.startswith(UTF8_BOM):
+        raw, offset = raw[len(UTF8_BOM):], len(UTF8_BOM)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

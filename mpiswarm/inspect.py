@@ -203,6 +203,7 @@ def format_report(r: dict, all_ranks: bool = False) -> str:
             lines.append(f"    dead endpoints: {', '.join(dead)}")
     elif n:
         lines.append(f"  ranks        {n} (table left out; --ranks prints it)")
+    lines += endpoint_history(ranks, limit=None if all_ranks else RANK_TABLE_LIMIT)
     tree = r.get("reduce")
     if tree:
         lines.append(f"  reduce       levels {tree['level_sizes']}, {tree['groups_failed']} groups failed, "
@@ -216,6 +217,25 @@ def format_report(r: dict, all_ranks: bool = False) -> str:
         keys = ("batch_size", "concurrency", "request_timeout", "time_limit", "input")
         lines.append("  params       " + ", ".join(f"{k}={params.get(k)}" for k in keys if k in params))
     return "\n".join(lines)
+
+
+def endpoint_history(ranks: dict, limit: int | None = None) -> list[str]:
+    """Lines saying, per endpoint, when it was lost and when it came back, as its own rank saw
+    it (``ranks/extra``'s ``endpoint_events``: seconds after the request phase began); at most
+    ``limit`` endpoints, then how many more."""
+    lines = []
+    extras, urls = ranks.get("extra", []), ranks.get("endpoint", [])
+    for i, (extra, url) in enumerate(zip(extras, urls)):
+        events = [e for e in (extra or {}).get("endpoint_events", []) if e.get("url") == url]
+        if events:
+            said = ", ".join(f"{e['event']} {e['t']:.1f} s" + (f" ({e['why'][:80]})" if e.get("why") else "")
+                             for e in events)
+            lines.append(f"    {url} (rank {i}): {said}")
+    if not lines:
+        return []
+    shown = lines if limit is None else lines[:limit]
+    more = [f"    … {len(lines) - len(shown)} more (--ranks prints them)"] if len(shown) < len(lines) else []
+    return ["  endpoints    lost and back (seconds into the requests)"] + shown + more
 
 
 def _cell(v) -> str:

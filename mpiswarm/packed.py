@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .records import NUMERIC_COLUMNS, STRING_COLUMNS, ResultColumns
+from .wire import utf8_lengths
 
 ENCODING = "utf-8"
 #: Lone surrogates cannot be stored as UTF-8 (h5py refused them with an exception): '?'.
@@ -218,6 +219,28 @@ def pack_message(results: ResultColumns, start: int = 0, stop: int | None = None
         raw = packed[c][1]
         parts += [raw, b"\0" * _pad8(len(raw))]
     return b"".join(parts)
+
+
+#: bytes of a message beyond its rows' (header, padding): what a byte quota keeps free
+MESSAGE_OVERHEAD = 8 * (_HEAD + len(_NARROW) + len(WIRE_STRINGS))
+
+
+def row_bytes(results: ResultColumns, reasoning: bool = False) -> np.ndarray:
+    """Each row's share of a :func:`pack_message` message, in bytes (int64, at least what it
+    takes: a lone surrogate counts 3 bytes, stored as 1): what sizes a round by bytes. The
+    message adds :data:`MESSAGE_OVERHEAD`."""
+    rows, n = len(results), results.n
+    fixed = 8 * len(_WIDE) + sum(np.dtype(_DTYPES[c]).itemsize for c in _NARROW)
+    sizes = np.full(rows, fixed, dtype=np.int64)
+    for c in WIRE_STRINGS:
+        column = getattr(results, c)
+        if c == "reasoning" and not reasoning:
+            continue
+        k = _entries(c, 1, n)
+        sizes += 9 * k  # a length and a NUL per string
+        if column is not None and rows:
+            sizes += utf8_lengths(column).reshape(rows, k).sum(axis=1)
+    return sizes
 
 
 def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:

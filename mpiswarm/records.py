@@ -133,6 +133,13 @@ class RankStats:
     n_retries: int = 0
     n_bisections: int = 0
     n_failovers: int = 0
+    n_bad_replies: int = 0  # 200s that did not answer every row (missing/bad choices, not JSON, not a completion)
+    # the rank's own endpoint: times declared dead (or down at the start) and back in service, and
+    # when last (seconds after the request phase began, -1: never); every endpoint's in extra
+    n_endpoint_lost: int = 0
+    n_endpoint_back: int = 0
+    t_endpoint_lost: float = -1.0
+    t_endpoint_back: float = -1.0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     max_model_len: int = -1

@@ -12,10 +12,11 @@ import os
 import resource
 import secrets
 import signal
+import sys
 import threading
 import time
-from contextlib import AsyncExitStack, nullcontext
-from dataclasses import dataclass
+from contextlib import AsyncExitStack, ExitStack, nullcontext
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -33,14 +34,17 @@ from .ensemble import EnsemblePlan, expand
 from .endpoints import check_template, endpoint_from_hostfile, expand_endpoint, parse_hostfile
 from .exitcodes import EXIT_ENDPOINT_DOWN, EXIT_OK, EXIT_PROMPTS_FAILED, EXIT_RESUME
 from .gather import any_reasoning, gather_in_rounds, gather_stats, redistribute_in_rounds
-from .packed import PackedColumns
+from .packed import PackedColumns, row_bytes
 from .inputs import InputError, PromptSet, check_row_sampling
+from .lock import OutputLock
 from .metrics import engine_deltas
 from .partition import contiguous_bounds
 from .records import RankStats, ResultColumns
 from .reduce import Combiner, Items, reduce_tree
 from .scatter import RankSlice, scatter_rows
-from .store import create_part_file, create_result_file, create_virtual_file, part_name, parts_dir, remove_stale_parts
+from .store import (WriteGuard, create_part_file, create_result_file, create_virtual_file, estimate_file_bytes,
+                    part_name, parts_dir, remove_parts, remove_stale_parts)
+from .wire import utf8_lengths
 from .progress import ProgressPrinter
 from .read import read_prompts_parallel
 from .summary import Tally, format_reduction, format_summary, format_votes
@@ -58,6 +62,11 @@ def _say(config: RunConfig, message: str) -> None:
         print(message, flush=True)
 
 
+class WriteFailed(Exception):
+    """The output (or a part of it) could not be written: one line naming the path and why.
+    Every rank raises it, after the collectives; the checkpoints stay for the next attempt."""
+
+
 @dataclass
 class Plan:
     """What the root decided before anything is sent, shared with every rank."""
@@ -70,10 +79,12 @@ class Plan:
     n_finished: int  # rows finished by earlier attempts
 
 
-def _prepare_on_root(config: RunConfig, comm) -> tuple[Plan, PromptSet | None, ResultColumns | None,
-                                                      EnsemblePlan | None]:
+def _prepare_on_root(config: RunConfig, comm, held: ExitStack | None = None) -> tuple[
+        Plan, PromptSet | None, ResultColumns | None, EnsemblePlan | None]:
     """Every rank reads a part of the input (:func:`~mpiswarm.read.read_prompts_parallel`), the
-    root validates the rest and opens the run directory; every rank learns the plan. Returns
+    root takes the output's lock (held in ``held`` until the job ends: a second job on the same
+    output is refused before it reads or sends anything), validates the rest and opens the run
+    directory; every rank learns the plan. Returns
     ``(plan, prompt_set, finished, ensemble)``, the last three on the root only (``ensemble``
     None unless ``repeat``). Raises :class:`InputError` on every rank when the
     input is bad.
@@ -210,20 +221,30 @@ async def _serve(urls: list[str], config: RunConfig, piece: RankSlice, plan: Pla
     event = stop.event()
     async with AsyncExitStack() as stack:
         endpoints = EndpointPool(urls, config.client, stack)
-        endpoints.dead.update(down_at_start)
-        dispatcher = Dispatcher(endpoints, stats, policy=config.retry, on_finished=shard.append, budget=budget)
+        for url, why in down_at_start.items():  # they join once healthy (revive_interval)
+            endpoints.declare_dead(url, why)
+        dispatcher = Dispatcher(endpoints, stats, policy=config.retry, on_finished=shard.append, budget=budget,
+                                revive_interval=config.revive_interval or None)
         control.progress = dispatcher.progress
+        control.on_stop = stop.request  # another rank's SIGTERM or --time-limit stops this one too
+
+        def why() -> str:
+            return stop.reason or "stopped"
+
         try:
             work = asyncio.ensure_future(dispatcher.run(source, config.sampling, event))
             if rank == _mpi.ROOT:
-                await control.serve(dispatcher.progress, work, event, printer.update if printer else None)
+                await control.serve(dispatcher.progress, work, event, printer.update if printer else None, why)
                 if printer:
                     printer.close(control.counts)
             else:
-                await control.report(dispatcher.progress, work)
+                await control.report(dispatcher.progress, work, event, why)
             await work  # its exception, if any, reaches the abort guard
         finally:
             stop.detach()
+        for name, value in endpoints.own_endpoint_record().items():
+            setattr(stats, name, value)
+        stats.extra["endpoint_events"] = endpoints.events
     if pool is not None and len(leftover := pool.leftover()):  # never handed out: left for a resume
         chunk = control.chunk(leftover, [""] * len(leftover), None)
         chunk.results.fail(range(len(leftover)), UNANSWERED_STOPPED, final=False)
@@ -262,22 +283,49 @@ def _held_rows(finished: ResultColumns | None, results: ResultColumns, root: boo
 
 
 def _gather_and_write(out, prompt_set: PromptSet | None, finished: ResultColumns | None, results: ResultColumns,
-                      tally: Tally, votes: VoteCounter | None, ensemble: EnsemblePlan | None, comm) -> float:
+                      tally: Tally, votes: VoteCounter | None, ensemble: EnsemblePlan | None, comm,
+                      guard: WriteGuard | None = None) -> float:
     """The single layout: every rank's rows to rank 0 in rounds, rank 0 writing each round (and
-    the rows of earlier attempts) as it comes. Returns rank 0's seconds spent writing."""
-    root = out is not None
+    the rows of earlier attempts) as it comes, through ``guard`` (given on the root): a write
+    that fails stops the writing, not the rounds. Returns rank 0's seconds spent writing."""
+    root = guard is not None
+    write = out.write_rows if out is not None else None  # None: the file could not be begun
     write_s = 0.0
     for part in [PackedColumns.from_results(finished)] if root and len(finished) else []:
-        out.write_rows(prompt_set.prompts, prompt_set.custom_ids, part)
+        guard.run(write, prompt_set.prompts, prompt_set.custom_ids, part)
         tally.add(part)
         _count_votes(votes, ensemble, part)
     for part in gather_in_rounds(results, GATHER_ROWS_PER_ROUND, comm):
         w0 = time.perf_counter()
-        out.write_rows(prompt_set.prompts, prompt_set.custom_ids, part)
+        if root:
+            guard.run(write, prompt_set.prompts, prompt_set.custom_ids, part)
         write_s += time.perf_counter() - w0
         tally.add(part)
         _count_votes(votes, ensemble, part)
     return write_s
+
+
+def file_bytes(held: ResultColumns, bounds: np.ndarray, texts: list[list[str]] | None, comm=None) -> int:
+    """About how many bytes the result file this rank writes will take: the file of rows
+    ``bounds[rank]:bounds[rank + 1]`` (0 for a rank that writes none), from the rows every rank
+    ``held`` and the root's text columns ``texts`` (prompts and custom_ids, None elsewhere). For
+    :meth:`~mpiswarm.store.WriteGuard.reserve`: a file that cannot fit is refused before it is begun."""
+    rank, size = _mpi.rank_and_size(comm)
+    bounds = np.asarray(bounds, dtype=np.int64)
+    block = np.searchsorted(bounds, held.index, side="right") - 1
+    sizes = np.bincount(block, weights=row_bytes(held, held.reasoning is not None), minlength=size)[:size]
+    answers = _mpi.allreduce_sum_array(sizes.astype(np.int64), comm)
+    per_block = None
+    if texts is not None:
+        lengths = sum((utf8_lengths(column) for column in texts), np.zeros(int(bounds[-1]), np.int64))
+        edges = np.concatenate([[0], np.cumsum(lengths)])
+        per_block = [int(edges[b] - edges[a]) for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist())]
+    mine = _mpi.scatter(per_block, comm)
+    rows = int(bounds[rank + 1] - bounds[rank])
+    if not rows:
+        return 0
+    n = held.n
+    return estimate_file_bytes(mine + int(answers[rank]), rows * (3 + 3 * n))
 
 
 def part_bounds(n_rows: int, writers: list[bool]) -> np.ndarray:
@@ -295,7 +343,9 @@ def write_parts(output: str, n_rows: int, n: int, local: ResultColumns, prompts:
     ``parts_per="node"`` each node's first rank) writes a contiguous block of the input's rows
     to its own part file in ``OUTPUT.parts/`` — its block's results from whichever ranks hold
     them (``local``), the ``prompts`` and ``custom_ids`` from the root (None elsewhere) — in
-    rounds; ``visit`` sees every block of rows it writes. Returns, on the root, every rank's
+    rounds; ``visit`` sees every block of rows it writes. A part that cannot be written (disk
+    full, quota) raises :class:`WriteFailed` on every rank once the rounds are over, this run's
+    parts removed. Returns, on the root, every rank's
     :class:`Tally` added up (None elsewhere); this
     rank's seconds writing; every part as ``(path relative to the output's directory, first
     row, rows)``; whether the reasoning column exists. Every part file is in place when it
@@ -314,23 +364,46 @@ def write_parts(output: str, n_rows: int, n: int, local: ResultColumns, prompts:
     texts = (lambda a, b: [prompts[a:b], custom_ids[a:b]]) if root else None  # noqa: E731
     tally, write_s = Tally(), 0.0
     path = os.path.join(directory, part_name(token, rank))
-    with create_part_file(path, first, count, n, reasoning) if count else nullcontext() as part:
-        for block in redistribute_in_rounds(local, bounds, GATHER_ROWS_PER_ROUND, texts, 2, comm,
-                                            text_rows_per_round=VIRTUAL_TEXT_ROWS_PER_ROUND):
-            if part is None:  # no rows of its own (more ranks than rows, or not its node's writer)
-                continue
-            w0 = time.perf_counter()
-            part.write_rows(block.texts[0], block.texts[1], block.rows, base=block.start)
-            write_s += time.perf_counter() - w0
-            tally.add(block.rows)
-            if visit is not None:
-                visit(block.rows)
+    guard = WriteGuard(path)  # a write that fails (disk full, quota) leaves the rounds going
+    guard.reserve(file_bytes(local, bounds, texts(0, n_rows) if root else None, comm))
+    try:
+        with ExitStack() as writing:
+            part = guard.enter(writing, create_part_file(path, first, count, n, reasoning)) if count else None
+            for block in redistribute_in_rounds(local, bounds, GATHER_ROWS_PER_ROUND, texts, 2, comm,
+                                                text_rows_per_round=VIRTUAL_TEXT_ROWS_PER_ROUND):
+                if part is None:  # no rows of its own (more ranks than rows, or not its node's writer)
+                    continue
+                w0 = time.perf_counter()
+                guard.run(part.write_rows, block.texts[0], block.texts[1], block.rows, base=block.start)
+                write_s += time.perf_counter() - w0
+                tally.add(block.rows)
+                if visit is not None:
+                    visit(block.rows)
+            guard.check()  # a failed part is removed, never renamed into place
+    except OSError as exc:  # also: closing or renaming the part
+        guard.error = guard.error or exc
     tallies = _mpi.gather(tally, comm)
+    failures = [m for m in _mpi.allgather(guard.message, comm) if m]
     _mpi.barrier_sleeping(comm)  # every part renamed into place before the output points to them
     name = os.path.basename(directory)
     parts = [(os.path.join(name, part_name(token, r)), int(bounds[r]), int(bounds[r + 1] - bounds[r]))
              for r in range(size)]
+    if failures:
+        if root:  # this run's parts that were written point nowhere: remove them (earlier runs' stay)
+            remove_parts(output, parts)
+        raise WriteFailed(failures[0])
     return (Tally.merge(tallies) if root else None), write_s, parts, reasoning
+
+
+def _write_failed(message: str, config: RunConfig, plan: Plan, parts: list, root: bool, comm) -> int:
+    """The output could not be written: one line naming the path and why, this run's parts
+    removed (the output, if any, is an earlier run's and keeps its own), the checkpoints kept so
+    that the same command writes the file once there is room; exit :data:`EXIT_RESUME`."""
+    if root:
+        remove_parts(config.output, parts)
+        print(f"mpiswarm: {message}; every answered row is kept in {plan.run_dir}: run the same command again "
+              "to write the file", file=sys.stderr, flush=True)
+    return _mpi.bcast(EXIT_RESUME if root else None, comm)
 
 
 def _ring(urls: list[str], rank: int) -> list[str]:
@@ -341,9 +414,14 @@ def _ring(urls: list[str], rank: int) -> list[str]:
 def run(config: RunConfig, comm=None) -> int:
     """Run the whole job on this rank; returns the exit code (identical on every rank).
 
-    Raises :class:`~mpiswarm.inputs.InputError` (on every rank) for bad input, before
-    anything is sent.
+    Raises :class:`~mpiswarm.inputs.InputError` (on every rank) for bad input, or when another
+    job holds the output's lock (:class:`~mpiswarm.lock.OutputLocked`), before anything is sent.
     """
+    with ExitStack() as held:  # the root's output lock, released however the run ends
+        return _run(config, comm, held)
+
+
+def _run(config: RunConfig, comm, held: ExitStack) -> int:
     rank, size = _mpi.rank_and_size(comm)
     root = rank == _mpi.ROOT
     times: dict[str, float] = {}
@@ -357,7 +435,7 @@ def run(config: RunConfig, comm=None) -> int:
         times[name] = now - t
         t = now
 
-    plan, prompt_set, finished, ensemble = _prepare_on_root(config, comm)
+    plan, prompt_set, finished, ensemble = _prepare_on_root(config, comm, held)
     phase("read")
 
     url = _endpoint_url(config, plan.entries, comm)
@@ -417,74 +495,99 @@ def run(config: RunConfig, comm=None) -> int:
     stats.n_prompts = int(results.done.sum())
     stats.n_ok = int(results.ok.sum())
     stats.extra["dead_endpoints"] = dead
-    if metrics_before is not None:
+    # A stopped job (SIGTERM at the walltime: PBS kills it a few seconds later) does not wait on
+    # its endpoint's /metrics: a server being stopped beside it may hold the connection open.
+    if metrics_before is not None and stop.reason is None:
         for name, value in engine_deltas(metrics_before, asyncio.run(_read_metrics(url, config))).items():
             setattr(stats, name, value)
     _mpi.barrier_sleeping(comm)  # the slowest rank sets the end of the request phase; the others sleep
     phase("requests")
 
     # Gather and write in rounds: no rank holds more than GATHER_ROWS_PER_ROUND new rows at once.
+    # A write that fails (disk full, quota) is kept by a WriteGuard while the rounds go on, then
+    # every rank learns it and the run ends resumable: no temporary file left, checkpoints kept.
     t0 = time.perf_counter()
     votes = VoteCounter(ensemble.n_prompts) if ensemble is not None else None
-    if config.layout == "virtual":  # every rank writes its own block; rank 0 maps them
-        plan_here = _mpi.bcast(ensemble, comm) if config.repeat else None  # each writer counts its rows' votes
-        counted = VoteCounter(plan_here.n_prompts) if plan_here is not None else None
-        tally, write_s, parts, reasoning = write_parts(
-            config.output, plan.n_rows, plan.n, _held_rows(finished, results, root),
-            *((prompt_set.prompts, prompt_set.custom_ids) if root else (None, None)), comm,
-            parts_per=config.parts_per,
-            visit=None if counted is None else (lambda part: _count_votes(counted, plan_here, part)))
-        if counted is not None:
-            every = _mpi.gather(counted, comm)  # in rank order: rows in input order
-            if root:
-                for other in every:
-                    votes.merge(other)
-        opened = create_virtual_file(config.output, plan.n_rows, plan.n, parts, reasoning) if root else nullcontext()
-    else:
-        tally, write_s, parts = Tally(), 0.0, []
-        opened = create_result_file(config.output, plan.n_rows, plan.n) if root else nullcontext()
-    with opened as out:
-        if config.layout == "virtual":
-            if root:
-                out.n_ok = tally.ok
-        else:
-            write_s = _gather_and_write(out, prompt_set, finished, results, tally, votes, ensemble, comm)
-        if votes is not None:
-            out.write_ensemble(ensemble, votes.votes())
-        stats.t_gather = time.perf_counter() - t0 - write_s
-        reduction, reduce_s = None, 0.0
-        if config.reduce is not None and _mpi.bcast(root and tally.open == 0 and tally.rows == plan.n_rows, comm):
-            r0 = time.perf_counter()
-            combiner = Combiner(urls, config, stats, dead, stop)
-            mine = Items.from_results(_held_rows(finished, results, root))
-            reduction = reduce_tree(mine, plan.n_rows * plan.n, combiner, comm)
-            reduce_s = time.perf_counter() - r0
-            if root:
-                out.write_reduce(reduction)
-        stats.cpu_s = time.process_time()
-        stats.max_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-        all_stats = gather_stats(stats, comm)
-        stop_reasons = _mpi.gather(stop.reason, comm)
-        code = None
+    guard = WriteGuard(config.output) if root else None
+    if config.layout == "single":  # room for the whole file, or refused before it is begun
+        need = file_bytes(_held_rows(finished, results, root), [0] + [plan.n_rows] * size,
+                          [prompt_set.prompts, prompt_set.custom_ids] if root else None, comm)
         if root:
-            complete = tally.open == 0 and tally.rows == plan.n_rows and (reduction is None or reduction.complete)
-            out.write_ranks(all_stats)
-            phase("gather")
-            times["write"] = write_s
-            times["gather"] -= write_s + reduce_s
-            if reduction is not None:
-                times["reduce"] = reduce_s
-            times["total"] = _mpi.wtime() - t_start
-            out.set_attrs({
-                "model": config.client.model,
-                "n_ranks": size,
-                "complete": complete,
-                "attempt": plan.attempt,
-                "n_resumed": plan.n_finished,
-                "params": config.params(),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                **{f"time_{k}_s": v for k, v in times.items()},
-            })
+            guard.reserve(need)
+    parts: list = []
+    try:
+        if config.layout == "virtual":  # every rank writes its own block; rank 0 maps them
+            plan_here = _mpi.bcast(ensemble, comm) if config.repeat else None  # each writer counts its rows' votes
+            counted = VoteCounter(plan_here.n_prompts) if plan_here is not None else None
+            tally, write_s, parts, reasoning = write_parts(
+                config.output, plan.n_rows, plan.n, _held_rows(finished, results, root),
+                *((prompt_set.prompts, prompt_set.custom_ids) if root else (None, None)), comm,
+                parts_per=config.parts_per,
+                visit=None if counted is None else (lambda part: _count_votes(counted, plan_here, part)))
+            if counted is not None:
+                every = _mpi.gather(counted, comm)  # in rank order: rows in input order
+                if root:
+                    for other in every:
+                        votes.merge(other)
+            opened = create_virtual_file(config.output, plan.n_rows, plan.n, parts, reasoning) if root else None
+        else:
+            tally, write_s = Tally(), 0.0
+            opened = create_result_file(config.output, plan.n_rows, plan.n) if root else None
+        with ExitStack() as writing:
+            out = guard.enter(writing, opened) if root else None
+            if config.layout == "virtual":
+                if out is not None:
+                    out.n_ok = tally.ok
+            else:
+                write_s = _gather_and_write(out, prompt_set, finished, results, tally, votes, ensemble, comm, guard)
+            failed = _mpi.bcast(guard.message if root else None, comm)
+            if failed:
+                if root:
+                    guard.check()  # raised inside the file's context: its temporary file is removed
+                raise WriteFailed(failed)
+            if votes is not None:
+                out.write_ensemble(ensemble, votes.votes())
+            stats.t_gather = time.perf_counter() - t0 - write_s
+            reduction, reduce_s = None, 0.0
+            if config.reduce is not None and _mpi.bcast(root and tally.open == 0 and tally.rows == plan.n_rows, comm):
+                r0 = time.perf_counter()
+                combiner = Combiner(urls, config, stats, dead, stop)
+                mine = Items.from_results(_held_rows(finished, results, root))
+                reduction = reduce_tree(mine, plan.n_rows * plan.n, combiner, comm)
+                reduce_s = time.perf_counter() - r0
+                if root:
+                    out.write_reduce(reduction)
+            stats.cpu_s = time.process_time()
+            stats.max_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+            all_stats = gather_stats(stats, comm)
+            stop_reasons = _mpi.gather(stop.reason, comm)
+            code = None
+            if root:  # from here on the root alone: a failure below reaches no other rank
+                complete = tally.open == 0 and tally.rows == plan.n_rows and (reduction is None or reduction.complete)
+                out.write_ranks(all_stats)
+                phase("gather")
+                times["write"] = write_s
+                times["gather"] -= write_s + reduce_s
+                if reduction is not None:
+                    times["reduce"] = reduce_s
+                times["total"] = _mpi.wtime() - t_start
+                out.set_attrs({
+                    "model": config.client.model,
+                    "n_ranks": size,
+                    "complete": complete,
+                    "attempt": plan.attempt,
+                    "n_resumed": plan.n_finished,
+                    "params": config.params(),
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    **{f"time_{k}_s": v for k, v in times.items()},
+                })
+    except WriteFailed as exc:  # every rank
+        return _write_failed(str(exc), config, plan, parts, root, comm)
+    except OSError as exc:  # the root alone: its file's metadata, closing or renaming it
+        if not root:
+            raise
+        guard.error = guard.error or exc
+        return _write_failed(guard.message, config, plan, parts, root, comm)
     if root:
         remove_stale_parts(config.output, keep=[p for p, _, k in parts if k])  # earlier runs' parts
         if complete:

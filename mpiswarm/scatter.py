@@ -9,7 +9,7 @@ from . import _mpi
 from .inputs import PromptSet
 from .packed import PackedStrings
 from .partition import contiguous_bounds
-from .wire import pack_string_slices, unpack_strings
+from .wire import cut_by_bytes, pack_string_slices, unpack_strings, utf8_lengths
 
 
 @dataclass
@@ -38,11 +38,13 @@ def scatter_rows(prompt_set: PromptSet | None, todo: np.ndarray | None = None, c
 
     ``prompt_set``, ``todo`` and ``counts`` are given on the root (``None`` elsewhere). Slice
     sizes differ by at most one row, unless ``counts`` gives each rank's; per-row sampling
-    overrides travel with their rows.
+    overrides travel with their rows. The slices go out in rounds of at most
+    :func:`~mpiswarm._mpi.message_byte_limit` bytes of text in all (each rank's next piece of
+    at most its share of it), so no count passes a C int; a small input takes one round.
     """
     rank, size = _mpi.rank_and_size(comm)
     root = rank == _mpi.ROOT
-    prompts = overrides = bounds = None
+    prompts = overrides = bounds = pieces = None
     if root:
         if todo is None:
             todo = np.arange(len(prompt_set), dtype=np.int64)
@@ -56,7 +58,45 @@ def scatter_rows(prompt_set: PromptSet | None, todo: np.ndarray | None = None, c
             bounds = contiguous_bounds(len(todo), size)
         else:
             bounds = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        pieces = _pieces(prompts, overrides, bounds, _mpi.message_byte_limit() // size)
     has_overrides = _mpi.bcast(bool(root and any(overrides)), comm)
+    n_rounds = _mpi.bcast(None if pieces is None else max(len(p) for p in pieces), comm)
+    got = []
+    for k in range(n_rounds):
+        if root:  # round k: the k-th piece of every rank's slice
+            spans = [p[k] if k < len(p) else (b, b) for p, b in zip(pieces, bounds[1:].tolist())]
+            rows = np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in spans]) if n_rounds > 1 else None
+            round_bounds = np.concatenate([[0], np.cumsum([b - a for a, b in spans])]).astype(np.int64)
+            args = (todo if rows is None else todo[rows], _pick(prompts, rows), _pick(overrides, rows), round_bounds)
+        else:
+            args = (None, None, None, None)
+        got.append(_scatter_round(*args, has_overrides, comm))
+    if not got:
+        return RankSlice(np.zeros(0, np.int64), [], [])
+    return RankSlice(np.concatenate([g.index for g in got]), [p for g in got for p in g.prompts],
+                     [o for g in got for o in g.overrides])
+
+
+def _pick(column: list[str], rows: np.ndarray | None) -> list[str]:
+    """``column``'s entries at ``rows`` (all of it when None: one round)."""
+    return column if rows is None else [column[i] for i in rows.tolist()]
+
+
+def _pieces(prompts: list[str], overrides: list[str], bounds: np.ndarray, quota: int) -> list[list[tuple[int, int]]]:
+    """Each rank's slice ``bounds[r]:bounds[r + 1]`` cut into pieces of at most ``quota`` bytes
+    of prompts and overrides: ``(first, end)`` rows of each (at least one, maybe empty)."""
+    sizes = utf8_lengths(prompts) + utf8_lengths(overrides)
+    out = []
+    for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        ends = [a + e for e in cut_by_bytes(sizes[a:b], max(1, quota))]
+        out.append(list(zip([a] + ends[:-1], ends)) or [(a, a)])
+    return out
+
+
+def _scatter_round(todo: np.ndarray | None, prompts: list[str] | None, overrides: list[str] | None,
+                   bounds: np.ndarray | None, has_overrides: bool, comm) -> RankSlice:
+    """One scatter of rows ``bounds[r]:bounds[r + 1]`` of ``todo`` (root only) to rank r."""
+    root = todo is not None
     index = _mpi.scatterv(todo, np.diff(bounds) if root else None, np.int64, comm)
     my_prompts = _scatter_strings(prompts, bounds, comm)
     if has_overrides:

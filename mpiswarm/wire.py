@@ -43,6 +43,28 @@ def pack_string_slices(strings: list[str], bounds: np.ndarray) -> tuple[np.ndarr
     return np.frombuffer(b"".join(parts), dtype=np.uint8), lengths, byte_counts
 
 
+def utf8_lengths(strings: list[str]) -> np.ndarray:
+    """Each string's length in UTF-8 bytes (int64), what sizes a message by bytes. ASCII strings
+    (``isascii`` is O(1) in CPython) are not encoded."""
+    return np.fromiter((len(s) if s.isascii() else len(s.encode(ENCODING, ERRORS)) for s in strings),
+                       dtype=np.int64, count=len(strings))
+
+
+def cut_by_bytes(sizes: np.ndarray, max_bytes: int, max_rows: int | None = None) -> list[int]:
+    """Where to cut items of ``sizes`` bytes into consecutive pieces of at most ``max_bytes``
+    bytes (and ``max_rows`` items): the pieces' ends, the last ``len(sizes)``. An item larger
+    than ``max_bytes`` is a piece of its own."""
+    ends, start, total = [], 0, len(sizes)
+    cum = np.cumsum(sizes)
+    while start < total:
+        base = int(cum[start - 1]) if start else 0
+        end = int(np.searchsorted(cum, base + max_bytes, side="right"))
+        end = max(start + 1, min(end, total if max_rows is None else start + max_rows))
+        ends.append(end)
+        start = end
+    return ends
+
+
 _ROWS_HEAD = struct.Struct("<QQ")  # rows, whether overrides follow
 
 

@@ -51,7 +51,7 @@ leaves. Older servers' behaviour: ``--error-shape flat``, ``--reasoning-field re
 ``/metrics`` counts one engine request per sequence (prompt x choice), as vLLM does, and
 adds ``mpiswarm_sim:http_requests_total`` (calls to the two completion routes).
 """
-from .faults import FAULT_KINDS, FaultAction, FaultPolicy, draw_fault
+from .faults import BAD_REPLY_KINDS, FAULT_KINDS, FaultAction, FaultPolicy, draw_fault, spoil_reply
 from .model import (
     DEFAULT_MAX_PROMPTS,
     MAX_WORDS,
@@ -79,6 +79,7 @@ from .server import (
 )
 
 __all__ = [
+    "BAD_REPLY_KINDS",
     "DEFAULT_MAX_PROMPTS",
     "FAULT_KINDS",
     "LISTENING_PREFIX",
@@ -103,5 +104,6 @@ __all__ = [
     "run_in_thread",
     "sampling_error",
     "split_reasoning",
+    "spoil_reply",
     "start_process",
 ]

@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
            "default %(default)s)")
     g("--nul-answers", action="store_true",
       help="every answer holds a U+0000 (its first space, or at its end), as real models' may")
+    g("--answer-bytes", type=int, default=d.answer_bytes, metavar="N",
+      help="every answer repeated to at least N UTF-8 bytes, as reasoning models' long answers (default 0: as it is)")
     g = p.add_argument_group("vLLM version (defaults: vLLM 0.32; the others: older servers)").add_argument
     g("--error-shape", choices=ERROR_SHAPES, default=d.error_shape,
       help="nested: {\"error\": {message, type, param, code}} (vLLM 0.32); flat: {object: error, message, "
@@ -95,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     g("--error-rate", type=float, default=d.error_rate, metavar="P",
       help="fraction of completion calls that fail (default %(default)s)")
     g("--error-kinds", type=_words, default=d.error_kinds, metavar="LIST",
-      help=f"failure kinds, drawn uniformly (default {','.join(FAULT_KINDS)})")
+      help=f"failure kinds, drawn uniformly, of {','.join(FAULT_KINDS)} (default {','.join(d.error_kinds)}); "
+           "the last six are 200s that do not answer every prompt")
     g("--fault-seed", type=int, default=d.fault_seed, metavar="N",
       help="seed of the fault draws (default %(default)s)")
     g("--crash-after", type=int, default=d.crash_after, metavar="N",
@@ -122,7 +125,7 @@ def config_from_args(ns: argparse.Namespace) -> SimConfig:
         reasoning=ns.reasoning, reasoning_field=ns.reasoning_field,
         lora_modules=tuple(ns.lora_modules), skip_model_name_validation=ns.skip_model_name_validation,
         nul_answers=ns.nul_answers, error_shape=ns.error_shape, max_prompts_per_call=ns.max_prompts_per_call,
-        context_check=ns.context_check,
+        context_check=ns.context_check, answer_bytes=ns.answer_bytes,
     )
 
 

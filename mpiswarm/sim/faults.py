@@ -9,7 +9,9 @@ Per completion call, in order:
    (answered 503; not counted as a call);
 2. once ``crash_after`` calls have been counted → ``crashed`` (connection dropped);
 3. otherwise the call is counted, waits its jitter (0..``jitter`` s), and with
-   probability ``error_rate`` fails with a kind drawn uniformly from ``error_kinds``.
+   probability ``error_rate`` fails with a kind drawn uniformly from ``error_kinds``: an HTTP
+   error, a call never answered, a dropped connection, or a bad reply — a 200 that does not
+   answer every prompt (:data:`BAD_REPLY_KINDS`, :func:`spoil_reply`).
 """
 from __future__ import annotations
 
@@ -18,9 +20,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .model import FAULT_KINDS, SimConfig
+from .model import BAD_REPLY_KINDS, FAULT_KINDS, SimConfig
 
-__all__ = ["CRASHED", "FAULT_KINDS", "STARTING", "FaultAction", "FaultPolicy", "draw_fault"]
+__all__ = ["BAD_REPLY_KINDS", "CRASHED", "FAULT_KINDS", "STARTING", "FaultAction", "FaultPolicy", "draw_fault",
+           "spoil_reply"]
 
 STARTING = "starting"
 CRASHED = "crashed"
@@ -96,3 +99,19 @@ class FaultPolicy:
             return FaultAction()
         return draw_fault(self.seed, self.endpoint, self.calls, self.error_rate,
                           self.kinds, self.jitter)
+
+
+def spoil_reply(payload: dict, kind: str) -> dict:
+    """A completion reply that fails to answer its first choice's prompt as ``kind`` says
+    (one of :data:`~mpiswarm.sim.model.BAD_REPLY_KINDS` about choices)."""
+    choices = sorted(payload["choices"], key=lambda c: c["index"])
+    first = choices[0]
+    if kind == "missing-choice":
+        choices = choices[1:]
+    elif kind == "dup-choice":
+        choices = choices + [{**(choices[1] if len(choices) > 1 else first), "index": first["index"]}]
+    elif kind == "bad-index":
+        first["index"] = len(choices) + 7
+    elif kind == "no-text":
+        first.pop("text" if "text" in first else "message", None)  # completions / chat
+    return {**payload, "choices": choices}

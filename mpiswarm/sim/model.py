@@ -51,8 +51,14 @@ WORDS: tuple[str, ...] = tuple(
 if len(WORDS) != 256 or len(set(WORDS)) != 256:  # one digest byte picks one word
     raise ImportError("mpiswarm.sim.model.WORDS must hold 256 distinct words")
 
-FAULT_KINDS: tuple[str, ...] = ("500", "503", "429", "timeout", "drop")
-"""Kinds ``error_kinds`` accepts: HTTP statuses, a call never answered, a dropped connection."""
+#: 200s that do not answer every prompt of the call (what a proxy, a truncated body or a server
+#: bug gives): the first choice missing, repeated, with an index past the last or without its
+#: text (chat: its message); a body that is not JSON; JSON that is not a completion
+BAD_REPLY_KINDS: tuple[str, ...] = ("missing-choice", "dup-choice", "bad-index", "no-text", "not-json",
+                                    "not-completion")
+FAULT_KINDS: tuple[str, ...] = ("500", "503", "429", "timeout", "drop") + BAD_REPLY_KINDS
+"""Kinds ``error_kinds`` accepts: HTTP statuses, a call never answered, a dropped connection, and
+the bad replies of :data:`BAD_REPLY_KINDS`. The default ``error_kinds`` is the first five."""
 
 REASONING_MODES: tuple[str, ...] = ("none", "split", "only")
 """How chat answers carry reasoning: not at all; the first half of the words as reasoning and
@@ -105,7 +111,7 @@ class SimConfig:
     speeds: tuple[float, ...] | None = None  # one speed per endpoint, overrides speed
     shuffle_choices: bool = False  # return choices in random order (indices stay right)
     error_rate: float = 0.0  # fraction of completion calls that fail
-    error_kinds: tuple[str, ...] = FAULT_KINDS  # how they fail, drawn uniformly
+    error_kinds: tuple[str, ...] = FAULT_KINDS[:5]  # how they fail, drawn uniformly
     fault_seed: int = 0  # seed of fault draws and shuffles
     crash_after: int | None = None  # after this many calls: unhealthy, calls dropped
     slow_start: float = 0.0  # real seconds of 503 after listening starts
@@ -118,6 +124,7 @@ class SimConfig:
     max_prompts_per_call: int = DEFAULT_MAX_PROMPTS  # longer prompt lists are 400; 0: no cap (older vLLM)
     context_check: str = "prompt"  # prompt (vLLM 0.32) or total (older vLLM): see CONTEXT_CHECKS
     nul_answers: bool = False  # every answer holds a U+0000, as real models' sometimes do (see expected_completion)
+    answer_bytes: int = 0  # answers repeated to at least this many UTF-8 bytes (long answers; see expected_completion)
 
     def __post_init__(self) -> None:
         _require(self.max_model_len >= 1, "max_model_len must be >= 1")
@@ -223,6 +230,7 @@ def expected_completion(
     max_tokens: int | None = 16,
     stop: str | Sequence[str] | None = None,
     nul: bool = False,
+    min_bytes: int = 0,
 ) -> tuple[str, str, int]:
     """The simulator's answer to ``prompt``: ``(text, finish_reason, completion_tokens)``.
 
@@ -231,9 +239,14 @@ def expected_completion(
     ``max_tokens`` words, else ``"stop"``. A stop string cuts the text before its first
     occurrence (``"stop"``); the tokens counted then run to the word that completed it.
     ``nul`` (``SimConfig.nul_answers``): the first space of the text becomes U+0000 (a NUL
-    ends a text of one word), as a real model's answer may hold one.
+    ends a text of one word), as a real model's answer may hold one. ``min_bytes``
+    (``SimConfig.answer_bytes``): the text is repeated, a space between, until it holds at least
+    that many UTF-8 bytes — the long answers of reasoning models (10–30 KB) without their time.
     """
     text, finish, n_tokens = _completion(prompt, seed, j, max_tokens, stop)
+    if text and min_bytes:
+        copies = -(-(min_bytes + 1) // (len(text.encode("utf-8")) + 1))  # n copies: n (bytes + 1) - 1
+        text = " ".join([text] * max(1, copies))
     if nul:
         text = text.replace(" ", "\x00", 1) if " " in text else text + "\x00"
     return text, finish, n_tokens

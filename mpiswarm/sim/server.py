@@ -33,8 +33,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .faults import CRASHED, STARTING, FaultPolicy
+from .faults import CRASHED, STARTING, FaultPolicy, spoil_reply
 from .model import (
+    BAD_REPLY_KINDS,
     SimConfig,
     context_error,
     count_tokens,
@@ -112,6 +113,7 @@ class Metrics:
         self.preemptions = 0  # the simulator admits by sequence count, so never preempts
         self.success: Counter[str] = Counter()
         self.http_requests = 0
+        self.faults_injected = 0
         self.prompts_received = 0
         self.e2e = Histogram()
         self.queue_time = Histogram()
@@ -153,6 +155,8 @@ class Metrics:
                "HTTP calls to the completion routes, whatever their outcome.", self.http_requests)
         single("mpiswarm_sim:prompts_received_total", "counter",
                "Prompts in well-formed completion calls, whether answered or not.", self.prompts_received)
+        single("mpiswarm_sim:faults_injected_total", "counter",
+               "Completion calls given a fault of --error-kinds (bad replies included).", self.faults_injected)
         out.append("")
         return "\n".join(out)
 
@@ -413,6 +417,14 @@ def error_response(status: int, message: str, err_type: str = "BadRequestError",
     return web.json_response(body, status=status, headers=headers, dumps=_dumps)
 
 
+def _bad_body(kind: str) -> web.Response:
+    """A 200 that is no completion at all: a proxy's HTML page, or JSON of something else."""
+    if kind == "not-json":
+        return web.Response(status=200, text="<html><body>502 Bad Gateway (simulated proxy)</body></html>",
+                            content_type="text/html")
+    return web.json_response({"object": "list", "data": []})
+
+
 _INJECTED = {
     "500": (500, "Simulated internal server error.", "InternalServerError"),
     "503": (503, "Simulated service unavailable.", "ServiceUnavailableError"),
@@ -563,7 +575,11 @@ class Endpoint:
                 await asyncio.wait_for(self._closing.wait(), action.delay)
         if action.kind is not None:
             self.stats.faults[action.kind] += 1
-            return await self._inject(request, action.kind)
+            self.metrics.faults_injected += 1
+            if action.kind in ("not-json", "not-completion"):
+                return _bad_body(action.kind)
+            if action.kind not in BAD_REPLY_KINDS:
+                return await self._inject(request, action.kind)
         started = time.monotonic()
         try:
             body = await request.json()
@@ -583,6 +599,8 @@ class Endpoint:
         except EngineStopped:
             return self._drop(request)
         self.stats.responses_ok += 1
+        if action.kind in BAD_REPLY_KINDS:  # answered, then spoiled on its way out
+            return web.json_response(spoil_reply(json.loads(response.body), action.kind))
         return response
 
     async def _inject(self, request: web.Request, kind: str) -> web.StreamResponse:
@@ -617,7 +635,8 @@ class Endpoint:
         prompt_tokens = [count_tokens(p) for p in prompts]
         limits = self._fit(prompts, prompt_tokens, max_tokens, body, n, stop)
         nul = self.config.nul_answers
-        answers = [expected_completion(p, seed=seed, j=j, max_tokens=limit, stop=stop, nul=nul)
+        answers = [expected_completion(p, seed=seed, j=j, max_tokens=limit, stop=stop, nul=nul,
+                                       min_bytes=self.config.answer_bytes)
                    for p, limit in zip(prompts, limits) for j in range(n)]
         await self._generate(prompt_tokens, answers, n, started)
         choices = [{"index": k, "text": text, "logprobs": None, "finish_reason": finish,
@@ -668,7 +687,8 @@ class Endpoint:
         # Without a limit, like vLLM: whatever the context leaves.
         (limit,) = self._fit([prompt], prompt_tokens, max_tokens, body, n, stop)
         answers = [expected_completion(prompt, seed=seed, j=j, max_tokens=limit, stop=stop,
-                                       nul=self.config.nul_answers) for j in range(n)]
+                                       nul=self.config.nul_answers, min_bytes=self.config.answer_bytes)
+                   for j in range(n)]
         await self._generate(prompt_tokens, answers, n, started)
         choices = [{"index": j, "message": self._message(text), "logprobs": None, "finish_reason": finish,
                     "stop_reason": None, "token_ids": None, "routed_experts": None}

@@ -242,3 +242,75 @@ def test_every_endpoint_down_stops_resumable(tmp_path, sim_factory):
     assert res.returncode == 0, res.stdout + res.stderr
     assert_rows(read_results(tmp_path / "out.h5"), rows, max_tokens=8)
     assert prompts_received(revived) == 80
+
+
+@pytest.mark.parametrize("api", ["completions", "chat"])
+def test_replies_that_do_not_answer_every_row_are_sent_again(tmp_path, sim_factory, api):
+    """Issue 16, item 2: 200s missing a choice, repeating or misnumbering one, a choice without
+    text, a body that is not JSON or not a completion: the rows they left are sent again."""
+    rows = make_rows(120)
+    sim = sim_factory("--count", 2, "--time-scale", 0, "--error-rate", 0.25, "--fault-seed", 8, "--error-kinds",
+                      "missing-choice,dup-choice,bad-index,no-text,not-json,not-completion")
+    res = run_mpiswarm(2, job_args(tmp_path, rows, sim, "--batch-size", 6, "--concurrency", 2, "--api", api))
+    assert res.returncode == 0, res.stdout + res.stderr
+    data = read_results(tmp_path / "out.h5")
+    if api == "chat":
+        assert data["ok"].all() and (data["error"] == "").all()
+    else:
+        assert_rows(data, rows, max_tokens=8)
+    bad = data["ranks"]["n_bad_replies"]
+    assert bad.sum() > 0 and (data["ranks"]["n_failovers"] == 0).all()
+    assert bad.sum() == sum(sim_counter(u, "mpiswarm_sim:faults_injected_total") for u in sim.urls)
+
+
+def rank_pids(job) -> dict[int, int]:
+    """rank -> pid of the ``mpiswarm run`` processes of ``job`` (descendants of its mpiexec, which
+    gives each rank a session of its own; PMI_RANK)."""
+    from ..conftest import process_table
+
+    table = process_table()
+
+    def under_job(pid: int) -> bool:
+        for _ in range(4):  # rank -> hydra_pmi_proxy -> mpiexec
+            pid = int(table[pid][0][1]) if pid in table else 0
+            if pid == job.pid:
+                return True
+        return False
+
+    pids = {}
+    for pid in table:
+        if not under_job(pid):
+            continue
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        rank = next((e.split(b"=", 1)[1] for e in environ if e.startswith(b"PMI_RANK=")), None)
+        if rank is not None and b"mpiswarm" in cmdline and b"run" in cmdline:
+            pids[int(rank)] = pid
+    return pids
+
+
+def test_sigterm_to_one_rank_stops_every_rank(tmp_path, sim_factory):
+    """Issue 16, item 7: a signal that reaches one rank only (or one rank long before the others)
+    stops the whole job through the control plane, at once: a partial file, exit 75."""
+    rows = make_rows(600)
+    sim = sim_factory("--count", 2, "--time-scale", 1.0, "--max-num-seqs", 4)
+    job = start_mpiswarm(2, job_args(tmp_path, rows, sim, "--batch-size", 8, "--concurrency", 2))
+    run_dir = tmp_path / "out.h5.run"
+    deadline = time.monotonic() + 60
+    while not run_dir.exists() or _shard_rows(run_dir) < 40:
+        assert job.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    pids = rank_pids(job)
+    assert sorted(pids) == [0, 1], pids
+    t0 = time.monotonic()
+    os.kill(pids[1], signal.SIGTERM)  # rank 1 alone
+    res = finish(job, timeout=60)
+    assert time.monotonic() - t0 < 15
+    assert res.returncode == EXIT_RESUME, res.stdout + res.stderr
+    assert "SIGTERM received (on rank 1)" in res.stdout
+    data = read_results(tmp_path / "out.h5")
+    assert not data["attrs"]["complete"] and 40 <= data["ok"].sum() < 500
+    assert all("not answered" in e for e in data["error"][~data["ok"]])

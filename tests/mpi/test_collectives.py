@@ -230,3 +230,100 @@ def test_alltoallv_bytes_delivers_every_message():
     expected = [bytes([src, rank]) * (src + rank) for src in range(size)]
     assert bytes(buffer) == b"".join(expected)
     assert offsets.tolist() == [sum(map(len, expected[:s])) for s in range(size) if expected[s]]
+
+
+# --- No MPI message over the C-int limit (issue 16, item 4): a small limit set for the test ---------
+LIMIT = 1 << 20  # 1 MiB a round here (1 GiB in a job): answers of 64 KB, a handful a round
+LONG = 64 << 10
+
+
+def long_answer(row: int) -> str:
+    """64 KB and more of text, some of it 2- and 4-byte UTF-8, different for every row."""
+    return (f"row {row} " + "é🧬x" * (row % 5)).ljust(LONG + row, "z")
+
+
+class Sizes:
+    """Wraps an ``_mpi`` function and records the bytes each call moved on this rank."""
+
+    def __init__(self, monkeypatch, name, measure):
+        self.seen = []
+        original = getattr(_mpi, name)
+
+        def wrapped(*args, **kwargs):
+            result = original(*args, **kwargs)
+            self.seen.append(measure(args, result))
+            return result
+
+        monkeypatch.setattr(_mpi, name, wrapped)
+
+
+def long_rows(rank, size, n_rows, n=1):
+    mine = np.arange(rank, n_rows, size)[::-1].copy()
+    res = ResultColumns.pending(mine, n, rank)
+    res.completion[:] = [long_answer(int(i) * n + j) for i in mine.tolist() for j in range(n)]
+    res.answered(range(len(mine)))
+    return res
+
+
+def test_gather_rounds_are_sized_by_bytes(monkeypatch):
+    from mpiswarm.gather import gather_in_rounds
+
+    comm, rank, size = comm_info()
+    monkeypatch.setenv(_mpi.MAX_MESSAGE_BYTES_ENV, str(LIMIT))
+    gathered = Sizes(monkeypatch, "gatherv_bytes", lambda args, result: len(args[0]) if result[0] is None
+                     else len(result[0]))
+    n_rows = 16 * size
+    seen, rounds = [], 0
+    for part in gather_in_rounds(long_rows(rank, size, n_rows), 1 << 18, comm):
+        rounds += 1
+        assert part.to_results().completion == [long_answer(i) for i in part.index.tolist()]
+        seen += part.index.tolist()
+    assert max(gathered.seen) <= LIMIT  # the root's whole receive, and each rank's message
+    total = _mpi.allreduce_max(rounds, comm)
+    if rank == 0:
+        assert sorted(seen) == list(range(n_rows))
+        # a rank's share of a round is LIMIT / size: 64 KB answers, 16 of them a rank
+        assert total == -(-16 // ((LIMIT // size) // (LONG + 200))), total
+        print(f"byte-sized gather: {n_rows} rows of 64 KB at {size} ranks, {LIMIT} bytes a round: {total} rounds")
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_redistribution_rounds_are_sized_by_bytes(monkeypatch, n):
+    from mpiswarm.gather import redistribute_in_rounds
+
+    comm, rank, size = comm_info()
+    monkeypatch.setenv(_mpi.MAX_MESSAGE_BYTES_ENV, str(LIMIT))
+    moved = Sizes(monkeypatch, "alltoallv_bytes", lambda args, result: len(result[0]))
+    scattered = Sizes(monkeypatch, "scatterv", lambda args, result: 0 if args[1] is None or args[2] is not np.uint8
+                      else int(np.sum(args[1])))
+    n_rows = 24 * size
+    full = PromptSet("mem", [long_answer(i)[: LONG // 2] for i in range(n_rows)], [str(i) for i in range(n_rows)],
+                     [""] * n_rows)
+    texts = (lambda a, b: [full.prompts[a:b], full.custom_ids[a:b]]) if rank == 0 else None
+    bounds = contiguous_bounds(n_rows, size)
+    seen, rounds = [], 0
+    for block in redistribute_in_rounds(long_rows(rank, size, n_rows, n), bounds, 1 << 18, texts, 2, comm):
+        rounds += 1
+        assert block.rows.to_results().completion == [long_answer(i * n + j) for i in range(block.start, block.stop)
+                                                      for j in range(n)]
+        assert block.texts[0].decode() == full.prompts[block.start:block.stop]
+        seen += list(range(block.start, block.stop))
+    assert seen == list(range(int(bounds[rank]), int(bounds[rank + 1])))
+    assert max(moved.seen) <= LIMIT and max(scattered.seen) <= LIMIT
+    assert rounds > 1
+
+
+def test_scatter_rounds_are_sized_by_bytes(monkeypatch):
+    comm, rank, size = comm_info()
+    monkeypatch.setenv(_mpi.MAX_MESSAGE_BYTES_ENV, str(LIMIT))
+    scattered = Sizes(monkeypatch, "scatterv", lambda args, result: 0 if args[1] is None or args[2] is not np.uint8
+                      else int(np.sum(args[1])))
+    n_rows = 10 * size + 3
+    full = PromptSet("mem", [long_answer(i) for i in range(n_rows)], [str(i) for i in range(n_rows)],
+                     ['{"max_tokens":%d}' % i if i % 3 else "" for i in range(n_rows)])
+    piece = scatter_rows(full if rank == 0 else None, comm=comm)
+    lo, hi = contiguous_bounds(n_rows, size)[rank:rank + 2]
+    assert piece.index.tolist() == list(range(lo, hi))
+    assert piece.prompts == full.prompts[lo:hi] and piece.overrides == full.overrides[lo:hi]
+    if rank == 0:
+        assert max(scattered.seen) <= LIMIT and len([s for s in scattered.seen if s]) > 2

@@ -221,3 +221,11 @@ def test_gather_in_rounds(mpi_tmp_path, monkeypatch):
         assert got == ([bytes([r]) * (r * 37 + 5) for r in range(size)] if rank == 0 else None)
     monkeypatch.setattr("mpiswarm._mpi.GATHER_ROUND_BYTES", 100)  # the reader's messages in many rounds
     check(mpi_tmp_path, "r.jsonl", GOOD["some_ids_and_overrides"])
+
+
+@pytest.mark.parametrize("name, data", [("bom.jsonl", "\ufeff" + GOOD["ids"]), ("bom.txt", "\ufeffline 1\nline 2\n"),
+                                        ("bom_only.jsonl", "\ufeff")])
+def test_byte_order_mark_at_the_start(mpi_tmp_path, name, data):
+    """Issue 16, item 3: a UTF-8 BOM at the start is accepted, and not part of the first prompt."""
+    serial = check(mpi_tmp_path, name, data)
+    assert serial[0] != "error" and all(not p.startswith("\ufeff") for p in serial[0])

@@ -166,3 +166,14 @@ def test_rows_refused_with_the_command_lines_sampling(tmp_path):
                               "got 3")
     with pytest.raises(InputError, match=r"in.jsonl:1: 'n' must be 1 when using greedy sampling"):
         read_prompts(write(tmp_path, "in.jsonl", '{"prompt": "a", "n": 2, "temperature": 0}\n'))
+
+
+@pytest.mark.parametrize("name", ["in.jsonl", "in.txt"])
+def test_byte_order_mark_at_the_start_is_not_part_of_the_first_prompt(tmp_path, name):
+    """Issue 16, item 3: what many Windows tools write before the first line."""
+    body = jsonl([{"prompt": "first"}, {"prompt": "second \ufeff"}]) if name.endswith("jsonl") else "first\nsecond \ufeff\n"
+    ps = read_prompts(write(tmp_path, name, b"\xef\xbb\xbf" + body.encode("utf-8")))
+    assert ps.prompts == ["first", "second \ufeff"]  # a BOM elsewhere is text like any other
+    bad = write(tmp_path, "bad.jsonl", b"\xef\xbb\xbf" + b'{"prompt": "a"}\n{"prompt": \xff}\n')
+    with pytest.raises(InputError, match=r"bad.jsonl:2: not valid UTF-8 \(invalid start byte at byte 30\)"):
+        read_prompts(bad)
