@@ -98,6 +98,10 @@ def _prepare_on_root(config: RunConfig, comm, held: ExitStack | None = None) -> 
             if not config.hostfile:
                 check_template(config.endpoint)
             check_output(config)
+            if held is not None:
+                lock = held.enter_context(OutputLock(config.output))
+                if lock.took_over:
+                    print(f"mpiswarm: {lock.took_over}", file=sys.stderr, flush=True)
         except InputError as exc:
             error = str(exc)
     error = _mpi.bcast(error, comm)

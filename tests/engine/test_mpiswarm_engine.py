@@ -279,7 +279,7 @@ def test_n2_and_per_row_overrides_equal_the_servers_own_answers(tmp_path: Path,
             # Greedy, with a stop string taken from the row's own greedy answer.
             greedy = choices(alone(group[0], row["prompt"], {**base, "temperature": 0, "n": 1}))
             word = next(w for w in greedy[0][0].split(" ")[3:] if len(w) > 1)
-            row.update(temperature=0, stop=[" " + word, "\u2603"])
+            row.update(temperature=0, n=1, stop=[" " + word, "\u2603"])  # vLLM refuses greedy n > 1
     out = tmp_path / "out.h5"
     res = run_mpiswarm(n_ranks, ["run", write_jsonl(tmp_path / "in.jsonl", rows), "-o", out,
                                  *endpoint_args(group), "--n", 2, "--max-tokens", 10,
@@ -295,9 +295,7 @@ def test_n2_and_per_row_overrides_equal_the_servers_own_answers(tmp_path: Path,
         params = {**base, **overrides(row)}
         expected = choices(alone(group[int(data["rank"][i])], row["prompt"], params))
         got = list(zip(data["completion"][i].tolist(), data["finish_reason"][i].tolist()))
-        assert got == expected, f"row {i} {params}"
-        if params["temperature"] == 0:
-            assert got[0] == got[1]  # greedy copies are equal
+        assert got[:params["n"]] == expected, f"row {i} {params}"
     sampled = [i for i, row in enumerate(rows) if row.get("temperature", 0.8) > 0]
     assert all(data["completion"][i][0] != data["completion"][i][1] for i in sampled)
     assert set(data["finish_reason"].ravel()) == {"stop", "length"}
