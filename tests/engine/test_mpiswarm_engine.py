@@ -298,7 +298,7 @@ def test_n2_and_per_row_overrides_equal_the_servers_own_answers(tmp_path: Path,
         assert got[:params["n"]] == expected, f"row {i} {params}"
     sampled = [i for i, row in enumerate(rows) if row.get("temperature", 0.8) > 0]
     assert all(data["completion"][i][0] != data["completion"][i][1] for i in sampled)
-    assert set(data["finish_reason"].ravel()) == {"stop", "length"}
+    assert set(data["finish_reason"].ravel()) - {""} == {"stop", "length"}  # "": an n = 1 row's second column
     # One call per group of a rank's rows that share their overrides (none,
     # max_tokens, seed, temperature and seed, each stop string).
     bounds = contiguous_bounds(n_rows, n_ranks)
