@@ -4,9 +4,9 @@
 (:func:`mpiswarm.inputs.blocked_sha256`), the row count and
 a fingerprint of every option that changes answers) and one append-only shard per rank and
 attempt, ``rank00003-attempt002.shard``. Each finished call appends one record with its finished
-rows (answered, or failed for good): a small header, then the columns as raw arrays and the
-strings in the wire format of :mod:`mpiswarm.wire` (and, when some row has one, the reasoning
-strings after them), with a CRC-32. One ``write`` per record, so a
+rows (answered, or failed for good): a small header with a CRC-32, then the rows as the gather
+sends them (:func:`mpiswarm.packed.pack_message`: every column of :mod:`mpiswarm.schema`, one
+binary format for both). One ``write`` per record, so a
 kill leaves at most one torn last record, which loading skips. The directory is removed once
 the final file is written. No MPI here.
 """
@@ -26,10 +26,10 @@ import numpy as np
 from .atomic import write_text_atomically
 from .inputs import InputError
 from .records import ResultColumns
-from .wire import pack_strings, unpack_strings
+from .packed import carried, pack_message, unpack_messages
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 2  # 2: input_sha256 is the blocked digest (any number of readers computes it)
+FORMAT_VERSION = 3  # 2: input_sha256 is the blocked digest; 3: records are gather messages (every column)
 FSYNC_EVERY_S = 10.0
 
 
@@ -98,29 +98,18 @@ def shard_path(run_dir: str, rank: int, attempt: int) -> str:
     return os.path.join(run_dir, f"rank{rank:05d}-attempt{attempt:03d}.shard")
 
 
-_MAGIC = b"MSW1"
+_MAGIC = b"MSW2"
 _HEAD = struct.Struct("<4sQI")  # magic, payload bytes, CRC-32 of the payload
-# (name, dtype) of the numeric columns, in record order; then the string columns
-_NUMERIC = (("index", np.int64), ("ok", np.bool_), ("rank", np.int32), ("prompt_tokens", np.int64),
-            ("completion_tokens", np.int64), ("latency_s", np.float64))
-_STRINGS = ("error", "completion", "finish_reason")
 
 
 def encode_record(results: ResultColumns, rows: list[int]) -> bytes:
-    """The shard record of local ``rows`` of ``results``."""
-    n = results.n
-    flat = [r * n + j for r in rows for j in range(n)] if n > 1 else rows
-    parts = [struct.pack("<QQ", len(rows), n)]
-    parts += [np.ascontiguousarray(getattr(results, name)[rows], dtype=dtype).tobytes() for name, dtype in _NUMERIC]
-    for name in _STRINGS + (("reasoning",) if results.reasoning is not None else ()):
-        column = getattr(results, name)
-        buffer, lengths = pack_strings([column[k] for k in (rows if name == "error" else flat)])
-        parts += [struct.pack("<Q", len(buffer)), lengths.tobytes(), buffer.tobytes()]
-    payload = b"".join(parts)
+    """The shard record of local ``rows`` of ``results``: the gather's own message
+    (:func:`mpiswarm.packed.pack_message`, every column of the schema) behind a CRC'd header."""
+    payload = pack_message(results.take(np.asarray(rows, dtype=np.int64)), optional=carried(results))
     return _HEAD.pack(_MAGIC, len(payload), zlib.crc32(payload)) + payload
 
 
-def decode_records(data: bytes) -> list[dict]:
+def decode_records(data: bytes) -> list[ResultColumns]:
     """Every whole record in a shard's bytes (a torn or corrupt tail is dropped)."""
     records, pos = [], 0
     while pos + _HEAD.size <= len(data):
@@ -129,23 +118,7 @@ def decode_records(data: bytes) -> list[dict]:
         if magic != _MAGIC or len(payload) != size or zlib.crc32(payload) != crc:
             break
         pos += _HEAD.size + size
-        k, n = struct.unpack_from("<QQ", payload)
-        at = 16
-        record = {"n": n}
-        for name, dtype in _NUMERIC:
-            width = np.dtype(dtype).itemsize * k
-            record[name] = np.frombuffer(payload, dtype=dtype, count=k, offset=at)
-            at += width
-        for name in _STRINGS + ("reasoning",):
-            if name == "reasoning" and at == len(payload):  # written without reasoning
-                break
-            count = k if name == "error" else k * n
-            (nbytes,) = struct.unpack_from("<Q", payload, at)
-            lengths = np.frombuffer(payload, dtype=np.int64, count=count, offset=at + 8)
-            at += 8 + 8 * count
-            record[name] = unpack_strings(payload[at : at + nbytes], lengths)
-            at += nbytes
-        records.append(record)
+        records.append(unpack_messages(np.frombuffer(payload, np.uint8), [0]).to_results())
     return records
 
 
@@ -182,11 +155,9 @@ def load_finished(run_dir: str, n: int) -> ResultColumns:
         if name.endswith(".shard"):
             with open(os.path.join(run_dir, name), "rb") as fh:
                 parts += decode_records(fh.read())
-    if any(p["n"] != n for p in parts):
+    if any(p.n != n for p in parts):
         raise InputError(f"{run_dir}: checkpoints hold a different n; use --restart to start over")
-    everything = ResultColumns.concat([ResultColumns.pending(np.zeros(0, np.int64), n, 0)] + [
-        ResultColumns(n=n, done=np.ones(len(p["index"]), bool), **{k: v for k, v in p.items() if k != "n"})
-        for p in parts])
+    everything = ResultColumns.concat([ResultColumns.pending(np.zeros(0, np.int64), n, 0)] + parts)
     _, first = np.unique(everything.index, return_index=True)
     return everything.take(np.sort(first)).in_index_order()
 

@@ -19,7 +19,7 @@ except ImportError:  # pragma: no cover - depends on the installed openai
     import httpx
 
 from .balance import DEFAULT_MAX_PROMPTS_PER_CALL
-from .errors import CallTimeout, ConnectionFailed, StatusError, status_message
+from .errors import CallTimeout, ConnectionFailed, ErrorKind, StatusError, status_message
 from .metrics import parse_prometheus
 from .records import ResultColumns
 
@@ -67,7 +67,7 @@ def describe_error(exc: BaseException, timeout: float | None = None) -> str:
     if isinstance(exc, CallTimeout):
         return f"timeout after {timeout:.0f} s" if timeout else "timeout"
     if isinstance(exc, StatusError):
-        return f"HTTP {exc.status_code}: {exc.message}"
+        return str(exc)
     if isinstance(exc, ConnectionFailed):
         cause = exc.__cause__
         return f"connection error: {type(cause).__name__ if cause else ''} {cause or exc}".strip()
@@ -180,7 +180,7 @@ def _settle(data: dict, rows, good: list[bool], spoiled: dict[int, str], problem
     results.answered([rows[i] for i in range(k) if good[i]])
     for i in range(k):
         if not good[i]:
-            results.fail([rows[i]], spoiled.get(i, NO_CHOICE), latency_s, final=False)
+            results.fail([rows[i]], spoiled.get(i, NO_CHOICE), latency_s, final=False, kind=ErrorKind.BAD_REPLY)
     if k == 1 and good[0]:
         _set_row_usage(data, rows[0], results)
     if problem is not None:
@@ -215,7 +215,8 @@ def place_chat(data: dict, row: int, n: int, results: ResultColumns, latency_s: 
         got += 1
     results.latency_s[row] = latency_s
     if got < n:
-        results.fail([row], f"response carried {got} of {n} choices", latency_s, final=False)
+        results.fail([row], f"response carried {got} of {n} choices", latency_s, final=False,
+                     kind=ErrorKind.BAD_REPLY)
         return 0
     results.answered([row])
     _set_row_usage(data, row, results)

@@ -28,7 +28,7 @@ import numpy as np
 from ._mpi import Mailbox
 from .balance import Chunk, RowQueue, guided_size, next_call_size
 from .inputs import PromptSet
-from .wire import pack_rows, unpack_rows
+from .codec import pack_rows, unpack_rows
 
 TAG_REQUEST, TAG_WORK, TAG_PROGRESS, TAG_DONE, TAG_STOP = 71, 72, 73, 74, 75
 ROOT_POLL_S = 0.001

@@ -35,7 +35,7 @@ from .balance import Chunk
 from .budget import NO_ROOM, TokenBudget
 from .client import (BadReply, ClientOptions, EndpointClient, describe_error, model_problem, place_chat,
                      place_completions)
-from .errors import CallError
+from .errors import CallError, ErrorKind, kind_of
 from .records import RankStats, ResultColumns
 from .retry import CLIENT_ERROR, TRANSIENT, RetryPolicy, classify
 
@@ -182,7 +182,7 @@ class Dispatcher:
     def _no_room(self, chunk: Chunk, rows) -> None:
         """Rows ``--max-tokens auto`` left no room for an answer: each fails alone, unsent."""
         for row in rows:
-            chunk.results.fail([row], self.budget.no_room(chunk.prompts[row]), final=True)
+            chunk.results.fail([row], self.budget.no_room(chunk.prompts[row]), final=True, kind=ErrorKind.NO_ROOM)
         self._finished(chunk.results, rows)
 
     async def send(self, chunk: Chunk, rows, params: dict) -> None:
@@ -200,7 +200,7 @@ class Dispatcher:
                 client = await self.pool.current()
             except AllEndpointsDown:
                 self.all_down = True
-                results.fail(rows, UNANSWERED_DEAD, final=False)
+                results.fail(rows, UNANSWERED_DEAD, final=False, kind=ErrorKind.NOT_ANSWERED)
                 return
             attempt += 1
             t0 = time.monotonic()
@@ -215,10 +215,11 @@ class Dispatcher:
                 raise
             except BadReply as exc:
                 if not exc.placed:  # nothing placed: every row carries the reply's problem
-                    results.fail(rows, str(exc), time.monotonic() - t0, final=False)
+                    results.fail(rows, str(exc), time.monotonic() - t0, final=False, kind=ErrorKind.BAD_REPLY)
                 left, bad = [r for r in rows if not results.ok[r]], True
             except _CALL_ERRORS as exc:
                 kind = classify(exc)
+                error_kind, status = kind_of(exc)
                 self.stats.n_failed_calls += 1
                 reason = describe_error(exc, self.pool.options.timeout_for(len(rows) * params.get("n", 1)))
                 bad = False
@@ -239,7 +240,7 @@ class Dispatcher:
                 await self.send(chunk, rows[half:], params)
                 return
             if kind != TRANSIENT:  # a bad prompt, isolated; or an error no retry can fix
-                results.fail(rows, reason, time.monotonic() - t0, final=True)
+                results.fail(rows, reason, time.monotonic() - t0, final=True, kind=error_kind, status=status)
                 self._finished(results, rows)
                 return
             delay = self.policy.delay(attempt, self.rng)
@@ -266,7 +267,7 @@ class Dispatcher:
         if not self.policy.should_retry(attempt, time.monotonic() - first_try, delay):
             for row in left:
                 results.fail([row], f"bad reply after {attempt} attempts: {results.error[row]}",
-                             results.latency_s[row], final=True)
+                             results.latency_s[row], final=True, kind=ErrorKind.BAD_REPLY)
             self._finished(results, left)
             return []
         self.stats.n_retries += 1
@@ -328,6 +329,5 @@ class Dispatcher:
         for chunk in source.chunks:
             res = chunk.results
             reason = UNANSWERED_DEAD if self.all_down else UNANSWERED_STOPPED
-            for row in np.flatnonzero(~res.done).tolist():
-                if res.error[row] == "not attempted":
-                    res.error[row] = reason
+            for row in np.flatnonzero(~res.done & (res.error_kind == ErrorKind.NOT_ATTEMPTED)).tolist():
+                res.error[row] = reason  # (still not attempted: only why is known now)

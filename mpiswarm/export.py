@@ -2,11 +2,12 @@
 (or, ``h5``, the whole file as one self-contained HDF5 file: a virtual layout's part files
 copied in).
 
-* ``jsonl`` — one object a row, in row order: ``custom_id``, ``prompt``, ``completion``
-  (a list when the file holds several completions a prompt), ``finish_reason`` (likewise),
-  ``ok``, ``error``, ``rank``, ``prompt_tokens``, ``completion_tokens`` (null where unknown),
-  ``latency_s`` (null where the row was never sent); ``reasoning`` (shaped like ``completion``)
-  when the file has that dataset.
+* ``jsonl`` — one object a row, in row order, a key a column of the file
+  (:data:`mpiswarm.schema.FILE_COLUMNS`): ``custom_id``, ``prompt``, ``completion`` (a list
+  when the file holds several completions a prompt), ``finish_reason`` (likewise), ``ok``,
+  ``error``, ``error_kind`` (its label, '' if ok), ``http_status``, ``rank``,
+  ``prompt_tokens``, ``completion_tokens`` (null where unknown), ``latency_s`` (null where the
+  row was never sent); ``reasoning`` (shaped like ``completion``) when the file has that dataset.
 * ``openai-batch`` — OpenAI Batch API *output* lines (the ``BatchRequestOutput`` objects of
   an output/error file): ``{"id": "batch_req_…", "custom_id", "response": {"status_code":
   200, "request_id", "body": <a completion object>}, "error": null}`` for answered rows.
@@ -15,11 +16,13 @@ copied in).
   that failed with an HTTP status gets ``response`` with that status and OpenAI's error body
   ``{"error": {"message", "type", "param", "code"}}`` and ``error: {"code", "message"}``; a
   row that failed without one (timeout, connection) or was never answered (a stopped job:
-  code ``batch_expired``) gets ``response: null`` and ``error: {"code", "message"}``.
+  code ``batch_expired``) gets ``response: null`` and ``error: {"code", "message"}`` — all
+  from the row's ``error_kind`` and ``http_status``, never from its message.
   Ids are derived from the file and the row, so exporting twice gives the same bytes.
 * ``csv`` — a header, then one record a row (RFC 4180 quoting: commas, quotes and newlines
-  in prompts and completions survive ``csv.reader``); ``completion_0``, ``completion_1``, …
-  when the file holds several completions a prompt; empty cells where unknown.
+  in prompts and completions survive ``csv.reader``), the same columns as ``jsonl``;
+  ``completion_0``, ``completion_1``, … when the file holds several completions a prompt;
+  empty cells where unknown.
 
 * ``h5`` — the result file with every dataset in it: a ``--layout virtual`` file's rows copied
   from its part files (:func:`mpiswarm.store.write_self_contained`), so it can travel alone.
@@ -34,20 +37,19 @@ import calendar
 import csv
 import hashlib
 import json
-import math
 import os
-import re
 import sys
 import time
 
 from .inputs import InputError
-from .store import DEFAULT_CHUNK_ROWS, ROW_DATASETS, is_unanswered, iter_rows, read_info, write_self_contained
+from .errors import ErrorKind, http_line
+from .schema import CHOICE, FILE_COLUMNS, ROW_DATASETS, plain
+from .store import DEFAULT_CHUNK_ROWS, is_unanswered, iter_rows, read_info, write_self_contained
 from .textout import atomic_text, check_directory, quiet_broken_pipe
 
 FORMATS = ("jsonl", "openai-batch", "csv", "h5")
 ROW_SELECTIONS = ("all", "ok", "failed")
 
-_HTTP_ERROR = re.compile(r"^HTTP (\d{3})(?::\s*(.*))?$", re.S)
 # JSON allows these raw inside strings, but str.splitlines() (and some JSONL readers) break on them.
 _LINE_BREAKERS = {"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"}
 
@@ -60,14 +62,6 @@ def _json_line(obj) -> str:
     return text + "\n"
 
 
-def _tokens(v: int):
-    return None if v < 0 else int(v)
-
-
-def _seconds(v: float):
-    return float(v) if math.isfinite(v) else None
-
-
 def _selected(block: dict, rows: str):
     """Positions in ``block`` of the rows chosen by ``rows``."""
     ok = block["ok"]
@@ -78,28 +72,25 @@ def _selected(block: dict, rows: str):
     return range(len(ok))
 
 
+def _columns(block: dict) -> list:
+    """The schema's columns ``block`` holds, in file order (optional ones only where present)."""
+    return [c for c in FILE_COLUMNS if c.name in block]
+
+
 # --- jsonl --------------------------------------------------------------------------------
 
 def jsonl_lines(block: dict, positions, n: int):
-    c = block
-    reasoning = c.get("reasoning")
+    """One JSON object a row: every column of the file (:data:`mpiswarm.schema.FILE_COLUMNS`),
+    a choice column as a list when n > 1, unknown values null."""
+    columns = _columns(block)
     for i in positions:
-        completion = c["completion"][i]
-        finish = c["finish_reason"][i]
-        extra = {} if reasoning is None else {"reasoning": reasoning[i].tolist() if n > 1 else reasoning[i]}
-        yield _json_line({
-            "custom_id": c["custom_id"][i],
-            "prompt": c["prompt"][i],
-            "completion": completion.tolist() if n > 1 else completion,
-            "finish_reason": finish.tolist() if n > 1 else finish,
-            "ok": bool(c["ok"][i]),
-            "error": c["error"][i],
-            "rank": int(c["rank"][i]),
-            "prompt_tokens": _tokens(c["prompt_tokens"][i]),
-            "completion_tokens": _tokens(c["completion_tokens"][i]),
-            "latency_s": _seconds(c["latency_s"][i]),
-            **extra,
-        })
+        yield _json_line({c.name: _value(c, block[c.name][i], n) for c in columns})
+
+
+def _value(column, entry, n: int):
+    if column.per == CHOICE and n > 1:
+        return [plain(column, v) for v in entry.tolist()]
+    return plain(column, entry)
 
 
 # --- openai-batch -------------------------------------------------------------------------
@@ -118,42 +109,27 @@ def _created(attrs: dict, path: str) -> int:
     return int(os.path.getmtime(path))
 
 
-#: What vLLM's over-long-prompt 400s say, old and new: "This model's maximum context length is L
-#: tokens. However, you requested …" (before 0.1x) and "… However, your prompt contains at least P
-#: input tokens …" / "… contains N characters …" (0.32: vllm/renderers/params.py), "Input length (P)
-#: exceeds model's maximum context length (L)." (serve/utils/api_utils.py), "The decoder prompt
-#: (length P) … is longer than the maximum model length of L." (v1/engine/input_processor.py).
-_CONTEXT_LENGTH_PHRASES = ("maximum context length", "maximum model length")
-
-
-def is_context_length_error(message: str) -> bool:
-    """Whether an error message is a server's "the prompt does not fit the context" (vLLM's
-    wordings of any version, see ``_CONTEXT_LENGTH_PHRASES``)."""
-    return any(phrase in message for phrase in _CONTEXT_LENGTH_PHRASES)
-
-
-def error_object(message: str) -> tuple[int | None, dict, dict | None]:
-    """``(http_status, batch_error, response_error_body)`` for a failed row's ``error``."""
-    m = _HTTP_ERROR.match(message)
-    if m:
-        status = int(m.group(1))
-        text = m.group(2) or message
-        if status == 429:
-            kind = "rate_limit_error"
+def error_object(message: str, kind: str, status: int) -> tuple[int | None, dict, dict | None]:
+    """``(http_status, batch_error, response_error_body)`` for a failed row: its ``error``
+    message, ``error_kind`` label and ``http_status`` (-1 or None: no status)."""
+    if status is not None and status >= 0:
+        if kind == ErrorKind.RATE_LIMITED.label:
+            api_type = "rate_limit_error"
         elif status >= 500:
-            kind = "server_error"
+            api_type = "server_error"
         elif status in (401, 403):
-            kind = "authentication_error"
+            api_type = "authentication_error"
         else:
-            kind = "invalid_request_error"
-        code = "context_length_exceeded" if is_context_length_error(text) else None
-        body = {"error": {"message": text, "type": kind, "param": None, "code": code}}
-        return status, {"code": code or kind, "message": text}, body
-    if is_unanswered(message):
+            api_type = "invalid_request_error"
+        text = message.removeprefix(http_line(status, ""))  # the server's own words
+        code = "context_length_exceeded" if kind == ErrorKind.CONTEXT_LENGTH.label else None
+        body = {"error": {"message": text, "type": api_type, "param": None, "code": code}}
+        return status, {"code": code or api_type, "message": text}, body
+    if is_unanswered(kind):
         return None, {"code": "batch_expired", "message": message}, None
-    if message.startswith("timeout"):
+    if kind == ErrorKind.TIMEOUT.label:
         return None, {"code": "timeout", "message": message}, None
-    if message.startswith("connection error"):
+    if kind == ErrorKind.CONNECTION.label:
         return None, {"code": "connection_error", "message": message}, None
     return None, {"code": "server_error", "message": message or "failed"}, None
 
@@ -199,7 +175,7 @@ class BatchLines:
                 body = self.body(completion_id, texts, finishes, c["prompt_tokens"][i], c["completion_tokens"][i])
                 response, error = {"status_code": 200, "request_id": request_id, "body": body}, None
             else:
-                status, error, error_body = error_object(c["error"][i])
+                status, error, error_body = error_object(c["error"][i], c["error_kind"][i], int(c["http_status"][i]))
                 response = None if status is None else {"status_code": status, "request_id": request_id,
                                                          "body": error_body}
             yield _json_line({"id": batch_id, "custom_id": c["custom_id"][i], "response": response, "error": error})
@@ -207,12 +183,15 @@ class BatchLines:
 
 # --- csv ----------------------------------------------------------------------------------
 
-def csv_header(n: int) -> list[str]:
-    if n == 1:
-        return list(ROW_DATASETS)
-    return (["custom_id", "prompt"] + [f"completion_{j}" for j in range(n)]
-            + [f"finish_reason_{j}" for j in range(n)]
-            + [c for c in ROW_DATASETS if c not in ("custom_id", "prompt", "completion", "finish_reason")])
+def csv_header(n: int, present=ROW_DATASETS) -> list[str]:
+    """The CSV header of a file with ``n`` completions a row and the row datasets ``present``:
+    one cell a column of :data:`~mpiswarm.schema.FILE_COLUMNS`, a choice column's as
+    ``name_0`` … ``name_{n-1}`` when n > 1."""
+    return [name for c in FILE_COLUMNS if c.name in present for name in _csv_names(c, n)]
+
+
+def _csv_names(column, n: int) -> list[str]:
+    return [f"{column.name}_{j}" for j in range(n)] if column.per == CHOICE and n > 1 else [column.name]
 
 
 def _clean(text: str) -> str:
@@ -220,20 +199,26 @@ def _clean(text: str) -> str:
     return text.replace("\x00", "\ufffd") if "\x00" in text else text
 
 
+def _cell(column, value):
+    value = plain(column, value)
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    return _clean(value) if isinstance(value, str) and sys.version_info < (3, 11) else value
+
+
 def csv_records(block: dict, positions, n: int):
-    c = block
-    clean = _clean if sys.version_info < (3, 11) else (lambda s: s)
+    """One record a row, the cells in :func:`csv_header`'s order."""
+    columns = _columns(block)
     for i in positions:
-        if n == 1:
-            texts, finishes = [c["completion"][i]], [c["finish_reason"][i]]
-        else:
-            texts, finishes = c["completion"][i].tolist(), c["finish_reason"][i].tolist()
-        latency = c["latency_s"][i]
-        yield ([clean(c["custom_id"][i]), clean(c["prompt"][i])] + [clean(t) for t in texts] + finishes
-               + ["true" if c["ok"][i] else "false", clean(c["error"][i]), int(c["rank"][i]),
-                  "" if c["prompt_tokens"][i] < 0 else int(c["prompt_tokens"][i]),
-                  "" if c["completion_tokens"][i] < 0 else int(c["completion_tokens"][i]),
-                  repr(float(latency)) if math.isfinite(latency) else ""])
+        record = []
+        for c in columns:
+            entry = block[c.name][i]
+            record += [_cell(c, v) for v in entry.tolist()] if c.per == CHOICE and n > 1 else [_cell(c, entry)]
+        yield record
 
 
 # --- writing ------------------------------------------------------------------------------
@@ -258,7 +243,7 @@ def export(path, fmt: str, output: str, rows: str = "all", chunk_rows: int = DEF
     with atomic_text(output) as fh:
         writer = csv.writer(fh, lineterminator="\r\n") if fmt == "csv" else None
         if writer:
-            writer.writerow(csv_header(n))
+            writer.writerow(csv_header(n, info.columns))
         batch = BatchLines(info) if fmt == "openai-batch" else None
         for start, block in iter_rows(path, chunk_rows=chunk_rows):
             positions = _selected(block, rows)

@@ -16,37 +16,41 @@ from typing import Callable, Iterator
 import numpy as np
 
 from . import _mpi
-from .packed import MESSAGE_OVERHEAD, PackedColumns, PackedStrings, pack_message, row_bytes, unpack_messages
+from .packed import MESSAGE_OVERHEAD, PackedColumns, PackedStrings, carried, pack_message, row_bytes, unpack_messages
 from .records import RankStats, ResultColumns
+from .schema import OPTIONAL_COLUMNS
 from .scatter import scatter_packed
-from .wire import cut_by_bytes, utf8_lengths
+from .codec import cut_by_bytes, utf8_lengths
 
 
-def any_reasoning(local: ResultColumns, comm=None) -> bool:
-    """Whether some rank's rows carry a reasoning column (the same answer on every rank)."""
-    return bool(_mpi.allreduce_max(int(local.reasoning is not None), comm))
+def optional_columns(local: ResultColumns, comm=None) -> tuple[str, ...]:
+    """The optional columns (reasoning) some rank's rows have: those a gather carries (the same
+    answer on every rank)."""
+    here = carried(local)
+    held = _mpi.allreduce_sum_array(np.array([c in here for c in OPTIONAL_COLUMNS], np.int64), comm)
+    return tuple(c for c, k in zip(OPTIONAL_COLUMNS, held.tolist()) if k)
 
 
 def gather_packed(local: ResultColumns, comm=None, start: int = 0, stop: int | None = None,
-                  reasoning: bool = False) -> PackedColumns | None:
+                  optional: tuple[str, ...] = ()) -> PackedColumns | None:
     """Gather rows ``start:stop`` of every rank's ``local``; the root gets them sorted by
-    ``index`` (strings packed), the others None. ``reasoning``: carry the reasoning column
-    ('' for rows that have none); it must be the same on every rank."""
-    buffer, offsets = _mpi.gatherv_bytes(pack_message(local, start, stop, reasoning), comm)
+    ``index`` (strings packed), the others None. ``optional``: the optional columns to carry
+    ('' for rows that have none); the same on every rank (:func:`optional_columns`)."""
+    buffer, offsets = _mpi.gatherv_bytes(pack_message(local, start, stop, optional), comm)
     if buffer is None:
         return None
     return unpack_messages(buffer, offsets).in_index_order()
 
 
-def gather_results(local: ResultColumns, comm=None, reasoning: bool | None = None) -> ResultColumns | None:
+def gather_results(local: ResultColumns, comm=None, optional: tuple[str, ...] | None = None) -> ResultColumns | None:
     """Gather ``local`` from every rank; the root gets all rows sorted by ``index`` as
     :class:`ResultColumns` (strings decoded: for callers that want Python strings).
 
-    ``reasoning`` says whether some rank has a reasoning column (None: ask every rank); only
-    then is that column gathered, '' for the rows of ranks that have none."""
-    if reasoning is None:
-        reasoning = any_reasoning(local, comm)
-    got = gather_packed(local, comm, reasoning=reasoning)
+    ``optional``: the optional columns some rank has (None: ask every rank); only those are
+    gathered, '' for the rows of ranks that have none."""
+    if optional is None:
+        optional = optional_columns(local, comm)
+    got = gather_packed(local, comm, optional=optional)
     return None if got is None else got.to_results()
 
 
@@ -60,14 +64,14 @@ def gather_in_rounds(local: ResultColumns, rows_per_round: int, comm=None) -> It
     _, size = _mpi.rank_and_size(comm)
     local = local.in_index_order()
     block = max(1, rows_per_round // size)
-    reasoning = any_reasoning(local, comm)
+    optional = optional_columns(local, comm)
     quota = max(1, _mpi.message_byte_limit() // size - MESSAGE_OVERHEAD)
-    ends = cut_by_bytes(row_bytes(local, reasoning), quota, block)
+    ends = cut_by_bytes(row_bytes(local, optional), quota, block)
     n_rounds = _mpi.allreduce_max(len(ends), comm)
     starts = [0] + ends
     for k in range(n_rounds):
         a, b = (starts[k], ends[k]) if k < len(ends) else (len(local), len(local))
-        got = gather_packed(local, comm, a, b, reasoning)
+        got = gather_packed(local, comm, a, b, optional)
         if got is not None:
             yield got
 
@@ -104,11 +108,11 @@ class BlockRound:
     rows: PackedColumns
 
 
-def block_messages(local: ResultColumns, lo: np.ndarray, hi: np.ndarray, reasoning: bool) -> list[bytes]:
+def block_messages(local: ResultColumns, lo: np.ndarray, hi: np.ndarray, optional: tuple[str, ...]) -> list[bytes]:
     """Rows ``lo[r]:hi[r]`` of ``local`` (sorted by index) packed for rank r, one message a
     rank (``b""`` for a rank that gets none of them; no MPI)."""
     first, last = np.searchsorted(local.index, lo), np.searchsorted(local.index, hi)
-    return [pack_message(local, a, b, reasoning) if b > a else b"" for a, b in zip(first.tolist(), last.tolist())]
+    return [pack_message(local, a, b, optional) if b > a else b"" for a, b in zip(first.tolist(), last.tolist())]
 
 
 def redistribute_in_rounds(local: ResultColumns, bounds: np.ndarray, rows_per_round: int,
@@ -131,9 +135,9 @@ def redistribute_in_rounds(local: ResultColumns, bounds: np.ndarray, rows_per_ro
     local = local.in_index_order()
     text_rows = rows_per_round if text_rows_per_round is None else text_rows_per_round
     receivers = max(1, int(np.count_nonzero(np.diff(bounds))))  # ranks with a block (the root encodes their texts)
-    reasoning = any_reasoning(local, comm)
+    optional = optional_columns(local, comm)
     limit = _mpi.message_byte_limit()
-    longest = _mpi.allreduce_max(int(row_bytes(local, reasoning).max(initial=0)), comm)
+    longest = _mpi.allreduce_max(int(row_bytes(local, optional).max(initial=0)), comm)
     longest_text = _mpi.bcast(_longest_text_row(texts, int(bounds[0]), int(bounds[-1]), n_texts)
                               if texts is not None and rank == _mpi.ROOT else 0, comm)
     window = max(1, min(rows_per_round, text_rows // receivers, (limit - MESSAGE_OVERHEAD) // max(1, longest),
@@ -142,7 +146,7 @@ def redistribute_in_rounds(local: ResultColumns, bounds: np.ndarray, rows_per_ro
     for k in range(n_rounds):
         lo = np.minimum(bounds[:-1] + k * window, bounds[1:])
         hi = np.minimum(lo + window, bounds[1:])
-        buffer, offsets = _mpi.alltoallv_bytes(block_messages(local, lo, hi, reasoning), comm)
+        buffer, offsets = _mpi.alltoallv_bytes(block_messages(local, lo, hi, optional), comm)
         rows = unpack_messages(buffer, offsets).in_index_order() if len(offsets) else PackedColumns.empty(local.n)
         columns = None
         if texts is not None and rank == _mpi.ROOT:

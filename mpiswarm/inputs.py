@@ -30,6 +30,7 @@ from itertools import accumulate, chain
 
 import numpy as np
 
+from .codec import encodable, first_unencodable
 from .template import check_prompt_format, compile_template, format_prompts
 
 #: Keys a row may set for itself; they override the command line's sampling options.
@@ -411,25 +412,6 @@ def _parse_txt(path: str, text: str, first_lineno: int, fill, part: Part) -> Non
     part.overrides += [""] * len(prompts)
 
 
-def _encode(prompts: list[str]) -> tuple[bytes, int]:
-    """(the prompts' UTF-8 with a NUL between them, the first prompt holding a lone surrogate or
-    -1). Lone surrogates (legal in JSON escapes) cannot be sent or stored as UTF-8."""
-    text = "\0".join(prompts)
-    try:
-        return text.encode("utf-8"), -1
-    except UnicodeEncodeError:
-        bad = next(row for row, p in enumerate(prompts) if not _encodable(p))
-        return text.encode("utf-8", "surrogatepass"), bad
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 #: the UTF-8 byte-order mark, accepted (and dropped) at the start of an input file
 UTF8_BOM = b"\xef\xbb\xbf"
 
@@ -461,7 +443,7 @@ def parse_range(path: str, raw: bytes, first_lineno: int = 1, suffix: str = ".js
     parse(path, text, first_lineno, fill, part)
     if part.error is None:
         part.prompts = format_prompts(prompt_format, part.prompts)
-        part.encoded, part.bad_unicode = _encode(part.prompts)
+        part.encoded, part.bad_unicode = first_unencodable(part.prompts)
     return part
 
 
@@ -586,10 +568,8 @@ def check_prompt_options(template: str | None, prompt_format: str | None) -> Non
             continue
         if not isinstance(text, str):
             raise InputError(f"{option}: must be a string, got {type(text).__name__}")
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InputError(f"{option}: not valid UTF-8") from None
+        if not encodable(text):
+            raise InputError(f"{option}: not valid UTF-8")
     if prompt_format is not None:
         try:
             check_prompt_format(prompt_format)

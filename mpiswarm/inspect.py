@@ -40,17 +40,19 @@ def balance(values) -> dict:
 
 
 def count_rows(path, chunk_rows: int | None = None) -> dict:
-    """Stream the ``ok``, ``error`` and ``finish_reason`` columns: row counts, every distinct
-    error with its count, and the finish reasons of answered rows."""
+    """Stream the ``ok``, ``error``, ``error_kind`` and ``finish_reason`` columns: row counts
+    (unanswered: a stopped job's, by kind), every distinct error with its count, and the
+    finish reasons of answered rows."""
     ok = failed = unanswered = 0
     errors: Counter = Counter()
     finish: Counter = Counter()
     kwargs = {"chunk_rows": chunk_rows} if chunk_rows else {}
-    for _, block in iter_rows(path, ("ok", "error", "finish_reason"), **kwargs):
+    for _, block in iter_rows(path, ("ok", "error", "error_kind", "finish_reason"), **kwargs):
         good = block["ok"]
         ok += int(good.sum())
-        for message in block["error"][~good].tolist():
-            if is_unanswered(message):
+        kinds = block["error_kind"][~good].tolist() if "error_kind" in block else ["other"] * int((~good).sum())
+        for message, kind in zip(block["error"][~good].tolist(), kinds):
+            if is_unanswered(kind):
                 unanswered += 1
             else:
                 failed += 1

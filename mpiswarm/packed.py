@@ -16,48 +16,27 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .records import NUMERIC_COLUMNS, STRING_COLUMNS, ResultColumns
-from .wire import utf8_lengths
+from .records import ResultColumns
+from .schema import COLUMNS, NUMERIC_COLUMNS, OPTIONAL_COLUMNS, STRING_COLUMNS
+from .codec import decode_stored, encode_terminated, utf8_lengths
 
-ENCODING = "utf-8"
-#: Lone surrogates cannot be stored as UTF-8 (h5py refused them with an exception): '?'.
-ERRORS = "replace"
-#: HDF5's variable-length strings are C strings (h5py refuses a NUL in one, "VLEN strings do not
-#: support embedded NULLs"): U+0000 is stored as U+FFFD, the replacement character.
-NUL_REPLACEMENT = "\ufffd"
-
-
-def storable(text: str) -> str:
-    """``text`` as every string that reaches HDF5 is stored (the one rule, for every column,
-    group and attribute): U+0000 becomes U+FFFD and a lone surrogate '?'. Packed strings follow
-    it without becoming ``str``: :func:`_encode` turns lone surrogates into '?' (``ERRORS``) and
-    flags a NUL, and the writer passes the strings of a flagged column through this function."""
-    if "\x00" in text:
-        text = text.replace("\x00", NUL_REPLACEMENT)
-    if text.isascii():  # (O(1) in CPython) nothing else to replace
-        return text
-    try:
-        text.encode(ENCODING)
-    except UnicodeEncodeError:
-        return text.encode(ENCODING, ERRORS).decode(ENCODING)
-    return text
-
-#: string columns on the wire: the records' own, and the optional reasoning (shaped like
-#: ``completion``; all '' in a message whose sender has none, absent when no rank has any)
-WIRE_STRINGS = STRING_COLUMNS + ("reasoning",)
-# Message layout, every part 8-byte aligned: a header of int64 (rows, n, whether reasoning
-# travels, then for each string column its bytes and whether a string holds a NUL itself), the
+#: string columns on the wire, in schema order; an optional one (reasoning) travels in the
+#: messages of a gather only when some rank has it ('' for the rows of a sender without it)
+WIRE_STRINGS = STRING_COLUMNS
+_OPTIONAL = frozenset(OPTIONAL_COLUMNS)
+# Message layout, every part 8-byte aligned: a header of int64 (rows, n, then for each string
+# column its bytes, whether a string holds a NUL itself and whether the column travels), the
 # 8-byte numeric columns, the string columns' byte lengths, the narrow numeric columns, the strings.
-_HEAD = 3 + 2 * len(WIRE_STRINGS)
-_DTYPES = {"index": np.int64, "prompt_tokens": np.int64, "completion_tokens": np.int64,
-           "latency_s": np.float64, "rank": np.int32, "ok": np.bool_, "done": np.bool_}
-_WIDE = [c for c in NUMERIC_COLUMNS if np.dtype(_DTYPES[c]).itemsize == 8]
-_NARROW = [c for c in NUMERIC_COLUMNS if np.dtype(_DTYPES[c]).itemsize < 8]
+_HEAD = 2 + 3 * len(WIRE_STRINGS)
+_DTYPES = {c: COLUMNS[c].np_dtype for c in NUMERIC_COLUMNS}
+_WIDE = [c for c in NUMERIC_COLUMNS if _DTYPES[c].itemsize == 8]
+_NARROW = [c for c in NUMERIC_COLUMNS if _DTYPES[c].itemsize < 8]
+_PER_CHOICE = frozenset(c for c in WIRE_STRINGS if COLUMNS[c].per == "choice")
 
 
 def _entries(name: str, rows: int, n: int) -> int:
     """Strings a column holds for ``rows`` rows (``completion``/``finish_reason``: n a row)."""
-    return rows * n if name in ("completion", "finish_reason", "reasoning") else rows
+    return rows * n if name in _PER_CHOICE else rows
 
 
 def _pad8(k: int) -> int:
@@ -78,7 +57,7 @@ class PackedStrings:
     @classmethod
     def pack(cls, strings: list[str]) -> "PackedStrings":
         """Encode ``strings`` (no MPI)."""
-        lengths, raw, has_nul = _encode(strings)
+        lengths, raw, has_nul = encode_terminated(strings)
         return cls.from_lengths(np.frombuffer(raw, dtype=np.uint8), lengths, has_nul)
 
     @classmethod
@@ -97,7 +76,7 @@ class PackedStrings:
     def decode(self) -> list[str]:
         """The strings as Python ``str`` (for callers that want them; the writer does not)."""
         view = memoryview(self.data)
-        return [str(view[a:a + k], ENCODING, ERRORS) for a, k in zip(self.starts.tolist(), self.lengths.tolist())]
+        return [decode_stored(view, a, k) for a, k in zip(self.starts.tolist(), self.lengths.tolist())]
 
     def pointers(self) -> np.ndarray:
         """``char *`` of each string (NUL-terminated in ``data``), for an HDF5 write with a
@@ -110,31 +89,33 @@ class PackedStrings:
 @dataclass
 class PackedColumns:
     """Result rows as in :class:`~mpiswarm.records.ResultColumns`, strings packed
-    (:class:`PackedStrings`). ``completion``/``finish_reason`` hold ``n`` strings a row."""
+    (:class:`PackedStrings`): the form rank 0 receives and writes. ``carried``: the optional
+    columns that travelled (some sender had them). Columns read as attributes, as on
+    :class:`~mpiswarm.records.ResultColumns` (strings decoded on use, an optional column that
+    did not travel None)."""
 
     n: int
     numeric: dict  # column -> array, one entry a row
     strings: dict  # column -> PackedStrings
-    has_reasoning: bool = False  # whether the reasoning column travelled (some rank had one)
+    carried: frozenset = frozenset()
 
     def __len__(self) -> int:
         return len(self.numeric["index"])
 
-    def __getattr__(self, name):
-        """Numeric columns as arrays; string columns decoded on use (as lists, like
-        :class:`~mpiswarm.records.ResultColumns`; ``reasoning`` None when none travelled)."""
-        numeric = self.__dict__.get("numeric", {})
-        if name in numeric:
-            return numeric[name]
-        if name in WIRE_STRINGS and "strings" in self.__dict__:
-            return None if name == "reasoning" and not self.has_reasoning else self.strings[name].decode()
-        raise AttributeError(name)
+    @property
+    def has_reasoning(self) -> bool:
+        return "reasoning" in self.carried
+
+    def decoded(self, name: str) -> list[str] | None:
+        """String column ``name`` as Python ``str`` (None: an optional column that did not travel)."""
+        if name in _OPTIONAL and name not in self.carried:
+            return None
+        return self.strings[name].decode()
 
     @classmethod
     def from_results(cls, results: ResultColumns) -> "PackedColumns":
         """Pack rows held locally (no MPI)."""
-        reasoning = results.reasoning is not None
-        return unpack_messages(np.frombuffer(pack_message(results, reasoning=reasoning), np.uint8), [0])
+        return unpack_messages(np.frombuffer(pack_message(results, optional=carried(results)), np.uint8), [0])
 
     @classmethod
     def empty(cls, n: int) -> "PackedColumns":
@@ -146,9 +127,9 @@ class PackedColumns:
         flat = (positions[:, None] * self.n + np.arange(self.n)).ravel()
         return PackedColumns(
             self.n, {c: v[positions] for c, v in self.numeric.items()},
-            {c: s.take(flat if _entries(c, 1, self.n) == self.n else positions)
-             if c != "reasoning" or self.has_reasoning else s for c, s in self.strings.items()},
-            self.has_reasoning)
+            {c: s.take(flat if c in _PER_CHOICE else positions) if c not in _OPTIONAL or c in self.carried else s
+             for c, s in self.strings.items()},
+            self.carried)
 
     def in_index_order(self) -> "PackedColumns":
         index = self.numeric["index"]
@@ -163,52 +144,44 @@ class PackedColumns:
 
     def to_results(self) -> ResultColumns:
         """Back to :class:`~mpiswarm.records.ResultColumns` (strings decoded)."""
-        return ResultColumns(n=self.n, **{c: self.strings[c].decode() for c in STRING_COLUMNS},
-                             **{c: self.numeric[c] for c in NUMERIC_COLUMNS},
-                             reasoning=self.strings["reasoning"].decode() if self.has_reasoning else None)
+        strings = {c: self.decoded(c) for c in WIRE_STRINGS}
+        return ResultColumns(self.n, **self.numeric, **{c: v for c, v in strings.items() if v is not None})
 
 
-def _encode(strings: list[str]) -> tuple[np.ndarray, bytes, bool]:
-    """(byte lengths, the UTF-8 bytes with a NUL after each string, whether a string holds a
-    NUL itself). Each string is encoded once: its byte length comes with it."""
-    if not strings:
-        return np.zeros(0, np.int64), b"", False
-    joined = "\0".join(strings)
-    if joined.isascii():  # (O(1) in CPython) one byte a character: no string encoded alone
-        lengths = np.fromiter(map(len, strings), dtype=np.int64, count=len(strings))
-        raw = joined.encode("ascii") + b"\0"
-        return lengths, raw, raw.count(0) != len(strings)
-    # Encoded in one go, the byte lengths read off where the NULs fell (half the cost of
-    # encoding each string, for answers with a few accents); a string holding a NUL of its own
-    # would shift them, so then each is encoded alone.
-    raw = joined.encode(ENCODING, ERRORS) + b"\0"
-    del joined
-    ends = np.flatnonzero(np.frombuffer(raw, dtype=np.uint8) == 0)
-    if len(ends) == len(strings):
-        lengths = np.diff(ends, prepend=-1) - 1
-        return lengths, raw, False
-    encoded = [s.encode(ENCODING, ERRORS) for s in strings]
-    lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
-    return lengths, b"\0".join(encoded) + b"\0", True
+def _column_property(name: str) -> property:
+    if name in _DTYPES:
+        return property(lambda self: self.numeric[name], doc=f"column ``{name}`` (an array)")
+    return property(lambda self: self.decoded(name), doc=f"column ``{name}``, decoded")
 
 
-def pack_message(results: ResultColumns, start: int = 0, stop: int | None = None, reasoning: bool = False) -> bytes:
+for _name in NUMERIC_COLUMNS + WIRE_STRINGS:  # the schema's columns as attributes
+    setattr(PackedColumns, _name, _column_property(_name))
+
+
+def carried(results: ResultColumns) -> tuple[str, ...]:
+    """The optional columns ``results`` has."""
+    return tuple(c for c in OPTIONAL_COLUMNS if getattr(results, c) is not None)
+
+
+def pack_message(results: ResultColumns, start: int = 0, stop: int | None = None,
+                 optional: tuple[str, ...] = ()) -> bytes:
     """Rows ``start:stop`` of ``results`` as one message (see the module's layout).
-    ``reasoning``: carry the reasoning column ('' where ``results`` has none)."""
+    ``optional``: the optional columns to carry ('' where ``results`` has none)."""
     stop = len(results) if stop is None else stop
     rows, n = stop - start, results.n
-    packed = {}
+    packed, travels = {}, {}
     for c in WIRE_STRINGS:
         column = getattr(results, c)
-        if column is None:  # reasoning on a rank that has none: empty strings, nothing to encode
-            k = _entries(c, rows, n) if reasoning else 0
-            packed[c] = np.zeros(k, np.int64), b"\0" * k, False
-        elif c == "reasoning" and not reasoning:
+        travels[c] = c not in _OPTIONAL or c in optional
+        if not travels[c]:
             packed[c] = np.zeros(0, np.int64), b"", False
+        elif column is None:  # an optional column this sender has none of: empty strings
+            k = _entries(c, rows, n)
+            packed[c] = np.zeros(k, np.int64), b"\0" * k, False
         else:
-            packed[c] = _encode(column[_entries(c, start, n):_entries(c, stop, n)])
-    head = np.array([rows, n, reasoning, *(len(packed[c][1]) for c in WIRE_STRINGS),
-                     *(packed[c][2] for c in WIRE_STRINGS)], dtype=np.int64)
+            packed[c] = encode_terminated(column[_entries(c, start, n):_entries(c, stop, n)])
+    head = np.array([rows, n, *(x for c in WIRE_STRINGS for x in (len(packed[c][1]), packed[c][2], travels[c]))],
+                    dtype=np.int64)
     parts = [head.tobytes()]
     parts += [np.ascontiguousarray(getattr(results, c)[start:stop], _DTYPES[c]).tobytes() for c in _WIDE]
     parts += [packed[c][0].tobytes() for c in WIRE_STRINGS]
@@ -225,16 +198,16 @@ def pack_message(results: ResultColumns, start: int = 0, stop: int | None = None
 MESSAGE_OVERHEAD = 8 * (_HEAD + len(_NARROW) + len(WIRE_STRINGS))
 
 
-def row_bytes(results: ResultColumns, reasoning: bool = False) -> np.ndarray:
+def row_bytes(results: ResultColumns, optional: tuple[str, ...] = ()) -> np.ndarray:
     """Each row's share of a :func:`pack_message` message, in bytes (int64, at least what it
     takes: a lone surrogate counts 3 bytes, stored as 1): what sizes a round by bytes. The
     message adds :data:`MESSAGE_OVERHEAD`."""
     rows, n = len(results), results.n
-    fixed = 8 * len(_WIDE) + sum(np.dtype(_DTYPES[c]).itemsize for c in _NARROW)
+    fixed = 8 * len(_WIDE) + sum(_DTYPES[c].itemsize for c in _NARROW)
     sizes = np.full(rows, fixed, dtype=np.int64)
     for c in WIRE_STRINGS:
         column = getattr(results, c)
-        if c == "reasoning" and not reasoning:
+        if c in _OPTIONAL and c not in optional:
             continue
         k = _entries(c, 1, n)
         sizes += 9 * k  # a length and a NUL per string
@@ -263,26 +236,24 @@ def unpack_messages(buffer: np.ndarray, offsets) -> PackedColumns:
         buffer = np.frombuffer(buffer.tobytes(), np.uint8)  # (only unaligned callers pay a copy)
     words = buffer[: len(buffer) // 8 * 8].view(np.int64)
     heads = words[(offsets // 8)[:, None] + np.arange(_HEAD)]
-    k_cols = len(WIRE_STRINGS)
     rows = heads[:, 0]
     n = int(heads[0, 1]) if len(heads) else 1
-    has_reasoning = bool(heads[:, 2].any())
-    nbytes, nuls = heads[:, 3:3 + k_cols], heads[:, 3 + k_cols:]
+    nbytes, nuls, travels = (heads[:, 2 + j::3] for j in range(3))
+    carried_here = frozenset(c for j, c in enumerate(WIRE_STRINGS) if c in _OPTIONAL and travels[:, j].any())
     at = offsets + 8 * _HEAD
     numeric, lengths, entries = {}, {}, {}
-    views = {np.dtype(t): buffer.view(t) if np.dtype(t).itemsize == 1 else buffer[: len(buffer) // np.dtype(t).itemsize
-             * np.dtype(t).itemsize].view(t) for t in set(_DTYPES.values())}
+    views = {t: buffer.view(t) if t.itemsize == 1 else buffer[: len(buffer) // t.itemsize * t.itemsize].view(t)
+             for t in set(_DTYPES.values())}
     for c in _WIDE:
-        numeric[c] = views[np.dtype(_DTYPES[c])][_ranges(at // 8, rows)]
+        numeric[c] = views[_DTYPES[c]][_ranges(at // 8, rows)]
         at = at + 8 * rows
-    for c in WIRE_STRINGS:
-        travels = heads[:, 2] if c == "reasoning" else 1  # reasoning: only in messages that carry it
-        entries[c] = (rows * n if _entries(c, 1, n) == n else rows) * travels
+    for j, c in enumerate(WIRE_STRINGS):
+        entries[c] = (rows * n if c in _PER_CHOICE else rows) * travels[:, j]
         lengths[c] = words[_ranges(at // 8, entries[c])]
         at = at + 8 * entries[c]
     for c in _NARROW:
-        size = np.dtype(_DTYPES[c]).itemsize
-        numeric[c] = views[np.dtype(_DTYPES[c])][_ranges(at // size, rows)]
+        size = _DTYPES[c].itemsize
+        numeric[c] = views[_DTYPES[c]][_ranges(at // size, rows)]
         at = at + size * rows + (-(size * rows) % 8)
     strings = {}
     for j, c in enumerate(WIRE_STRINGS):
@@ -295,4 +266,4 @@ def unpack_messages(buffer: np.ndarray, offsets) -> PackedColumns:
         starts += np.repeat(at - base, entries[c])
         strings[c] = PackedStrings(buffer, starts, lengths[c], bool(nuls[:, j].any()))
         at = at + nbytes[:, j] + (-nbytes[:, j] % 8)
-    return PackedColumns(n, numeric, strings, has_reasoning)
+    return PackedColumns(n, numeric, strings, carried_here)

@@ -31,7 +31,7 @@ from . import _mpi
 from .inputs import (InputError, Part, PromptSet, _filler, block_digests, cannot_open, check_prompt_options,
                      combine_digests, file_reader, input_suffix, merge_parts, parse_range, read_prompts,
                      split_point)
-from .wire import ENCODING, ERRORS
+from .codec import join_strings, split_strings
 
 #: Files smaller than this many bytes (one digest block: ~160,000 rows of 100 bytes, 0.4 s for
 #: rank 0 alone) are read by rank 0 alone; the environment variable :data:`MIN_BYTES_ENV`
@@ -154,24 +154,6 @@ def _read_collectively(path, suffix, nbytes, template, prompt_format, comm) -> t
     return prompt_set, True
 
 
-def _pack_column(strings: list[str]) -> tuple[bytes, np.ndarray]:
-    """(UTF-8 of the strings with a NUL between them, their character lengths)."""
-    return "\0".join(strings).encode(ENCODING, ERRORS), np.fromiter(map(len, strings), np.int64, len(strings))
-
-
-def _unpack_column(buffer, lengths: np.ndarray) -> list[str]:
-    """Inverse of :func:`_pack_column`: the buffer decoded once and split at the NULs (C speed),
-    or cut by the lengths when some string holds a NUL of its own."""
-    n = len(lengths)
-    if n == 0:
-        return []
-    text = bytes(buffer).decode(ENCODING, ERRORS)
-    if text.count("\0") == n - 1:
-        return text.split("\0")
-    ends = np.cumsum(lengths + 1).tolist()
-    return [text[end - 1 - k:end - 1] for end, k in zip(ends, lengths.tolist())]
-
-
 def pack_part(part: Part, digests: list[bytes]) -> bytes:
     """One range's columns as one message (what rank 0 receives): rows' prompts and overrides,
     the explicit ids with their rows and lines; the first error, the block digests and
@@ -180,8 +162,8 @@ def pack_part(part: Part, digests: list[bytes]) -> bytes:
     n_rows = len(part.prompts) if ok else 0
     prompt_lengths = np.fromiter(map(len, part.prompts), np.int64, n_rows) if ok else np.zeros(0, np.int64)
     has_overrides = ok and any(part.overrides)
-    over_buffer, over_lengths = _pack_column(part.overrides) if has_overrides else (b"", np.zeros(0, np.int64))
-    id_buffer, id_lengths = _pack_column(part.ids)
+    over_buffer, over_lengths = join_strings(part.overrides) if has_overrides else (b"", np.zeros(0, np.int64))
+    id_buffer, id_lengths = join_strings(part.ids)
     meta = pickle.dumps((part.error, part.bad_unicode, digests, part.fields if ok else None),
                         protocol=pickle.HIGHEST_PROTOCOL)
     encoded = part.encoded if ok else b""  # already packed as _pack_column does: NUL-separated
@@ -205,7 +187,7 @@ def unpack_part(message) -> tuple[Part, list[bytes]]:
     prompt_lengths, over_lengths, id_rows, id_lines, id_lengths = arrays
     columns = []
     for nbytes, lengths in ((prompt_bytes, prompt_lengths), (over_bytes, over_lengths), (id_bytes, id_lengths)):
-        columns.append(_unpack_column(message[at:at + nbytes], lengths))
+        columns.append(split_strings(message[at:at + nbytes], lengths))
         at += nbytes
     prompts, overrides, ids = columns
     error, bad_unicode, digests, fields = pickle.loads(message[at:at + meta_bytes])

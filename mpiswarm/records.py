@@ -7,67 +7,68 @@ from itertools import chain
 
 import numpy as np
 
-#: columns holding strings: ``completion`` and ``finish_reason`` have ``n`` entries a row
-STRING_COLUMNS = ("completion", "finish_reason", "error")
-#: columns holding numbers, one entry a row
-NUMERIC_COLUMNS = ("index", "ok", "done", "rank", "prompt_tokens", "completion_tokens", "latency_s")
+from .errors import ErrorKind
+from .schema import COLUMNS, RESULT_COLUMNS, Column
 
 
-@dataclass
 class ResultColumns:
-    """Results for a set of rows. ``completion``/``finish_reason`` are flattened row-major:
-    entry ``i * n + j`` is choice *j* of row *i*."""
+    """Results for a set of rows, column by column, one attribute a column of
+    :data:`mpiswarm.schema.RESULT_COLUMNS` (numeric columns as arrays, string columns as lists;
+    ``per="choice"`` columns flattened row-major: entry ``i * n + j`` is choice *j* of row *i*).
+    An optional column (``reasoning``) is None until some row has a value."""
 
-    index: np.ndarray  # int64: global row number (input order)
-    n: int
-    completion: list[str]
-    finish_reason: list[str]
-    error: list[str]
-    ok: np.ndarray  # bool: answered
-    done: np.ndarray  # bool: finished for good (answered, or failed in a way a retry cannot fix)
-    rank: np.ndarray  # int32: the rank that served the row
-    prompt_tokens: np.ndarray  # int64, -1 where unknown
-    completion_tokens: np.ndarray  # int64, -1 where unknown
-    latency_s: np.ndarray  # float64: duration of the HTTP call that carried the row
-    #: a reasoning model's reasoning (chat ``reasoning``/``reasoning_content``), shaped like
-    #: ``completion``; None until some row has one, so runs without reasoning carry no column
-    reasoning: list[str] | None = None
+    __slots__ = ("n",) + tuple(c.name for c in RESULT_COLUMNS)
+
+    def __init__(self, n: int, **columns):
+        self.n = n
+        for c in RESULT_COLUMNS:
+            if c.name in columns:
+                value = columns.pop(c.name)
+            elif c.optional:
+                value = None
+            else:  # (a column its producer does not know of yet: filled)
+                value = _filled(c, len(self.index), n)  # (index is the first column)
+            setattr(self, c.name, value if c.is_string or value is None else np.asarray(value, c.np_dtype))
+        if columns:
+            raise TypeError(f"not result columns: {', '.join(sorted(columns))}")
 
     @classmethod
     def pending(cls, index: np.ndarray, n: int, rank: int) -> "ResultColumns":
-        """Rows not answered yet: ``ok = False`` with the error 'not attempted'."""
-        rows = len(index)
-        return cls(
-            index=np.asarray(index, dtype=np.int64),
-            n=n,
-            completion=[""] * (rows * n),
-            finish_reason=[""] * (rows * n),
-            error=["not attempted"] * rows,
-            ok=np.zeros(rows, dtype=bool),
-            done=np.zeros(rows, dtype=bool),
-            rank=np.full(rows, rank, dtype=np.int32),
-            prompt_tokens=np.full(rows, -1, dtype=np.int64),
-            completion_tokens=np.full(rows, -1, dtype=np.int64),
-            latency_s=np.full(rows, np.nan, dtype=np.float64),
-        )
+        """Rows not answered yet: every column its ``fill`` (``error`` 'not attempted')."""
+        index = np.asarray(index, dtype=np.int64)
+        columns = {c.name: _filled(c, len(index), n) for c in RESULT_COLUMNS if not c.optional}
+        columns["index"], columns["rank"] = index, np.full(len(index), rank, dtype=np.int32)
+        return cls(n, **columns)
 
     def __len__(self) -> int:
         return len(self.index)
 
-    def fail(self, rows, message: str, latency_s: float = np.nan, final: bool = True) -> None:
-        """Mark local ``rows`` failed with ``message`` (and no answer text). ``final=False``
-        leaves them to a later attempt (a resume), ``final=True`` records the failure for good."""
+    def __repr__(self) -> str:
+        return f"ResultColumns({len(self)} rows, n={self.n})"
+
+    def column(self, name: str):
+        """Column ``name``; an optional one that no row has, filled (as its readers see it)."""
+        value = getattr(self, name)
+        return _filled(COLUMNS[name], len(self), self.n) if value is None else value
+
+    def fail(self, rows, message: str, latency_s: float = np.nan, final: bool = True,
+             kind: ErrorKind = ErrorKind.OTHER, status: int = -1) -> None:
+        """Mark local ``rows`` failed with ``message`` of ``kind`` (HTTP ``status``, -1 none) and
+        no answer text. ``final=False`` leaves them to a later attempt (a resume), ``final=True``
+        records the failure for good."""
         n = self.n
+        rows = list(rows)
         for row in rows:
-            self.ok[row] = False
-            self.done[row] = final
             self.error[row] = message
-            for flat in range(row * n, row * n + n):
-                self.completion[flat] = ""
-                self.finish_reason[flat] = ""
-            if self.reasoning is not None:
-                self.reasoning[row * n : row * n + n] = [""] * n
-        self.latency_s[list(rows)] = latency_s
+            for c in _CHOICE_STRINGS:
+                column = getattr(self, c)
+                if column is not None:
+                    column[row * n:row * n + n] = [""] * n
+        self.ok[rows] = False
+        self.done[rows] = final
+        self.error_kind[rows] = kind
+        self.http_status[rows] = status
+        self.latency_s[rows] = latency_s
 
     def set_reasoning(self, flat: int, text: str) -> None:
         """The reasoning of entry ``flat`` (``row * n + j``); the column appears on first use."""
@@ -77,25 +78,25 @@ class ResultColumns:
 
     def answered(self, rows) -> None:
         """Mark local ``rows`` answered (their texts are already in place)."""
+        rows = list(rows)
         for row in rows:
-            self.ok[row] = True
-            self.done[row] = True
             self.error[row] = ""
+        self.ok[rows] = True
+        self.done[rows] = True
+        self.error_kind[rows] = ErrorKind.NONE
+        self.http_status[rows] = -1
 
     @classmethod
     def concat(cls, parts: list["ResultColumns"]) -> "ResultColumns":
         """Rows of every part, one after the other (parts share ``n``)."""
         n = parts[0].n
-        reasoning = None
-        if any(p.reasoning is not None for p in parts):
-            reasoning = list(chain.from_iterable(
-                [""] * len(p.completion) if p.reasoning is None else p.reasoning for p in parts))
-        return cls(
-            n=n,
-            **{c: list(chain.from_iterable(getattr(p, c) for p in parts)) for c in STRING_COLUMNS},
-            **{c: np.concatenate([getattr(p, c) for p in parts]) for c in NUMERIC_COLUMNS},
-            reasoning=reasoning,
-        )
+        columns = {}
+        for c in RESULT_COLUMNS:
+            if c.optional and all(getattr(p, c.name) is None for p in parts):
+                continue
+            values = [p.column(c.name) for p in parts]
+            columns[c.name] = list(chain.from_iterable(values)) if c.is_string else np.concatenate(values)
+        return cls(n, **columns)
 
     def take(self, positions: np.ndarray) -> "ResultColumns":
         """The rows at ``positions`` (an integer array), in that order."""
@@ -103,20 +104,31 @@ class ResultColumns:
         n = self.n
         flat = (positions[:, None] * n + np.arange(n)).ravel().tolist()
         rows = positions.tolist()
-        return ResultColumns(
-            n=n,
-            completion=[self.completion[k] for k in flat],
-            finish_reason=[self.finish_reason[k] for k in flat],
-            error=[self.error[k] for k in rows],
-            **{c: np.asarray(getattr(self, c))[positions] for c in NUMERIC_COLUMNS},
-            reasoning=None if self.reasoning is None else [self.reasoning[k] for k in flat],
-        )
+        columns = {}
+        for c in RESULT_COLUMNS:
+            value = getattr(self, c.name)
+            if value is None:
+                continue
+            if c.is_string:
+                columns[c.name] = [value[k] for k in (flat if c.per == "choice" else rows)]
+            else:
+                columns[c.name] = np.asarray(value)[positions]
+        return ResultColumns(n, **columns)
 
     def in_index_order(self) -> "ResultColumns":
         """The same rows sorted by ``index`` (a no-op when they already are)."""
         if len(self.index) < 2 or bool(np.all(self.index[1:] > self.index[:-1])):
             return self
         return self.take(np.argsort(self.index, kind="stable"))
+
+
+_CHOICE_STRINGS = tuple(c.name for c in RESULT_COLUMNS if c.is_string and c.per == "choice")
+
+
+def _filled(column: Column, rows: int, n: int):
+    """``rows`` rows of ``column``'s fill value."""
+    k = column.entries(rows, n)
+    return [column.fill] * k if column.is_string else np.full(k, column.fill, dtype=column.np_dtype)
 
 
 @dataclass

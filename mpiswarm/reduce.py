@@ -29,6 +29,7 @@ from .config import ReduceOptions
 from .control import WorkSource
 from .dispatch import AllEndpointsDown, Dispatcher, EndpointPool
 from .gather import gather_results
+from .errors import ErrorKind
 from .records import RankStats, ResultColumns
 from .template import format_prompt
 from .tree import group_inputs, level_sizes, shorten, supervisor_prompt
@@ -162,11 +163,11 @@ class Combiner:
                 client, budget = None, None
             for i, (group, texts) in enumerate(zip(groups.tolist(), inputs)):
                 if not texts:
-                    results.fail([i], NO_INPUT)
+                    results.fail([i], NO_INPUT, kind=ErrorKind.NO_INPUT)
                     continue
                 prompt, how = await self._fit(client, texts, level, group, budget)
                 if prompt is None:
-                    results.fail([i], how)
+                    results.fail([i], how, kind=ErrorKind.NO_ROOM)
                     continue
                 shortened[i] = how
                 sent[i] = prompt

@@ -29,12 +29,13 @@ from .balance import Chunk, guided_size
 from .budget import TokenBudget
 from .control import Control, Pool, WorkSource
 from .dispatch import UNANSWERED_STOPPED, Dispatcher, EndpointPool
+from .errors import ErrorKind
 from .aggregate import VoteCounter
 from .ensemble import EnsemblePlan, expand
 from .endpoints import check_template, endpoint_from_hostfile, expand_endpoint, parse_hostfile
 from .exitcodes import EXIT_ENDPOINT_DOWN, EXIT_OK, EXIT_PROMPTS_FAILED, EXIT_RESUME
-from .gather import any_reasoning, gather_in_rounds, gather_stats, redistribute_in_rounds
-from .packed import PackedColumns, row_bytes
+from .gather import gather_in_rounds, optional_columns, gather_stats, redistribute_in_rounds
+from .packed import PackedColumns, carried, row_bytes
 from .inputs import InputError, PromptSet, check_row_sampling
 from .lock import OutputLock
 from .metrics import engine_deltas
@@ -44,7 +45,7 @@ from .reduce import Combiner, Items, reduce_tree
 from .scatter import RankSlice, scatter_rows
 from .store import (WriteGuard, create_part_file, create_result_file, create_virtual_file, estimate_file_bytes,
                     part_name, parts_dir, remove_parts, remove_stale_parts)
-from .wire import utf8_lengths
+from .codec import utf8_lengths
 from .progress import ProgressPrinter
 from .read import read_prompts_parallel
 from .summary import Tally, format_reduction, format_summary, format_votes
@@ -251,7 +252,7 @@ async def _serve(urls: list[str], config: RunConfig, piece: RankSlice, plan: Pla
         stats.extra["endpoint_events"] = endpoints.events
     if pool is not None and len(leftover := pool.leftover()):  # never handed out: left for a resume
         chunk = control.chunk(leftover, [""] * len(leftover), None)
-        chunk.results.fail(range(len(leftover)), UNANSWERED_STOPPED, final=False)
+        chunk.results.fail(range(len(leftover)), UNANSWERED_STOPPED, final=False, kind=ErrorKind.NOT_ATTEMPTED)
         source.chunks.append(chunk)
     return source.chunks, endpoints.dead
 
@@ -317,7 +318,7 @@ def file_bytes(held: ResultColumns, bounds: np.ndarray, texts: list[list[str]] |
     rank, size = _mpi.rank_and_size(comm)
     bounds = np.asarray(bounds, dtype=np.int64)
     block = np.searchsorted(bounds, held.index, side="right") - 1
-    sizes = np.bincount(block, weights=row_bytes(held, held.reasoning is not None), minlength=size)[:size]
+    sizes = np.bincount(block, weights=row_bytes(held, carried(held)), minlength=size)[:size]
     answers = _mpi.allreduce_sum_array(sizes.astype(np.int64), comm)
     per_block = None
     if texts is not None:
@@ -352,7 +353,7 @@ def write_parts(output: str, n_rows: int, n: int, local: ResultColumns, prompts:
     parts removed. Returns, on the root, every rank's
     :class:`Tally` added up (None elsewhere); this
     rank's seconds writing; every part as ``(path relative to the output's directory, first
-    row, rows)``; whether the reasoning column exists. Every part file is in place when it
+    row, rows)``; the optional columns the parts have. Every part file is in place when it
     returns; the root then writes the output over them (:func:`~mpiswarm.store.create_virtual_file`)."""
     rank, size = _mpi.rank_and_size(comm)
     root = rank == _mpi.ROOT
@@ -361,7 +362,7 @@ def write_parts(output: str, n_rows: int, n: int, local: ResultColumns, prompts:
     if root:
         os.makedirs(directory, exist_ok=True)
     _mpi.barrier_sleeping(comm)
-    reasoning = any_reasoning(local, comm)
+    optional = optional_columns(local, comm)
     writes = parts_per == "rank" or _mpi.local_rank(comm) == 0
     bounds = part_bounds(n_rows, _mpi.allgather(writes, comm))
     first, count = int(bounds[rank]), int(bounds[rank + 1] - bounds[rank])
@@ -372,7 +373,7 @@ def write_parts(output: str, n_rows: int, n: int, local: ResultColumns, prompts:
     guard.reserve(file_bytes(local, bounds, texts(0, n_rows) if root else None, comm))
     try:
         with ExitStack() as writing:
-            part = guard.enter(writing, create_part_file(path, first, count, n, reasoning)) if count else None
+            part = guard.enter(writing, create_part_file(path, first, count, n, optional)) if count else None
             for block in redistribute_in_rounds(local, bounds, GATHER_ROWS_PER_ROUND, texts, 2, comm,
                                                 text_rows_per_round=VIRTUAL_TEXT_ROWS_PER_ROUND):
                 if part is None:  # no rows of its own (more ranks than rows, or not its node's writer)
@@ -396,7 +397,7 @@ def write_parts(output: str, n_rows: int, n: int, local: ResultColumns, prompts:
         if root:  # this run's parts that were written point nowhere: remove them (earlier runs' stay)
             remove_parts(output, parts)
         raise WriteFailed(failures[0])
-    return (Tally.merge(tallies) if root else None), write_s, parts, reasoning
+    return (Tally.merge(tallies) if root else None), write_s, parts, optional
 
 
 def _write_failed(message: str, config: RunConfig, plan: Plan, parts: list, root: bool, comm) -> int:
@@ -523,7 +524,7 @@ def _run(config: RunConfig, comm, held: ExitStack) -> int:
         if config.layout == "virtual":  # every rank writes its own block; rank 0 maps them
             plan_here = _mpi.bcast(ensemble, comm) if config.repeat else None  # each writer counts its rows' votes
             counted = VoteCounter(plan_here.n_prompts) if plan_here is not None else None
-            tally, write_s, parts, reasoning = write_parts(
+            tally, write_s, parts, optional = write_parts(
                 config.output, plan.n_rows, plan.n, _held_rows(finished, results, root),
                 *((prompt_set.prompts, prompt_set.custom_ids) if root else (None, None)), comm,
                 parts_per=config.parts_per,
@@ -533,7 +534,7 @@ def _run(config: RunConfig, comm, held: ExitStack) -> int:
                 if root:
                     for other in every:
                         votes.merge(other)
-            opened = create_virtual_file(config.output, plan.n_rows, plan.n, parts, reasoning) if root else None
+            opened = create_virtual_file(config.output, plan.n_rows, plan.n, parts, optional) if root else None
         else:
             tally, write_s = Tally(), 0.0
             opened = create_result_file(config.output, plan.n_rows, plan.n) if root else None

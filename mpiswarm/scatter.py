@@ -9,7 +9,7 @@ from . import _mpi
 from .inputs import PromptSet
 from .packed import PackedStrings
 from .partition import contiguous_bounds
-from .wire import cut_by_bytes, pack_string_slices, unpack_strings, utf8_lengths
+from .codec import cut_by_bytes, pack_string_slices, unpack_strings, utf8_lengths
 
 
 @dataclass

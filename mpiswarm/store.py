@@ -1,9 +1,10 @@
 """All HDF5 access: the result file's schema, written atomically, and read back.
 
-Schema (row *i* = input prompt *i*): datasets ``prompt``, ``completion`` ((N,) or (N, n)),
-``custom_id``, ``finish_reason`` (shaped like ``completion``), ``ok``, ``error``, ``rank``,
+Schema (row *i* = input prompt *i*): one dataset a column of :data:`mpiswarm.schema.FILE_COLUMNS`
+(``custom_id``, ``prompt``, ``completion`` ((N,) or (N, n)), ``finish_reason`` (shaped like
+``completion``), ``ok``, ``error``, ``error_kind`` (an HDF5 enum), ``http_status``, ``rank``,
 ``prompt_tokens``, ``completion_tokens``, ``latency_s``; ``reasoning`` (shaped like
-``completion``, '' where none) only when some answer carried a reasoning model's reasoning; group ``ranks`` with one dataset
+``completion``, '' where none) only when some answer carried a reasoning model's reasoning); group ``ranks`` with one dataset
 per :class:`~mpiswarm.records.RankStats` field (row r = rank r); root attributes ``model``,
 ``n_ranks``, ``n_prompts``, ``n_ok``, ``complete``, ``mpiswarm_version``, ``params`` (JSON)
 and the wall-clock phase times ``time_<phase>_s``.
@@ -27,8 +28,12 @@ import numpy as np
 from . import __version__
 from .atomic import atomic_path
 from .inputs import InputError
-from .packed import PackedColumns, PackedStrings, storable
+from .codec import storable
+from .packed import PackedColumns, PackedStrings
 from .records import RankStats, ResultColumns
+from .errors import KIND_BY_LABEL, ErrorKind
+from .schema import (CHOICE, COLUMNS, FILE_COLUMNS, OPTIONAL_ROW_DATASETS, REDUCE_COLUMNS, ROW_DATASETS,  # noqa: F401
+                     file_dtype, labels)
 
 STR = h5py.string_dtype("utf-8")
 
@@ -73,15 +78,17 @@ def _write_strings(ds: h5py.Dataset, start: int, strings: PackedStrings) -> None
     del pointers  # the buffer they point into (strings.data) is alive until here
 
 
-def row_datasets(n_rows: int, n: int, reasoning: bool = False) -> list[tuple]:
+def row_datasets(n_rows: int, n: int, optional: tuple[str, ...] = ()) -> list[tuple]:
     """``(name, shape, dtype, fill value)`` of every row dataset of a file of ``n_rows`` rows
-    and ``n`` completions a row (``reasoning`` included only when asked for)."""
-    shape = (n_rows,) if n == 1 else (n_rows, n)
-    out = [(name, (n_rows,), STR, None) for name in ("prompt", "custom_id", "error")]
-    out += [(name, shape, STR, None) for name in ("completion", "finish_reason") + (("reasoning",) if reasoning else ())]
-    out += [("ok", (n_rows,), bool, None), ("rank", (n_rows,), np.int32, -1)]
-    out += [(name, (n_rows,), np.int64, -1) for name in ("prompt_tokens", "completion_tokens")]
-    return out + [("latency_s", (n_rows,), np.float64, np.nan)]
+    and ``n`` completions a row (:data:`mpiswarm.schema.FILE_COLUMNS`; the optional columns
+    only those in ``optional``)."""
+    out = []
+    for c in FILE_COLUMNS:
+        if c.optional and c.name not in optional:
+            continue
+        shape = (n_rows, n) if c.per == CHOICE and n > 1 else (n_rows,)
+        out.append((c.name, shape, file_dtype(c), None if c.is_string or c.dtype == "bool" else c.fill))
+    return out
 
 
 @contextmanager
@@ -95,17 +102,17 @@ def atomic_h5(path: str | os.PathLike):
 
 class ResultWriter:
     """Writes one result file's rows (in blocks, any order) and its metadata. A part file of a
-    virtual layout holds rows ``first_row:first_row + n_rows`` of the input (``reasoning``:
-    create that column now, so that every part has it)."""
+    virtual layout holds rows ``first_row:first_row + n_rows`` of the input (``optional``: the
+    optional columns to create now, so that every part has them)."""
 
-    def __init__(self, f: h5py.File, n_rows: int, n: int, first_row: int = 0, reasoning: bool = False,
+    def __init__(self, f: h5py.File, n_rows: int, n: int, first_row: int = 0, optional: tuple[str, ...] = (),
                  parts: list[tuple[str, int, int]] | None = None):
         self.file = f
         self.n_rows = n_rows
         self.n = n
         self.first_row = first_row
         self.n_ok = 0
-        for name, shape, dtype, fill in row_datasets(n_rows, n, reasoning):
+        for name, shape, dtype, fill in row_datasets(n_rows, n, optional):
             if parts is None:
                 f.create_dataset(name, shape=shape, dtype=dtype, fillvalue=fill)
             else:  # rows of part files (path relative to this file's directory, first row, rows)
@@ -126,29 +133,31 @@ class ResultWriter:
         if len(index) == 0:
             return
         cuts = np.flatnonzero(np.diff(index) != 1) + 1
+        inputs = {"prompt": prompts, "custom_id": custom_ids}
         for a, b in zip([0, *cuts.tolist()], [*cuts.tolist(), len(index)]):
-            self._write_run(prompts, custom_ids, base, results, a, b)
+            self._write_run(inputs, base, results, a, b)
         self.n_ok += int(results.ok.sum())
 
-    def _write_run(self, prompts, custom_ids, base: int, results: PackedColumns, a: int, b: int) -> None:
+    def _write_run(self, inputs: dict, base: int, results: PackedColumns, a: int, b: int) -> None:
         k, n = b - a, self.n
         row = int(results.index[a])
         start = row - self.first_row  # in this file
-        rows = slice(start, start + k)
         texts = slice(row - base, row - base + k)
         f = self.file
-        for name, column in (("prompt", prompts), ("custom_id", custom_ids)):
-            strings = column.take(texts) if isinstance(column, PackedStrings) else PackedStrings.pack(column[texts])
-            _write_strings(f[name], start, strings)
-        for name in ("completion", "finish_reason"):
-            _write_strings(f[name], start, results.strings[name].take(slice(a * n, b * n)))
-        _write_strings(f["error"], start, results.strings["error"].take(slice(a, b)))
-        if results.has_reasoning:
-            if "reasoning" not in f:  # created once some row has reasoning
-                f.create_dataset("reasoning", shape=f["completion"].shape, dtype=STR)
-            _write_strings(f["reasoning"], start, results.strings["reasoning"].take(slice(a * n, b * n)))
-        for name in ("ok", "rank", "prompt_tokens", "completion_tokens", "latency_s"):
-            f[name][rows] = results.numeric[name][a:b]
+        for c in FILE_COLUMNS:
+            name = c.name
+            if name in inputs:
+                column = inputs[name]
+                strings = column.take(texts) if isinstance(column, PackedStrings) else PackedStrings.pack(column[texts])
+                _write_strings(f[name], start, strings)
+            elif c.is_string:
+                if c.optional and name not in results.carried:
+                    continue
+                if name not in f:  # an optional column some row has: created on first use
+                    f.create_dataset(name, shape=f["completion"].shape, dtype=STR)
+                _write_strings(f[name], start, results.strings[name].take(slice(c.entries(a, n), c.entries(b, n))))
+            else:
+                f[name][start:start + k] = results.numeric[name][a:b]
 
     def write_ranks(self, stats: list[RankStats]) -> None:
         """The per-rank statistics table, group ``ranks`` (row r = rank r)."""
@@ -180,25 +189,24 @@ class ResultWriter:
         group.attrs["base_seed"] = plan.base_seed
 
     def write_reduce(self, reduction) -> None:
-        """Group ``reduce``: one group ``level_L`` per level (row g = group g: ``text``, ``ok``,
-        ``error``, ``finish_reason``, the supervisor ``prompt`` as sent, ``rank`` that combined it, ``first_input`` and
-        ``n_inputs`` in the level below, ``n_left_out`` failed inputs, ``shortened``,
-        ``latency_s``) and the scalar string ``final``; the options and shape as attributes."""
+        """Group ``reduce``: one group ``level_L`` per level (row g = group g: the result columns
+        of :data:`~mpiswarm.schema.REDUCE_COLUMNS` — ``text``, ``ok``, ``error``, ``error_kind``,
+        ``http_status``, ``finish_reason``, ``rank`` that combined it, ``latency_s`` —, the
+        supervisor ``prompt`` as sent, ``first_input`` and ``n_inputs`` in the level below,
+        ``n_left_out`` failed inputs, ``shortened``) and the scalar string ``final``; the options
+        and shape as attributes."""
         group = self.file.create_group("reduce")
         for level in reduction.levels:
             res = level.results
             g = group.create_group(f"level_{level.level}")
-            g.create_dataset("text", data=_strings(res.completion), dtype=STR)
+            for column, name in REDUCE_COLUMNS:
+                values = getattr(res, column.name)
+                g.create_dataset(name, data=_strings(values) if column.is_string else values, dtype=file_dtype(column))
             g.create_dataset("prompt", data=_strings(level.prompt), dtype=STR)
-            g.create_dataset("ok", data=res.ok)
-            g.create_dataset("error", data=_strings(res.error), dtype=STR)
-            g.create_dataset("finish_reason", data=_strings(res.finish_reason), dtype=STR)
-            g.create_dataset("rank", data=res.rank)
             g.create_dataset("first_input", data=level.first_input)
             g.create_dataset("n_inputs", data=level.n_inputs)
             g.create_dataset("n_left_out", data=level.n_left_out)
             g.create_dataset("shortened", data=level.shortened)
-            g.create_dataset("latency_s", data=res.latency_s)
         final = group.create_dataset("final", data=storable(reduction.final), dtype=STR)
         final.attrs["ok"] = reduction.final_ok
         final.attrs["error"] = _attr(reduction.final_error)
@@ -326,23 +334,24 @@ def part_name(token: str, rank: int) -> str:
 
 
 @contextmanager
-def create_part_file(path: str | os.PathLike, first_row: int, n_rows: int, n: int = 1, reasoning: bool = False):
+def create_part_file(path: str | os.PathLike, first_row: int, n_rows: int, n: int = 1,
+                     optional: tuple[str, ...] = ()):
     """A :class:`ResultWriter` for the part file at ``path`` holding input rows
     ``first_row:first_row + n_rows`` (written atomically; rows only, no metadata)."""
     with atomic_h5(path) as f:
-        writer = ResultWriter(f, n_rows, n, first_row=first_row, reasoning=reasoning)
+        writer = ResultWriter(f, n_rows, n, first_row=first_row, optional=optional)
         yield writer
         f.attrs["first_row"] = first_row
 
 
 @contextmanager
 def create_virtual_file(path: str | os.PathLike, n_rows: int, n: int, parts: list[tuple[str, int, int]],
-                        reasoning: bool = False):
+                        optional: tuple[str, ...] = ()):
     """A :class:`ResultWriter` for a new result file at ``path`` whose row datasets are HDF5
     virtual datasets over the part files ``parts`` (``(path relative to the output's
     directory, first row, rows)``); the caller sets ``n_ok``. Written atomically."""
     with atomic_h5(path) as f:
-        writer = ResultWriter(f, n_rows, n, reasoning=reasoning, parts=parts)
+        writer = ResultWriter(f, n_rows, n, optional=optional, parts=parts)
         yield writer
         writer.set_attrs({"mpiswarm_version": __version__, "n_prompts": n_rows, "n_ok": writer.n_ok,
                           "layout": "virtual", "parts": [p for p, _, k in parts if k]})
@@ -398,27 +407,21 @@ def read_results(path: str | os.PathLike) -> dict:
         out["attrs"] = attrs
         for name, ds in f.items():
             if isinstance(ds, h5py.Dataset):
-                out[name] = ds.asstr()[()] if ds.dtype == object else ds[()]
+                out[name] = dataset_values(ds)
         if "ranks" in f:
             out["ranks"] = {
-                name: (ds.asstr()[()] if ds.dtype == object else ds[()]) for name, ds in f["ranks"].items()
+                name: dataset_values(ds) for name, ds in f["ranks"].items()
             }
     return out
 
 
 # --- Reading helpers for the result-file tools (inspect, export, scaling, data frames) ---
 
-#: Datasets holding one entry per row (``completion`` and ``finish_reason`` may be (N, n)).
-ROW_DATASETS = ("custom_id", "prompt", "completion", "finish_reason", "ok", "error", "rank",
-                "prompt_tokens", "completion_tokens", "latency_s")
-#: Row datasets a result file holds only sometimes (``reasoning``: shaped like ``completion``).
-OPTIONAL_ROW_DATASETS = ("reasoning",)
+# ROW_DATASETS (every result file has them) and OPTIONAL_ROW_DATASETS (only sometimes) come
+# from the schema (mpiswarm.schema); choice columns may be (N, n).
 #: The root attribute that marks a result file, and the datasets every result file holds.
 _MARK_ATTR = "mpiswarm_version"
 _REQUIRED = ("prompt", "completion", "custom_id", "ok", "error")
-#: Rows a stopped job never finished carry an ``error`` starting with one of these (the
-#: dispatcher's "not answered: …" messages and the pending rows' "not attempted").
-UNANSWERED_PREFIXES = ("not answered", "not attempted")
 #: Rows read at once by :func:`iter_rows` unless told otherwise.
 DEFAULT_CHUNK_ROWS = 4096
 
@@ -428,10 +431,19 @@ class ResultFileError(InputError):
     and names the file)."""
 
 
-def is_unanswered(error: str) -> bool:
-    """Whether a row's ``error`` says it was never finished (a resume would send it again),
-    rather than failed for good."""
-    return error.startswith(UNANSWERED_PREFIXES)
+def is_unanswered(error_kind: str) -> bool:
+    """Whether a row's ``error_kind`` (its label, as read) says it was never finished (a
+    resume would send it again), rather than failed for good."""
+    return KIND_BY_LABEL.get(error_kind, ErrorKind.OTHER).unanswered
+
+
+def dataset_values(ds: h5py.Dataset, selection=()):
+    """``ds[selection]`` as readers get it: strings as ``str``, an enum column by label."""
+    if ds.dtype == object:
+        return ds.asstr()[selection]
+    column = COLUMNS.get(ds.name.rsplit("/", 1)[-1])
+    values = ds[selection]
+    return labels(column, values) if column is not None and column.enum is not None else values
 
 
 def _value(v):
@@ -504,7 +516,7 @@ def read_info(path: str | os.PathLike) -> ResultInfo:
         ranks = {}
         if isinstance(f.get("ranks"), h5py.Group):
             for name, ds in f["ranks"].items():
-                ranks[name] = ds.asstr()[()] if ds.dtype == object else ds[()]
+                ranks[name] = dataset_values(ds)
             if "extra" in ranks:
                 ranks["extra"] = [json.loads(x) if x else {} for x in ranks["extra"]]
         completion = f["completion"]
@@ -526,11 +538,10 @@ def iter_rows(path: str | os.PathLike, columns=ROW_DATASETS + OPTIONAL_ROW_DATAS
         raise ValueError("chunk_rows must be >= 1")
     with open_result_file(path) as f:
         columns = [c for c in columns if isinstance(f.get(c), h5py.Dataset)]
-        datasets = {c: (f[c].asstr() if f[c].dtype == object else f[c]) for c in columns}
         n_rows = f["prompt"].shape[0]
         for start in range(0, n_rows, chunk_rows):
             stop = min(start + chunk_rows, n_rows)
-            yield start, {c: ds[start:stop] for c, ds in datasets.items()}
+            yield start, {c: dataset_values(f[c], slice(start, stop)) for c in columns}
 
 
 def write_self_contained(path: str | os.PathLike, output: str | os.PathLike,
@@ -595,7 +606,7 @@ def read_reduction(path: str | os.PathLike) -> dict:
         levels = []
         for k in range(1, len(json.loads(group.attrs["level_sizes"])) + 1):
             level = group[f"level_{k}"]
-            levels.append({name: (ds.asstr()[()] if ds.dtype == object else ds[()]).tolist()
+            levels.append({name: dataset_values(ds).tolist()
                            for name, ds in level.items()})
         final = group["final"]
         return {"final": final.asstr()[()], "ok": bool(final.attrs["ok"]), "error": str(final.attrs["error"]),

@@ -72,7 +72,7 @@ def measure_in_process(work: str) -> dict:
     from mpiswarm.packed import PackedColumns, pack_message, unpack_messages
     from mpiswarm.partition import contiguous_bounds
     from mpiswarm.store import create_result_file
-    from mpiswarm.wire import pack_rows, pack_string_slices
+    from mpiswarm.codec import pack_rows, pack_string_slices
 
     sys.path.insert(0, TOOLS)
     import scaling_study

@@ -150,7 +150,7 @@ def test_answers_with_nuls_reduce_and_vote_in_both_layouts(tmp_path, sim_factory
     """Issue 12, defect 1: answers holding U+0000 (``--nul-answers``) crashed rank 0 in
     ``store.write_reduce``; every text that reaches the file now follows the one NUL rule
     (U+FFFD), the answers, the reduction's prompts and texts, the final answer and the votes."""
-    from mpiswarm.packed import storable
+    from mpiswarm.codec import storable
 
     sim = sim_factory("--count", 2, "--time-scale", 0, "--nul-answers")
     rows = make_rows(12)

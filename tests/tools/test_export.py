@@ -106,7 +106,7 @@ def test_openai_batch_output_lines(results, tmp_path, name):
                 assert x["response"]["body"]["error"]["type"] == "invalid_request_error"
                 assert x["error"] == {"code": "context_length_exceeded", "message": error.removeprefix("HTTP 400: ")}
             else:
-                assert is_unanswered(error)
+                assert is_unanswered(data["error_kind"][i])
                 assert x["response"] is None
                 assert x["error"] == {"code": "batch_expired", "message": error}
     assert (name == "plain") == any(x["response"] and x["response"]["status_code"] == 400 for x in lines)
@@ -139,11 +139,12 @@ def test_csv_round_trips_through_the_csv_module(results, tmp_path, name):
     n = data["completion"].shape[1] if data["completion"].ndim == 2 else 1
     head = records[0]
     if n == 1:
-        assert head == ["custom_id", "prompt", "completion", "finish_reason", "ok", "error", "rank",
-                        "prompt_tokens", "completion_tokens", "latency_s"]
+        assert head == ["custom_id", "prompt", "completion", "finish_reason", "ok", "error", "error_kind", "http_status",
+                        "rank", "prompt_tokens", "completion_tokens", "latency_s"]
     else:
         assert head == ["custom_id", "prompt", "completion_0", "completion_1", "finish_reason_0", "finish_reason_1",
-                        "ok", "error", "rank", "prompt_tokens", "completion_tokens", "latency_s"]
+                        "ok", "error", "error_kind", "http_status", "rank", "prompt_tokens", "completion_tokens",
+                        "latency_s"]
     body = records[1:]
     assert len(body) == len(run.rows)
     for i, rec in enumerate(body):
@@ -246,7 +247,9 @@ def test_line_breaking_characters_stay_escaped(results):
     "maximum model length of 512. Make sure that `max_model_len` is no smaller than the number of text tokens.",
 ])
 def test_context_length_errors_of_every_vllm_wording(message):
+    from mpiswarm.errors import StatusError, kind_of
     from mpiswarm.export import error_object
 
-    status, batch_error, body = error_object(f"HTTP 400: {message}")
+    kind, status = kind_of(StatusError(400, message))  # where the row's error kind is set
+    status, batch_error, body = error_object(f"HTTP 400: {message}", kind.label, status)
     assert status == 400 and batch_error["code"] == body["error"]["code"] == "context_length_exceeded"

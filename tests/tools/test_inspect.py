@@ -13,6 +13,7 @@ import pytest
 from mpiswarm import dispatch
 from mpiswarm.cli import main
 from mpiswarm.inspect import build_report
+from mpiswarm.errors import ErrorKind
 from mpiswarm.store import is_unanswered, read_results
 
 from ..conftest import subprocess_env
@@ -24,7 +25,7 @@ def inspect_cli(*args, timeout=60) -> subprocess.CompletedProcess:
 
 
 def expected_counts(data) -> dict:
-    unanswered = sum(1 for ok, e in zip(data["ok"], data["error"]) if not ok and is_unanswered(e))
+    unanswered = sum(1 for ok, e in zip(data["ok"], data["error_kind"]) if not ok and is_unanswered(e))
     return {"total": len(data["ok"]), "ok": int(data["ok"].sum()),
             "failed": int((~data["ok"]).sum()) - unanswered, "not_answered": unanswered}
 
@@ -108,10 +109,10 @@ def test_streamed_counts_do_not_depend_on_the_block_size(results):
     assert build_report(path, chunk_rows=7) == build_report(path) == build_report(path, chunk_rows=1000)
 
 
-def test_unanswered_messages_are_recognised():
-    """The dispatcher's messages for rows a stopped job never finished."""
-    assert is_unanswered(dispatch.UNANSWERED_DEAD) and is_unanswered(dispatch.UNANSWERED_STOPPED)
-    assert is_unanswered("not attempted") and not is_unanswered("HTTP 400: too long")
+def test_unanswered_kinds_are_recognised():
+    """Rows a stopped job never finished are told by their error kind, not their message."""
+    assert is_unanswered(ErrorKind.NOT_ANSWERED.label) and is_unanswered(ErrorKind.NOT_ATTEMPTED.label)
+    assert not is_unanswered(ErrorKind.CONTEXT_LENGTH.label) and not is_unanswered("")
 
 
 def test_many_ranks_table_left_out_unless_asked(results, capsys, monkeypatch):

@@ -5,7 +5,7 @@ import numpy as np
 
 from mpiswarm.balance import Chunk, RowQueue, call_cap, guided_size, next_call_size
 from mpiswarm.progress import ProgressPrinter, format_bar, format_duration, progress_figures
-from mpiswarm.wire import pack_rows, unpack_rows
+from mpiswarm.codec import pack_rows, unpack_rows
 
 
 def test_guided_chunks_shrink_and_cover_everything():

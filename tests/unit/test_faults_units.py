@@ -185,7 +185,8 @@ def test_shards_round_trip_and_skip_a_torn_line(tmp_path):
     assert decode_records(torn[:-3]) == [] and len(decode_records(torn + torn[:5])) == 1
     loaded = load_finished(str(tmp_path), 2)
     assert loaded.index.tolist() == [3, 5, 7, 9]
-    assert loaded.completion == ["c ☃", "d", "", "", "a", "b", "\ud800", "h"]
+    # one binary format for the gather and the checkpoints: a lone surrogate is stored as the file stores it
+    assert loaded.completion == ["c ☃", "d", "", "", "a", "b", "?", "h"]
     assert loaded.ok.tolist() == [True, False, True, True] and loaded.error[1] == "HTTP 400: too long"
     assert loaded.done.all() and loaded.rank.tolist() == [1] * 4
 

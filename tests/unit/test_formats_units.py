@@ -242,7 +242,7 @@ def test_checkpoint_records_with_and_without_reasoning(tmp_path):
     with_reasoning = encode_record(res, [1, 2])
     assert len(with_reasoning) > len(encode_record(ResultColumns.pending(np.array([2, 8]), 2, 1), [0, 1]))
     records = decode_records(plain + with_reasoning)
-    assert "reasoning" not in records[0] and records[1]["reasoning"] == ["why ☃", "", "", ""]
+    assert records[0].reasoning is None and records[1].reasoning == ["why ☃", "", "", ""]
     writer = ShardWriter(shard_path(str(tmp_path), 0, 0))
     writer.append(res, [0])
     writer.close()

@@ -34,13 +34,13 @@ def test_parts_under_a_virtual_file_read_like_one_file(tmp_path, n):
         if not count:
             parts.append((f"out.h5.parts/{part_name('tok', rank)}", first, 0))
             continue
-        with create_part_file(tmp_path / "out.h5.parts" / part_name("tok", rank), first, count, n, True) as part:
+        with create_part_file(tmp_path / "out.h5.parts" / part_name("tok", rank), first, count, n, ("reasoning",)) as part:
             half = first + count // 2  # two windows, the texts of each as packed strings
             for a, b in ((first, half), (half, first + count)):
                 part.write_rows(PackedStrings.pack(prompts[a:b]), PackedStrings.pack(ids[a:b]),
                                 PackedColumns.from_results(results(list(range(a, b)), n, reasoning=a == 0)), base=a)
         parts.append((f"out.h5.parts/{part_name('tok', rank)}", first, count))
-    with create_virtual_file(tmp_path / "out.h5", 10, n, parts, reasoning=True) as out:
+    with create_virtual_file(tmp_path / "out.h5", 10, n, parts, optional=("reasoning",)) as out:
         out.n_ok = 9
     with create_result_file(tmp_path / "single.h5", 10, n) as out:
         out.write_rows(prompts, ids, results(list(range(10)), n, reasoning=True))

@@ -8,7 +8,8 @@ import pytest
 
 from mpiswarm.aggregate import VoteCounter
 from mpiswarm.ensemble import EnsemblePlan
-from mpiswarm.packed import PackedColumns, PackedStrings, storable
+from mpiswarm.codec import storable
+from mpiswarm.packed import PackedColumns, PackedStrings
 from mpiswarm.records import RankStats, ResultColumns
 from mpiswarm.reduce import Level, ReduceOptions, Reduction
 from mpiswarm.store import (create_part_file, create_result_file, create_virtual_file, read_reduction,

@@ -95,7 +95,7 @@ def test_reasoning_travels_only_when_asked_and_reaches_the_file(tmp_path, n):
     for i in range(2 * n):
         thinking.set_reasoning(i, f"why {i} ☃")
     plain = results([0, 2], n, 1)  # a rank without reasoning: '' on the wire
-    messages = [pack_message(thinking, reasoning=True), pack_message(plain, reasoning=True)]
+    messages = [pack_message(thinking, optional=("reasoning",)), pack_message(plain, optional=("reasoning",))]
     got = unpack_messages(np.frombuffer(b"".join(messages), np.uint8), [0, len(messages[0])]).in_index_order()
     assert got.has_reasoning
     assert got.reasoning == [""] * n + [f"why {i} ☃" for i in range(n)] + [""] * n + [f"why {i} ☃" for i in range(n, 2 * n)]

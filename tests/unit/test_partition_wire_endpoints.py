@@ -5,7 +5,7 @@ import pytest
 from mpiswarm.endpoints import HostEntry, check_template, endpoint_from_hostfile, expand_endpoint, parse_hostfile
 from mpiswarm.inputs import InputError
 from mpiswarm.partition import contiguous_bounds, plan_calls
-from mpiswarm.wire import pack_string_slices, pack_strings, unpack_strings
+from mpiswarm.codec import pack_string_slices, pack_strings, unpack_strings
 
 
 @pytest.mark.parametrize("n, parts", [(0, 1), (0, 4), (3, 4), (10, 3), (1000, 7)])
