@@ -29,12 +29,13 @@ from .client import ClientOptions
 from .exitcodes import EXIT_ENDPOINT_DOWN, EXIT_USAGE
 from .inputs import SAMPLING_KEYS, InputError, validate_sampling
 from .reduce import ReduceOptions
+from .config import FLAT_OPTIONS
 from .runner import DEFAULT_ENDPOINT, RunConfig, run
 from .store import read_records, read_reduction
 from .tree import DEFAULT_JOINER, check_reduce_template
 
 _CLIENT_FIELDS = {f.name for f in dataclasses.fields(ClientOptions)} - {"model"}
-_RUN_FIELDS = {f.name for f in dataclasses.fields(RunConfig)} - {"input", "output", "client", "sampling"}
+_RUN_FIELDS = (FLAT_OPTIONS | {"reduce"}) - {"sampling"}
 
 
 class JobFailed(RuntimeError):
@@ -58,7 +59,7 @@ def build_config(input: str, output: str, *, model: str, endpoint: str = DEFAULT
         raise TypeError(f"unknown option {unknown[0]!r}")
     options.setdefault("quiet", True)
     options.setdefault("progress", "none")
-    return RunConfig(input=input, output=output, client=client, sampling=sampling, endpoint=endpoint, **options)
+    return RunConfig.build(input=input, output=output, client=client, sampling=sampling, endpoint=endpoint, **options)
 
 
 def _write_rows(path: str, prompts) -> None:
@@ -81,7 +82,9 @@ def _run(prompts, comm, output: str | None, workdir: str | None, read, **options
     out = os.path.abspath(output) if output else os.path.join(where, "results.h5")
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        code = run(dataclasses.replace(config, input=os.path.join(where, "prompts.jsonl"), output=out), comm)
+        config = dataclasses.replace(config, input=os.path.join(where, "prompts.jsonl"),
+                                     output=dataclasses.replace(config.output, path=out))
+        code = run(config, comm)
     except InputError as exc:
         code, why = EXIT_USAGE, str(exc)
     finally:

@@ -1,4 +1,6 @@
-"""Load balancing (pure, no MPI): how much work a chunk or a call carries, and a rank's queue.
+"""Call sizing and load balancing (pure, no MPI), all in one place: the dynamic schedule's
+initial share, the chunks rank 0 hands out (a guided share, capped by each rank's rate), the
+rows a call carries, and a rank's queue.
 
 Chunks handed out by rank 0 follow guided self-scheduling: each is a share of what is left
 (``remaining / (factor * ranks)``), so early chunks are large (few messages) and the last ones
@@ -11,10 +13,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+
 import numpy as np
 
 from .partition import CallPlan, plan_calls
 from .records import ResultColumns
+from .rows import RequestRows
 
 
 def guided_size(remaining: int, n_ranks: int, factor: float = 2.0, minimum: int = 1) -> int:
@@ -22,6 +26,48 @@ def guided_size(remaining: int, n_ranks: int, factor: float = 2.0, minimum: int 
     if remaining <= 0:
         return 0
     return min(remaining, max(minimum, math.ceil(remaining / (factor * n_ranks))))
+
+
+#: the dynamic schedule scatters 1/INITIAL_SHARE_FACTOR of the rows at once, the rest on request
+INITIAL_SHARE_FACTOR = 8
+SLOW_CALLS = 2.0  # a rank's calls count as slow at this multiple of the quickest rank's
+
+
+def initial_share(n_todo: int, n_ranks: int, limit: int) -> int:
+    """Rows each rank gets in the first scatter of the dynamic schedule: what keeps its engine
+    full (``limit``: a rank would fetch that much before any rate is known anyway), or an 8th
+    of its even share if that is more."""
+    return max(limit, guided_size(n_todo, n_ranks, factor=INITIAL_SHARE_FACTOR))
+
+
+def chunk_size(rank: int, remaining: int, outstanding: np.ndarray, rates: np.ndarray, active: np.ndarray,
+               latency: np.ndarray | None, *, minimum: int, limit: int, waited_long: bool = False) -> tuple[int, bool]:
+    """``(rows, held back)``: rows for ``rank``'s next chunk of the ``remaining`` ones (0: ask
+    again later), and whether its rate held it back (rather than its ``limit``).
+
+    A guided share, never more than ``limit`` unfinished rows a rank (``outstanding``: each
+    rank's), and — once every ``active`` rank has shown a rate (rows a second) — only if the
+    rank, at its rate and with its calls' ``latency``, finishes them before all ranks together
+    finish everything left, or if it is the fastest active rank. A rank that has waited long
+    (``waited_long``) gets its share anyway: the job never stalls.
+    """
+    k = min(guided_size(remaining, len(outstanding), minimum=minimum), limit - outstanding[rank])
+    if k < min(minimum, remaining):
+        return 0, False
+    if rates[rank] > 0 and (rates[active] > 0).all() and not waited_long:
+        time_left = (remaining + outstanding.sum()) / rates[active].sum()
+        fits = int(rates[rank] * time_left - outstanding[rank])
+        if latency is not None and latency[active].min() > 0:
+            # A call costs its latency however small it is: a rank whose calls take much
+            # longer than the others' gets nothing it could not finish by the projected end.
+            if latency[rank] > max(time_left, SLOW_CALLS * latency[active].min()):
+                fits = 0
+        # The fastest active rank always qualifies (so the job never stalls); a slower one
+        # only for what it finishes in time: a small chunk still costs a slow engine its latency.
+        if fits < min(minimum, remaining) and rates[rank] < rates[active].max():
+            return 0, True
+        k = max(min(k, fits), min(minimum, remaining)) if fits < k else k
+    return int(k), False
 
 
 #: prompts vLLM accepts in one /v1/completions list: its VLLM_MAX_COMPLETION_PROMPTS default
@@ -37,17 +83,18 @@ def call_cap(max_num_seqs: int, concurrency: int) -> int:
 
 
 @dataclass
-class Chunk:
-    """Rows a rank holds: their global index, prompts, overrides, and where answers go."""
+class Chunk(RequestRows):
+    """Request rows a rank holds and where their answers go (one result row a request row)."""
 
-    index: np.ndarray
-    prompts: list[str]
-    overrides: list[str]
-    results: ResultColumns
+    results: ResultColumns | None = None
 
     @classmethod
     def new(cls, index, prompts, overrides, n: int, rank: int) -> "Chunk":
-        return cls(np.asarray(index, dtype=np.int64), prompts, overrides, ResultColumns.pending(index, n, rank))
+        return cls(index, prompts, overrides, ResultColumns.pending(index, n, rank))
+
+    @classmethod
+    def of(cls, rows: RequestRows, n: int, rank: int) -> "Chunk":
+        return cls.new(rows.index, rows.prompts, rows.overrides, n, rank)
 
 
 class RowQueue:

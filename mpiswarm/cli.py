@@ -225,7 +225,7 @@ def config_from_args(args):
         concurrency=args.concurrency, request_timeout=args.request_timeout,
         max_prompts_per_call=args.max_prompts_per_call,
     )
-    return RunConfig(
+    return RunConfig.build(
         input=args.input, output=args.output, client=client, sampling=sampling,
         endpoint=args.endpoint or DEFAULT_ENDPOINT, hostfile=args.hostfile, base_port=args.base_port,
         health_timeout=args.health_timeout, min_endpoints=args.min_endpoints, time_limit=args.time_limit,

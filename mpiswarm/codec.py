@@ -22,6 +22,8 @@ from itertools import accumulate
 
 import numpy as np
 
+from .rows import RequestRows
+
 ENCODING = "utf-8"
 #: between ranks: any Python string round-trips
 ERRORS = "surrogatepass"
@@ -169,16 +171,18 @@ def cut_by_bytes(sizes: np.ndarray, max_bytes: int, max_rows: int | None = None)
 _ROWS_HEAD = struct.Struct("<QQ")  # rows, whether overrides follow
 
 
-def pack_rows(index: np.ndarray, prompts: list[str], overrides: list[str] | None) -> bytes:
-    """One message holding rows: global index, prompts and (optionally) their overrides."""
-    parts = [_ROWS_HEAD.pack(len(index), overrides is not None), np.ascontiguousarray(index, np.int64).tobytes()]
-    for strings in (prompts, overrides) if overrides is not None else (prompts,):
+def pack_rows(rows: RequestRows) -> bytes:
+    """One message holding request rows: global index, prompts and (when some row has them)
+    their overrides."""
+    overrides = rows.overrides if any(rows.overrides) else None
+    parts = [_ROWS_HEAD.pack(len(rows), overrides is not None), np.ascontiguousarray(rows.index, np.int64).tobytes()]
+    for strings in (rows.prompts, overrides) if overrides is not None else (rows.prompts,):
         buffer, lengths = pack_strings(strings)
         parts += [lengths.tobytes(), struct.pack("<Q", len(buffer)), buffer.tobytes()]
     return b"".join(parts)
 
 
-def unpack_rows(payload: bytes) -> tuple[np.ndarray, list[str], list[str]]:
+def unpack_rows(payload: bytes) -> RequestRows:
     """Inverse of :func:`pack_rows`; overrides are '' when the message had none."""
     k, has_overrides = _ROWS_HEAD.unpack_from(payload)
     at = _ROWS_HEAD.size
@@ -191,4 +195,4 @@ def unpack_rows(payload: bytes) -> tuple[np.ndarray, list[str], list[str]]:
         at += 8 * k + 8
         columns.append(unpack_strings(payload[at : at + nbytes], lengths))
         at += nbytes
-    return index, columns[0], columns[1] if has_overrides else [""] * k
+    return RequestRows(index, columns[0], columns[1] if has_overrides else [""] * k)

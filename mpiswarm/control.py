@@ -26,9 +26,10 @@ from typing import Callable
 import numpy as np
 
 from ._mpi import Mailbox
-from .balance import Chunk, RowQueue, guided_size, next_call_size
+from .balance import Chunk, RowQueue, chunk_size, next_call_size
 from .inputs import PromptSet
 from .codec import pack_rows, unpack_rows
+from .rows import RequestRows
 
 TAG_REQUEST, TAG_WORK, TAG_PROGRESS, TAG_DONE, TAG_STOP = 71, 72, 73, 74, 75
 ROOT_POLL_S = 0.001
@@ -38,7 +39,6 @@ _COUNTS = struct.Struct("<qqd")  # rows finished, rows answered, typical seconds
 WAIT = object()  # "no chunk for you now, ask again"
 _WAIT_MESSAGE = b"W"
 WAIT_S = 0.05
-SLOW_CALLS = 2.0  # a rank's calls count as slow at this multiple of the quickest rank's
 MAX_WAIT_S = 30.0  # a safety net only: some rank always qualifies for the next chunk
 
 
@@ -111,7 +111,7 @@ class WorkSource:
             await asyncio.wait([self._pending])
 
 
-class Pool:
+class RowPool:
     """Rank 0's rows not handed out yet, given away in guided chunks, with an eye on each rank's
     rate so that no rank takes work it would still be chewing on when the others are done."""
 
@@ -142,39 +142,25 @@ class Pool:
         fastest ``active`` rank.
         A rank told to wait for ``MAX_WAIT_S`` gets its share anyway: the job never stalls.
         """
-        outstanding = np.maximum(self.handed - finished, 0)
-        k = min(guided_size(self.remaining, self.n_ranks, minimum=self.minimum), self.limit - outstanding[rank])
-        if k < min(self.minimum, self.remaining):
-            return 0
         now = time.monotonic()
         elapsed = now - self.start
-        rates = finished / elapsed if elapsed > 0 else np.zeros(self.n_ranks)
-        active = np.ones(self.n_ranks, bool) if active is None else active
-        if rates[rank] > 0 and (rates[active] > 0).all() and now - self._waiting.get(rank, now) < MAX_WAIT_S:
-            time_left = (self.remaining + outstanding.sum()) / rates[active].sum()
-            fits = int(rates[rank] * time_left - outstanding[rank])
-            if latency is not None and latency[active].min() > 0:
-                # A call costs its latency however small it is: a rank whose calls take much
-                # longer than the others' gets nothing it could not finish by the projected end.
-                if latency[rank] > max(time_left, SLOW_CALLS * latency[active].min()):
-                    fits = 0
-            # The fastest active rank always qualifies (so the job never stalls); a slower one
-            # only for what it finishes in time: a small chunk still costs a slow engine its latency.
-            if fits < min(self.minimum, self.remaining) and rates[rank] < rates[active].max():
-                self._waiting.setdefault(rank, now)
-                return 0
-            k = max(min(k, fits), min(self.minimum, self.remaining)) if fits < k else k
-        self._waiting.pop(rank, None)
-        return int(k)
+        k, held_back = chunk_size(rank, self.remaining, np.maximum(self.handed - finished, 0),
+                       finished / elapsed if elapsed > 0 else np.zeros(self.n_ranks),
+                       np.ones(self.n_ranks, bool) if active is None else active, latency,
+                       minimum=self.minimum, limit=self.limit,
+                       waited_long=now - self._waiting.get(rank, now) >= MAX_WAIT_S)
+        if held_back:
+            self._waiting.setdefault(rank, now)
+        elif k:
+            self._waiting.pop(rank, None)
+        return k
 
-    def take(self, rank: int, k: int) -> tuple[np.ndarray, list[str], list[str] | None]:
+    def take(self, rank: int, k: int) -> RequestRows:
+        """The next ``k`` rows not handed out, for ``rank``."""
         index = self.todo[self.next : self.next + k]
         self.next += len(index)
         self.handed[rank] += len(index)
-        rows = index.tolist()
-        ps = self.prompt_set
-        overrides = [ps.overrides[i] for i in rows] if any(ps.overrides[i] for i in rows) else None
-        return index, [ps.prompts[i] for i in rows], overrides
+        return self.prompt_set.rows(index)
 
     def leftover(self) -> np.ndarray:
         """Rows never handed out (after a stop); none will be from now on."""
@@ -195,7 +181,7 @@ class Control:
         self.counts = np.zeros((size, 2), dtype=np.int64)  # root: rows finished, answered, per rank
         self.done = np.zeros(size, dtype=bool)
         self.latency = np.zeros(size)  # root: typical seconds a call takes, per rank
-        self.pool: Pool | None = None
+        self.pool: RowPool | None = None
         self.progress: Callable[[], tuple] = lambda: (0, 0, 0.0)  # this rank: (finished, answered, latency)
         #: called with the reason when another rank asked the job to stop (StopRequest.request)
         self.on_stop: Callable[[str], None] = lambda reason: None
@@ -220,11 +206,11 @@ class Control:
                 self.on_stop(f"{said} (on rank {got[0]})")
 
     # -- work ----------------------------------------------------------------------------
-    def chunk(self, index, prompts, overrides) -> Chunk:
-        return Chunk.new(index, prompts, overrides or [""] * len(index), self.n, self.rank)
+    def chunk(self, rows: RequestRows) -> Chunk:
+        return Chunk.of(rows, self.n, self.rank)
 
     def _hand_out(self, rank: int):
-        """Root: the next chunk for ``rank`` as (index, prompts, overrides); :data:`WAIT` when
+        """Root: the next chunk's rows for ``rank``; :data:`WAIT` when
         it should ask again later (it holds enough, or others will finish the rest sooner);
         None when nothing is left."""
         if not self.pool.remaining:
@@ -241,7 +227,7 @@ class Control:
             else:
                 got = await self._ask_root()
             if got is not WAIT:
-                return None if got is None else self.chunk(*got)
+                return None if got is None else self.chunk(got)
             await asyncio.sleep(WAIT_S)
 
     async def _ask_root(self):
@@ -250,8 +236,8 @@ class Control:
             await asyncio.sleep(WORKER_POLL_S)
         if got[1] == _WAIT_MESSAGE:
             return WAIT
-        index, prompts, overrides = unpack_rows(got[1])
-        return (index, prompts, overrides) if len(index) else None
+        rows = unpack_rows(got[1])
+        return rows if len(rows) else None
 
     def _serve_requests(self) -> None:
         while (got := self.mailbox.poll(TAG_REQUEST)) is not None:
@@ -261,7 +247,7 @@ class Control:
             if rows is WAIT:
                 self.mailbox.send(source, TAG_WORK, _WAIT_MESSAGE)
             else:
-                self.mailbox.send(source, TAG_WORK, pack_rows(*(rows or (np.zeros(0, np.int64), [], None))))
+                self.mailbox.send(source, TAG_WORK, pack_rows(rows or RequestRows.empty()))
 
     # -- progress --------------------------------------------------------------------------
     def _record(self, rank: int, progress: tuple) -> None:

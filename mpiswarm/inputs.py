@@ -31,6 +31,7 @@ from itertools import accumulate, chain
 import numpy as np
 
 from .codec import encodable, first_unencodable
+from .rows import RequestRows
 from .template import check_prompt_format, compile_template, format_prompts
 
 #: Keys a row may set for itself; they override the command line's sampling options.
@@ -58,6 +59,11 @@ class PromptSet:
 
     def __len__(self) -> int:
         return len(self.prompts)
+
+    def rows(self, index: np.ndarray) -> RequestRows:
+        """The request rows at ``index`` (global row numbers)."""
+        positions = np.asarray(index, dtype=np.int64).tolist()
+        return RequestRows(index, [self.prompts[i] for i in positions], [self.overrides[i] for i in positions])
 
 
 # The ranges vLLM accepts for the sampling options mpiswarm sends, so that a value vLLM would

@@ -145,7 +145,7 @@ def check_time_limit(report: Report, time_limit: float | None, walltime: float |
 def check_input(report: Report, config) -> tuple[int, int] | None:
     """Read the input as ``mpiswarm run`` does; (rows, prompt bytes), None when it is invalid."""
     try:
-        prompts = read_prompts(config.input, template=config.template, prompt_format=config.prompt_format)
+        prompts = read_prompts(config.input, template=config.prompts.template, prompt_format=config.prompts.prompt_format)
     except InputError as exc:
         report.error(f"input: {exc}")
         return None
@@ -452,13 +452,13 @@ def run_checks(args) -> Report:
     counted = check_input(report, config)
     hf_home = args.hf_home or os.environ.get("HF_HOME") or os.path.expanduser("~/.cache/huggingface")
     offline = args.offline if args.offline is not None else os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
-    max_tokens = config.sampling.get("max_tokens")
+    max_tokens = config.prompts.sampling.get("max_tokens")
     length = check_model(report, config.client.model, hf_home, offline, args.max_model_len, max_tokens)
     need = None
     if counted:
-        budget = max_tokens or config.max_tokens_cap or length or 256
-        need = expected_bytes(counted[0], counted[1], budget, config.sampling.get("n") or 1)
-    check_directory(report, "output", config.output, need)
+        budget = max_tokens or config.prompts.max_tokens_cap or length or 256
+        need = expected_bytes(counted[0], counted[1], budget, config.prompts.sampling.get("n") or 1)
+    check_directory(report, "output", config.output.path, need)
     if args.log_dir:
         check_directory(report, "log directory", args.log_dir)
     try:
@@ -466,7 +466,7 @@ def run_checks(args) -> Report:
     except ValueError as exc:
         report.error(f"walltime: {exc}")
     else:
-        check_time_limit(report, config.time_limit, walltime, source, args.load_time)
+        check_time_limit(report, config.schedule.time_limit, walltime, source, args.load_time)
     if not args.no_mpi_check:
         check_mpi(report, args.mpiexec)
     return report

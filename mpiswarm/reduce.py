@@ -100,8 +100,8 @@ class Combiner:
         self.stop = stop  # the run's StopRequest
         self.options: ReduceOptions = config.reduce
         # under --max-tokens auto the map phase has no one value: the cap, else 256
-        self.max_tokens = (self.options.max_tokens or config.sampling.get("max_tokens")
-                           or config.max_tokens_cap or 256)
+        self.max_tokens = (self.options.max_tokens or config.prompts.sampling.get("max_tokens")
+                           or config.prompts.max_tokens_cap or 256)
 
     def budget(self) -> int | None:
         """Prompt tokens a supervisor prompt may have (None: the context is unknown)."""
@@ -112,7 +112,7 @@ class Combiner:
     def _prompt(self, texts: list[str], level: int, group: int) -> str:
         """The supervisor prompt as sent: the reduce template filled, in the --prompt-format."""
         o = self.options
-        return format_prompt(self.config.prompt_format, supervisor_prompt(o.template, texts, o.joiner, level, group))
+        return format_prompt(self.config.prompts.prompt_format, supervisor_prompt(o.template, texts, o.joiner, level, group))
 
     async def _fit(self, client, texts: list[str], level: int, group: int, budget: int | None):
         """(prompt, shortened) or (None, why) when even the template alone does not fit."""
@@ -178,8 +178,8 @@ class Combiner:
                                 concurrency=self.config.client.calls_in_flight(), cap=None,
                                 limit=self.config.client.max_prompts_per_call)
             source.add(chunk)
-            params = {**self.config.sampling, "max_tokens": self.max_tokens, "n": 1}
-            dispatcher = Dispatcher(pool, self.stats, policy=self.config.retry)
+            params = {**self.config.prompts.sampling, "max_tokens": self.max_tokens, "n": 1}
+            dispatcher = Dispatcher(pool, self.stats, policy=self.config.schedule.retry)
             try:
                 await dispatcher.run(source, params, stop)
             finally:

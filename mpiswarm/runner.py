@@ -25,9 +25,9 @@ from . import _mpi
 from .checkpoint import Manifest, ShardWriter, fingerprint, load_finished, open_run_dir, remove_run_dir, shard_path
 from .client import EndpointClient, EndpointUnavailable, card_max_model_len, model_problem
 from .config import DEFAULT_ENDPOINT, LAYOUTS, PARTS_PER, RunConfig, check_output  # noqa: F401 (re-exported)
-from .balance import Chunk, guided_size
+from .balance import Chunk, initial_share
 from .budget import TokenBudget
-from .control import Control, Pool, WorkSource
+from .control import Control, RowPool, WorkSource
 from .dispatch import UNANSWERED_STOPPED, Dispatcher, EndpointPool
 from .errors import ErrorKind
 from .aggregate import VoteCounter
@@ -42,7 +42,8 @@ from .metrics import engine_deltas
 from .partition import contiguous_bounds
 from .records import RankStats, ResultColumns
 from .reduce import Combiner, Items, reduce_tree
-from .scatter import RankSlice, scatter_rows
+from .rows import RequestRows
+from .scatter import scatter_rows
 from .store import (WriteGuard, create_part_file, create_result_file, create_virtual_file, estimate_file_bytes,
                     part_name, parts_dir, remove_parts, remove_stale_parts)
 from .codec import utf8_lengths
@@ -50,8 +51,6 @@ from .progress import ProgressPrinter
 from .read import read_prompts_parallel
 from .summary import Tally, format_reduction, format_summary, format_votes
 
-#: the dynamic schedule scatters 1/INITIAL_SHARE_FACTOR of the rows at once, the rest on request
-INITIAL_SHARE_FACTOR = 8
 #: rows rank 0 gathers and writes at a time (bounded memory for jobs of millions of rows)
 GATHER_ROWS_PER_ROUND = 1 << 18
 #: the virtual layout's rounds: rank 0 encodes at most this many rows of prompts and custom_ids
@@ -59,7 +58,7 @@ GATHER_ROWS_PER_ROUND = 1 << 18
 #: round); rounds are per-destination work, so at 10,000 ranks fewer, larger ones are cheaper
 VIRTUAL_TEXT_ROWS_PER_ROUND = 1 << 20
 def _say(config: RunConfig, message: str) -> None:
-    if not config.quiet:
+    if not config.report.quiet:
         print(message, flush=True)
 
 
@@ -95,12 +94,12 @@ def _prepare_on_root(config: RunConfig, comm, held: ExitStack | None = None) -> 
     root = _mpi.rank_and_size(comm)[0] == _mpi.ROOT
     if root:
         try:
-            entries = parse_hostfile(config.hostfile) if config.hostfile else None
-            if not config.hostfile:
-                check_template(config.endpoint)
+            entries = parse_hostfile(config.endpoints.hostfile) if config.endpoints.hostfile else None
+            if not config.endpoints.hostfile:
+                check_template(config.endpoints.endpoint)
             check_output(config)
             if held is not None:
-                lock = held.enter_context(OutputLock(config.output))
+                lock = held.enter_context(OutputLock(config.output.path))
                 if lock.took_over:
                     print(f"mpiswarm: {lock.took_over}", file=sys.stderr, flush=True)
         except InputError as exc:
@@ -109,19 +108,19 @@ def _prepare_on_root(config: RunConfig, comm, held: ExitStack | None = None) -> 
     if error:
         raise InputError(error)
     # every rank reads a part of the input (rank 0 alone for a small file); raises on every rank
-    prompt_set = read_prompts_parallel(config.input, comm, template=config.template,
-                                       prompt_format=config.prompt_format)
+    prompt_set = read_prompts_parallel(config.input, comm, template=config.prompts.template,
+                                       prompt_format=config.prompts.prompt_format)
     if root:
         try:
-            check_row_sampling(prompt_set, config.sampling)  # each row as sent, as vLLM would take it
-            if config.repeat:
-                prompt_set, ensemble = expand(prompt_set, _mpi.rank_and_size(comm)[1], config.repeat,
-                                              config.sampling.get("seed") or 0)
-            n = max([config.sampling.get("n", 1)] + [json.loads(k).get("n", 1) for k in set(prompt_set.overrides) if k])
+            check_row_sampling(prompt_set, config.prompts.sampling)  # each row as sent, as vLLM would take it
+            if config.schedule.repeat:
+                prompt_set, ensemble = expand(prompt_set, _mpi.rank_and_size(comm)[1], config.schedule.repeat,
+                                              config.prompts.sampling.get("seed") or 0)
+            n = max([config.prompts.sampling.get("n", 1)] + [json.loads(k).get("n", 1) for k in set(prompt_set.overrides) if k])
             options = config.answer_options()
             manifest = Manifest(input=os.path.abspath(config.input), input_sha256=prompt_set.sha256,
                                 n_rows=len(prompt_set), n=n, fingerprint=fingerprint(options), options=options)
-            run_dir, manifest, resumed = open_run_dir(config.output, manifest, config.restart)
+            run_dir, manifest, resumed = open_run_dir(config.output.path, manifest, config.output.restart)
             finished = load_finished(run_dir, n) if resumed else ResultColumns.pending(np.zeros(0, np.int64), n, 0)
             plan = Plan(entries, n, run_dir, manifest.attempt, len(prompt_set), len(finished))
         except InputError as exc:
@@ -137,7 +136,7 @@ def _endpoint_url(config: RunConfig, entries, comm) -> str:
     if entries:
         return endpoint_from_hostfile(entries, rank)
     return expand_endpoint(
-        config.endpoint, rank=rank, local_rank=_mpi.local_rank(comm), host=_mpi.hostname(), base_port=config.base_port
+        config.endpoints.endpoint, rank=rank, local_rank=_mpi.local_rank(comm), host=_mpi.hostname(), base_port=config.endpoints.base_port
     )
 
 
@@ -147,7 +146,7 @@ async def _check_endpoint(url: str, config: RunConfig) -> tuple[str | None, int,
     endpoint would answer every call 404: fail now, not after the run)."""
     async with EndpointClient(url, config.client) as client:
         try:
-            await client.wait_healthy(config.health_timeout)
+            await client.wait_healthy(config.endpoints.health_timeout)
         except EndpointUnavailable as exc:
             return str(exc), -1, None
         cards = await client.model_cards()
@@ -206,8 +205,8 @@ class StopRequest:
             self._loop = self._event = None
 
 
-async def _serve(urls: list[str], config: RunConfig, piece: RankSlice, plan: Plan, stats: RankStats,
-                 shard: ShardWriter, stop: StopRequest, pool: Pool | None, printer: ProgressPrinter | None,
+async def _serve(urls: list[str], config: RunConfig, piece: RequestRows, plan: Plan, stats: RankStats,
+                 shard: ShardWriter, stop: StopRequest, pool: RowPool | None, printer: ProgressPrinter | None,
                  comm, down_at_start: dict, budget: TokenBudget | None = None) -> tuple[list[Chunk], dict]:
     """Send this rank's calls (and, on the root, serve the control plane).
     Returns the chunks this rank held, with their results, and the endpoints declared dead."""
@@ -222,14 +221,14 @@ async def _serve(urls: list[str], config: RunConfig, piece: RankSlice, plan: Pla
     source = WorkSource(batch_size=batch_size, concurrency=concurrency, cap=cap,
                         fetch=control.fetch if dynamic else None, low_water=cap or 0,
                         prepare=budget.apply if budget else None, limit=config.client.max_prompts_per_call)
-    source.add(Chunk.new(piece.index, piece.prompts, piece.overrides, plan.n, rank))
+    source.add(Chunk.of(piece, plan.n, rank))
     event = stop.event()
     async with AsyncExitStack() as stack:
         endpoints = EndpointPool(urls, config.client, stack)
         for url, why in down_at_start.items():  # they join once healthy (revive_interval)
             endpoints.declare_dead(url, why)
-        dispatcher = Dispatcher(endpoints, stats, policy=config.retry, on_finished=shard.append, budget=budget,
-                                revive_interval=config.revive_interval or None)
+        dispatcher = Dispatcher(endpoints, stats, policy=config.schedule.retry, on_finished=shard.append, budget=budget,
+                                revive_interval=config.endpoints.revive_interval or None)
         control.progress = dispatcher.progress
         control.on_stop = stop.request  # another rank's SIGTERM or --time-limit stops this one too
 
@@ -237,7 +236,7 @@ async def _serve(urls: list[str], config: RunConfig, piece: RankSlice, plan: Pla
             return stop.reason or "stopped"
 
         try:
-            work = asyncio.ensure_future(dispatcher.run(source, config.sampling, event))
+            work = asyncio.ensure_future(dispatcher.run(source, config.prompts.sampling, event))
             if rank == _mpi.ROOT:
                 await control.serve(dispatcher.progress, work, event, printer.update if printer else None, why)
                 if printer:
@@ -251,7 +250,7 @@ async def _serve(urls: list[str], config: RunConfig, piece: RankSlice, plan: Pla
             setattr(stats, name, value)
         stats.extra["endpoint_events"] = endpoints.events
     if pool is not None and len(leftover := pool.leftover()):  # never handed out: left for a resume
-        chunk = control.chunk(leftover, [""] * len(leftover), None)
+        chunk = control.chunk(RequestRows(leftover, [""] * len(leftover), [""] * len(leftover)))
         chunk.results.fail(range(len(leftover)), UNANSWERED_STOPPED, final=False, kind=ErrorKind.NOT_ATTEMPTED)
         source.chunks.append(chunk)
     return source.chunks, endpoints.dead
@@ -269,7 +268,7 @@ def _token_budget(config: RunConfig, reports: list, max_model_len: int, plan: Pl
     endpoints advertise (the same on every rank, whichever endpoint a row ends up on); None
     otherwise. An endpoint that does not advertise one is an input error on every rank:
     nothing has been sent."""
-    if not config.max_tokens_auto:
+    if not config.prompts.max_tokens_auto:
         return None
     lengths = _mpi.allgather(max_model_len, comm)
     known = [(length, url) for length, (_, _, url, why) in zip(lengths, reports) if not why]
@@ -279,7 +278,7 @@ def _token_budget(config: RunConfig, reports: list, max_model_len: int, plan: Pl
             remove_run_dir(plan.run_dir)
         raise InputError(f"--max-tokens auto: endpoint {unknown[0]} does not advertise max_model_len on "
                          "/v1/models; give --max-tokens a number instead")
-    return TokenBudget(min(length for length, _ in known), config.max_tokens_cap)
+    return TokenBudget(min(length for length, _ in known), config.prompts.max_tokens_cap)
 
 
 def _held_rows(finished: ResultColumns | None, results: ResultColumns, root: bool) -> ResultColumns:
@@ -405,7 +404,7 @@ def _write_failed(message: str, config: RunConfig, plan: Plan, parts: list, root
     removed (the output, if any, is an earlier run's and keeps its own), the checkpoints kept so
     that the same command writes the file once there is room; exit :data:`EXIT_RESUME`."""
     if root:
-        remove_parts(config.output, parts)
+        remove_parts(config.output.path, parts)
         print(f"mpiswarm: {message}; every answered row is kept in {plan.run_dir}: run the same command again "
               "to write the file", file=sys.stderr, flush=True)
     return _mpi.bcast(EXIT_RESUME if root else None, comm)
@@ -431,7 +430,7 @@ def _run(config: RunConfig, comm, held: ExitStack) -> int:
     root = rank == _mpi.ROOT
     times: dict[str, float] = {}
     t_start = t = _mpi.wtime()
-    stop = StopRequest(None if config.time_limit is None else time.monotonic() + config.time_limit)
+    stop = StopRequest(None if config.schedule.time_limit is None else time.monotonic() + config.schedule.time_limit)
     stop.install()
 
     def phase(name: str) -> None:
@@ -449,7 +448,7 @@ def _run(config: RunConfig, comm, held: ExitStack) -> int:
     reports = _mpi.allgather((rank, stats.host, url, why), comm)
     problems = [p for p in reports if p[3]]
     healthy = len({p[2] for p in reports if not p[3]})
-    needed = len({p[2] for p in reports}) if config.min_endpoints is None else config.min_endpoints
+    needed = len({p[2] for p in reports}) if config.endpoints.min_endpoints is None else config.endpoints.min_endpoints
     if root:
         for r, host, u, reason in problems:
             print(f"mpiswarm: rank {r} on {host}: endpoint {u} unavailable: {reason}", flush=True)
@@ -471,11 +470,9 @@ def _run(config: RunConfig, comm, held: ExitStack) -> int:
         if config.balances(size):  # a first share now, the rest on request
             concurrency = config.client.calls_in_flight()
             limit = config.call_rows() * (concurrency + 1)  # the calls in flight and one more queued
-            # Each rank starts with what keeps its engine full (a rank would fetch that much
-            # before any rate is known anyway), or an 8th of its even share if that is more.
-            per_rank = max(limit, guided_size(len(todo), size, factor=INITIAL_SHARE_FACTOR))
+            per_rank = initial_share(len(todo), size, limit)
             initial = todo[: per_rank * size]
-            pool = Pool(prompt_set, todo[len(initial):], size, minimum=concurrency, limit=limit,
+            pool = RowPool(prompt_set, todo[len(initial):], size, minimum=concurrency, limit=limit,
                         handed=np.diff(contiguous_bounds(len(initial), size)))
         elif ensemble is not None:  # each rank its own rows
             initial, counts = ensemble.rank_order(todo)
@@ -484,9 +481,9 @@ def _run(config: RunConfig, comm, held: ExitStack) -> int:
     stats.t_scatter = times["scatter"]
 
     printer = None
-    if root and not config.quiet and config.progress != "none":
-        printer = ProgressPrinter(plan.n_rows, plan.n_finished, mode=config.progress,
-                                  interval=config.progress_interval)
+    if root and not config.report.quiet and config.report.progress != "none":
+        printer = ProgressPrinter(plan.n_rows, plan.n_finished, mode=config.report.progress,
+                                  interval=config.report.progress_interval)
     shard = ShardWriter(shard_path(plan.run_dir, rank, plan.attempt))
     t0 = time.perf_counter()
     urls = _ring([p[2] for p in reports], rank)
@@ -513,34 +510,34 @@ def _run(config: RunConfig, comm, held: ExitStack) -> int:
     # every rank learns it and the run ends resumable: no temporary file left, checkpoints kept.
     t0 = time.perf_counter()
     votes = VoteCounter(ensemble.n_prompts) if ensemble is not None else None
-    guard = WriteGuard(config.output) if root else None
-    if config.layout == "single":  # room for the whole file, or refused before it is begun
+    guard = WriteGuard(config.output.path) if root else None
+    if config.output.layout == "single":  # room for the whole file, or refused before it is begun
         need = file_bytes(_held_rows(finished, results, root), [0] + [plan.n_rows] * size,
                           [prompt_set.prompts, prompt_set.custom_ids] if root else None, comm)
         if root:
             guard.reserve(need)
     parts: list = []
     try:
-        if config.layout == "virtual":  # every rank writes its own block; rank 0 maps them
-            plan_here = _mpi.bcast(ensemble, comm) if config.repeat else None  # each writer counts its rows' votes
+        if config.output.layout == "virtual":  # every rank writes its own block; rank 0 maps them
+            plan_here = _mpi.bcast(ensemble, comm) if config.schedule.repeat else None  # each writer counts its rows' votes
             counted = VoteCounter(plan_here.n_prompts) if plan_here is not None else None
             tally, write_s, parts, optional = write_parts(
-                config.output, plan.n_rows, plan.n, _held_rows(finished, results, root),
+                config.output.path, plan.n_rows, plan.n, _held_rows(finished, results, root),
                 *((prompt_set.prompts, prompt_set.custom_ids) if root else (None, None)), comm,
-                parts_per=config.parts_per,
+                parts_per=config.output.parts_per,
                 visit=None if counted is None else (lambda part: _count_votes(counted, plan_here, part)))
             if counted is not None:
                 every = _mpi.gather(counted, comm)  # in rank order: rows in input order
                 if root:
                     for other in every:
                         votes.merge(other)
-            opened = create_virtual_file(config.output, plan.n_rows, plan.n, parts, optional) if root else None
+            opened = create_virtual_file(config.output.path, plan.n_rows, plan.n, parts, optional) if root else None
         else:
             tally, write_s = Tally(), 0.0
-            opened = create_result_file(config.output, plan.n_rows, plan.n) if root else None
+            opened = create_result_file(config.output.path, plan.n_rows, plan.n) if root else None
         with ExitStack() as writing:
             out = guard.enter(writing, opened) if root else None
-            if config.layout == "virtual":
+            if config.output.layout == "virtual":
                 if out is not None:
                     out.n_ok = tally.ok
             else:
@@ -594,7 +591,7 @@ def _run(config: RunConfig, comm, held: ExitStack) -> int:
         guard.error = guard.error or exc
         return _write_failed(guard.message, config, plan, parts, root, comm)
     if root:
-        remove_stale_parts(config.output, keep=[p for p, _, k in parts if k])  # earlier runs' parts
+        remove_stale_parts(config.output.path, keep=[p for p, _, k in parts if k])  # earlier runs' parts
         if complete:
             remove_run_dir(plan.run_dir)
             all_ok = tally.ok == tally.rows and (reduction is None or reduction.final_ok)
@@ -602,7 +599,7 @@ def _run(config: RunConfig, comm, held: ExitStack) -> int:
         else:
             code = EXIT_RESUME
         why = next((r for r in stop_reasons if r), None)
-        _say(config, format_summary(tally, all_stats, times, os.path.abspath(config.output),
+        _say(config, format_summary(tally, all_stats, times, os.path.abspath(config.output.path),
                                     resumed=plan.n_finished, stopped=why))
         if votes is not None:
             _say(config, format_votes(votes.votes(), ensemble))

@@ -1,24 +1,14 @@
 """Rank 0's prompts to every rank: contiguous slices, strings as one UTF-8 buffer plus lengths."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from . import _mpi
 from .inputs import PromptSet
 from .packed import PackedStrings
 from .partition import contiguous_bounds
+from .rows import RequestRows
 from .codec import cut_by_bytes, pack_string_slices, unpack_strings, utf8_lengths
-
-
-@dataclass
-class RankSlice:
-    """The rows one rank serves: their global row numbers, prompts and sampling overrides."""
-
-    index: np.ndarray  # int64
-    prompts: list[str]
-    overrides: list[str]
 
 
 def _scatter_strings(strings: list[str] | None, bounds: np.ndarray | None, comm) -> list[str]:
@@ -33,7 +23,7 @@ def _scatter_strings(strings: list[str] | None, bounds: np.ndarray | None, comm)
 
 
 def scatter_rows(prompt_set: PromptSet | None, todo: np.ndarray | None = None, comm=None,
-                 counts: np.ndarray | None = None) -> RankSlice:
+                 counts: np.ndarray | None = None) -> RequestRows:
     """Give each rank a contiguous slice of the rows ``todo`` (all rows when ``None``).
 
     ``prompt_set``, ``todo`` and ``counts`` are given on the root (``None`` elsewhere). Slice
@@ -71,10 +61,7 @@ def scatter_rows(prompt_set: PromptSet | None, todo: np.ndarray | None = None, c
         else:
             args = (None, None, None, None)
         got.append(_scatter_round(*args, has_overrides, comm))
-    if not got:
-        return RankSlice(np.zeros(0, np.int64), [], [])
-    return RankSlice(np.concatenate([g.index for g in got]), [p for g in got for p in g.prompts],
-                     [o for g in got for o in g.overrides])
+    return RequestRows.concat(got)
 
 
 def _pick(column: list[str], rows: np.ndarray | None) -> list[str]:
@@ -94,7 +81,7 @@ def _pieces(prompts: list[str], overrides: list[str], bounds: np.ndarray, quota:
 
 
 def _scatter_round(todo: np.ndarray | None, prompts: list[str] | None, overrides: list[str] | None,
-                   bounds: np.ndarray | None, has_overrides: bool, comm) -> RankSlice:
+                   bounds: np.ndarray | None, has_overrides: bool, comm) -> RequestRows:
     """One scatter of rows ``bounds[r]:bounds[r + 1]`` of ``todo`` (root only) to rank r."""
     root = todo is not None
     index = _mpi.scatterv(todo, np.diff(bounds) if root else None, np.int64, comm)
@@ -103,7 +90,7 @@ def _scatter_round(todo: np.ndarray | None, prompts: list[str] | None, overrides
         my_overrides = _scatter_strings(overrides, bounds, comm)
     else:
         my_overrides = [""] * len(my_prompts)
-    return RankSlice(index, my_prompts, my_overrides)
+    return RequestRows(index, my_prompts, my_overrides)
 
 
 def scatter_packed(strings: list[str] | None, bounds: np.ndarray | None, comm=None) -> PackedStrings:

@@ -67,7 +67,7 @@ def measure_in_process(work: str) -> dict:
     """Per-row, per-message and per-request constants of rank 0's code, in this process."""
     import numpy as np
 
-    from mpiswarm.control import Control, Pool
+    from mpiswarm.control import Control, RowPool
     from mpiswarm.inputs import PromptSet, read_prompts
     from mpiswarm.packed import PackedColumns, pack_message, unpack_messages
     from mpiswarm.partition import contiguous_bounds
@@ -95,7 +95,7 @@ def measure_in_process(work: str) -> dict:
     for ranks in (1000, 10000):
         todo = np.arange(n, dtype=np.int64)
         control = Control(_Quiet(), 0, ranks, 1)
-        control.pool = Pool(ps, todo, ranks, minimum=8, limit=CALL_ROWS)
+        control.pool = RowPool(ps, todo, ranks, minimum=8, limit=CALL_ROWS)
         served = 0
         t0 = time.perf_counter()
         while control.pool.remaining and served < 2000:

@@ -233,11 +233,11 @@ SCRIPT = textwrap.dedent("""
     from mpiswarm.runner import RunConfig, run
 
     spec = json.loads(sys.argv[1])
-    config = RunConfig(input=spec["input"], output=spec["output"],
-                       client=ClientOptions(model="sim-model", api=spec["api"]),
-                       sampling={"seed": 5}, hostfile=spec["hostfile"], quiet=True,
-                       template=spec["template"], prompt_format=spec["prompt_format"],
-                       max_tokens_auto=True, max_tokens_cap=spec["cap"])
+    config = RunConfig.build(input=spec["input"], output=spec["output"],
+                             client=ClientOptions(model="sim-model", api=spec["api"]),
+                             sampling={"seed": 5}, hostfile=spec["hostfile"], quiet=True,
+                             template=spec["template"], prompt_format=spec["prompt_format"],
+                             max_tokens_auto=True, max_tokens_cap=spec["cap"])
     code = run(config)
     sys.stdout.write(f"exit {code}" + chr(10))
     # the Python API on the same rows: scatter_gather builds the same RunConfig from keywords

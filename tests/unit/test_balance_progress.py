@@ -6,6 +6,7 @@ import numpy as np
 from mpiswarm.balance import Chunk, RowQueue, call_cap, guided_size, next_call_size
 from mpiswarm.progress import ProgressPrinter, format_bar, format_duration, progress_figures
 from mpiswarm.codec import pack_rows, unpack_rows
+from mpiswarm.rows import RequestRows
 
 
 def test_guided_chunks_shrink_and_cover_everything():
@@ -45,10 +46,10 @@ def test_row_queue_keeps_override_groups_apart():
 
 def test_rows_message_round_trip():
     index = np.array([3, 1, 4], dtype=np.int64)
-    assert [x.tolist() if hasattr(x, "tolist") else x for x in unpack_rows(pack_rows(index, ["a", "ü", ""], None))] \
-        == [[3, 1, 4], ["a", "ü", ""], ["", "", ""]]
-    got = unpack_rows(pack_rows(index, ["a", "b", "c"], ["", '{"n":2}', ""]))
-    assert got[2] == ["", '{"n":2}', ""]
+    got = unpack_rows(pack_rows(RequestRows(index, ["a", "ü", ""], ["", "", ""])))
+    assert [got.index.tolist(), got.prompts, got.overrides] == [[3, 1, 4], ["a", "ü", ""], ["", "", ""]]
+    got = unpack_rows(pack_rows(RequestRows(index, ["a", "b", "c"], ["", '{"n":2}', ""])))
+    assert got.overrides == ["", '{"n":2}', ""]
 
 
 def test_progress_formatting_and_printer():
@@ -66,11 +67,11 @@ def test_progress_formatting_and_printer():
 
 
 def test_pool_keeps_a_slow_rank_from_holding_the_tail():
-    from mpiswarm.control import Pool
+    from mpiswarm.control import RowPool
     from mpiswarm.inputs import PromptSet
 
     ps = PromptSet("mem", [f"p{i}" for i in range(10_000)], [str(i) for i in range(10_000)], [""] * 10_000)
-    pool = Pool(ps, np.arange(10_000), n_ranks=4, minimum=4, limit=300)
+    pool = RowPool(ps, np.arange(10_000), n_ranks=4, minimum=4, limit=300)
     # no rate known yet: guided, but never more unfinished rows than the limit
     assert pool.size_for(0, np.zeros(4)) == 300
     pool.handed[:] = [300, 300, 300, 300]

@@ -44,7 +44,7 @@ def test_api_rejects_unknown_keywords_and_bad_sampling():
     with pytest.raises(ValueError, match="temperature"):
         api.build_config("in", "out", model="m", temperature=-1)
     config = api.build_config("in", "out", model="m", temperature=0.5, batch_size=8, schedule="static")
-    assert (config.sampling, config.client.batch_size, config.schedule) == ({"temperature": 0.5, "max_tokens": 256}, 8, "static")
+    assert (config.prompts.sampling, config.client.batch_size, config.schedule.mode) == ({"temperature": 0.5, "max_tokens": 256}, 8, "static")
 
 
 def test_api_max_prompts_per_call_and_vllms_sampling_rules():

@@ -133,14 +133,15 @@ def parse(*extra):
 def test_command_line_options_reach_run_config():
     config = parse("--template", r"Gene {gene}\n", "--prompt-format", r"<|user|>\n{prompt}\n",
                    "--max-tokens", "auto", "--max-tokens-cap", "512")
-    assert config.template == "Gene {gene}\n" and config.prompt_format == "<|user|>\n{prompt}\n"
-    assert config.max_tokens_auto and config.max_tokens_cap == 512 and "max_tokens" not in config.sampling
+    p = config.prompts
+    assert p.template == "Gene {gene}\n" and p.prompt_format == "<|user|>\n{prompt}\n"
+    assert p.max_tokens_auto and p.max_tokens_cap == 512 and "max_tokens" not in p.sampling
     options = config.answer_options()
-    assert options["template"] == config.template and options["max_tokens_auto"]
-    assert config.params()["prompt_format"] == config.prompt_format
-    plain = parse()
+    assert options["template"] == p.template and options["max_tokens_auto"]
+    assert config.params()["prompt_format"] == p.prompt_format
+    plain = parse().prompts
     assert plain.sampling["max_tokens"] == 256 and not plain.max_tokens_auto and plain.template is None
-    assert parse("--template", "x").answer_options() != plain.answer_options()  # a resume must match it
+    assert parse("--template", "x").answer_options() != parse().answer_options()  # a resume must match it
 
 
 def test_command_line_refusals():
