@@ -1,7 +1,8 @@
 """One ``mpiswarm run`` on every rank: input → scatter → client → gather → store.
 
-Each phase is a function of its own; :func:`run` strings them together and returns the
-exit code, the same on every rank. Finished rows are checkpointed as they come (see
+:func:`_run` is the run as a short sequence of phases over one :class:`Job` — read, health,
+scatter, requests, write (gather or the virtual layout's parts, a tree reduction) — each a
+function of its own; it returns the exit code, the same on every rank. Finished rows are checkpointed as they come (see
 :mod:`mpiswarm.checkpoint`), so a job killed at any moment resumes when run again.
 """
 from __future__ import annotations
@@ -10,61 +11,45 @@ import asyncio
 import json
 import os
 import resource
-import secrets
-import signal
 import sys
-import threading
 import time
-from contextlib import AsyncExitStack, ExitStack, nullcontext
+from contextlib import AsyncExitStack, ExitStack
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
 from . import _mpi
-from .checkpoint import Manifest, ShardWriter, fingerprint, load_finished, open_run_dir, remove_run_dir, shard_path
-from .client import EndpointClient, EndpointUnavailable, card_max_model_len, model_problem
-from .config import DEFAULT_ENDPOINT, LAYOUTS, PARTS_PER, RunConfig, check_output  # noqa: F401 (re-exported)
 from .balance import Chunk, initial_share
 from .budget import TokenBudget
+from .checkpoint import Manifest, ShardWriter, fingerprint, load_finished, open_run_dir, remove_run_dir, shard_path
+from .client import EndpointClient, EndpointUnavailable, card_max_model_len, model_problem
+from .config import DEFAULT_ENDPOINT, RunConfig, check_output  # noqa: F401 (DEFAULT_ENDPOINT re-exported)
 from .control import Control, RowPool, WorkSource
 from .dispatch import UNANSWERED_STOPPED, Dispatcher, EndpointPool
-from .errors import ErrorKind
-from .aggregate import VoteCounter
-from .ensemble import EnsemblePlan, expand
 from .endpoints import check_template, endpoint_from_hostfile, expand_endpoint, parse_hostfile
+from .ensemble import EnsemblePlan, expand
+from .errors import ErrorKind
 from .exitcodes import EXIT_ENDPOINT_DOWN, EXIT_OK, EXIT_PROMPTS_FAILED, EXIT_RESUME
-from .gather import gather_in_rounds, optional_columns, gather_stats, redistribute_in_rounds
-from .packed import PackedColumns, carried, row_bytes
+from .gather import gather_stats
 from .inputs import InputError, PromptSet, check_row_sampling
+from .layout import Layout, WriteFailed, layout_for
 from .lock import OutputLock
 from .metrics import engine_deltas
 from .partition import contiguous_bounds
+from .progress import ProgressPrinter
+from .read import read_prompts_parallel
 from .records import RankStats, ResultColumns
 from .reduce import Combiner, Items, reduce_tree
 from .rows import RequestRows
 from .scatter import scatter_rows
-from .store import (WriteGuard, create_part_file, create_result_file, create_virtual_file, estimate_file_bytes,
-                    part_name, parts_dir, remove_parts, remove_stale_parts)
-from .codec import utf8_lengths
-from .progress import ProgressPrinter
-from .read import read_prompts_parallel
-from .summary import Tally, format_reduction, format_summary, format_votes
+from .stop import StopRequest
+from .store import WriteGuard, remove_parts, remove_stale_parts
+from .summary import format_reduction, format_summary, format_votes
 
-#: rows rank 0 gathers and writes at a time (bounded memory for jobs of millions of rows)
-GATHER_ROWS_PER_ROUND = 1 << 18
-#: the virtual layout's rounds: rank 0 encodes at most this many rows of prompts and custom_ids
-#: at a time for all ranks together (each rank still gets at most GATHER_ROWS_PER_ROUND rows a
-#: round); rounds are per-destination work, so at 10,000 ranks fewer, larger ones are cheaper
-VIRTUAL_TEXT_ROWS_PER_ROUND = 1 << 20
+
 def _say(config: RunConfig, message: str) -> None:
     if not config.report.quiet:
         print(message, flush=True)
-
-
-class WriteFailed(Exception):
-    """The output (or a part of it) could not be written: one line naming the path and why.
-    Every rank raises it, after the collectives; the checkpoints stay for the next attempt."""
 
 
 @dataclass
@@ -161,50 +146,6 @@ async def _read_metrics(url: str, config: RunConfig) -> dict | None:
         return await client.metrics()
 
 
-class StopRequest:
-    """SIGTERM/SIGINT (PBS at walltime, Ctrl-C) and ``--time-limit`` ask the run to stop
-    sending: calls in flight are abandoned, answered rows are written, the job exits
-    :data:`EXIT_RESUME`. Works outside and inside the event loop."""
-
-    def __init__(self, deadline: float | None):
-        self.deadline = deadline  # time.monotonic() value, or None
-        self.reason: str | None = None
-        self._event: asyncio.Event | None = None
-        self._loop = None
-        self._lock = threading.Lock()
-
-    def install(self) -> None:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, self._on_signal)
-
-    def _on_signal(self, signum, frame) -> None:
-        self.request(f"{signal.Signals(signum).name} received")
-
-    def request(self, reason: str) -> None:
-        with self._lock:
-            if self.reason is None:
-                self.reason = reason
-            if self._loop is not None:
-                self._loop.call_soon_threadsafe(self._event.set)
-
-    def event(self) -> asyncio.Event:
-        """An event of the running loop that is set on a stop request (or at the deadline)."""
-        with self._lock:
-            self._loop = asyncio.get_running_loop()
-            self._event = asyncio.Event()
-            if self.reason is not None:
-                self._event.set()
-        if self.deadline is not None:
-            delay = self.deadline - time.monotonic()
-            self._loop.call_later(max(0.0, delay), self.request, "--time-limit reached")
-        return self._event
-
-    def detach(self) -> None:
-        with self._lock:
-            self._loop = self._event = None
-
-
 async def _serve(urls: list[str], config: RunConfig, piece: RequestRows, plan: Plan, stats: RankStats,
                  shard: ShardWriter, stop: StopRequest, pool: RowPool | None, printer: ProgressPrinter | None,
                  comm, down_at_start: dict, budget: TokenBudget | None = None) -> tuple[list[Chunk], dict]:
@@ -256,13 +197,6 @@ async def _serve(urls: list[str], config: RunConfig, piece: RequestRows, plan: P
     return source.chunks, endpoints.dead
 
 
-def _count_votes(votes: VoteCounter | None, ensemble: EnsemblePlan | None, part: ResultColumns) -> None:
-    """Add a block of an ensemble's rows (every choice a vote) to the votes per prompt."""
-    if votes is not None and len(part):
-        sources = np.repeat(ensemble.source_of(part.index), part.n)
-        votes.add(sources.tolist(), part.completion, np.repeat(part.ok, part.n).tolist())
-
-
 def _token_budget(config: RunConfig, reports: list, max_model_len: int, plan: Plan, comm) -> TokenBudget | None:
     """``--max-tokens auto``: the budget for the smallest ``max_model_len`` the healthy
     endpoints advertise (the same on every rank, whichever endpoint a row ends up on); None
@@ -279,124 +213,6 @@ def _token_budget(config: RunConfig, reports: list, max_model_len: int, plan: Pl
         raise InputError(f"--max-tokens auto: endpoint {unknown[0]} does not advertise max_model_len on "
                          "/v1/models; give --max-tokens a number instead")
     return TokenBudget(min(length for length, _ in known), config.prompts.max_tokens_cap)
-
-
-def _held_rows(finished: ResultColumns | None, results: ResultColumns, root: bool) -> ResultColumns:
-    """Every row this rank holds: the root's include the rows of earlier attempts."""
-    return ResultColumns.concat([finished, results]) if root and len(finished) else results
-
-
-def _gather_and_write(out, prompt_set: PromptSet | None, finished: ResultColumns | None, results: ResultColumns,
-                      tally: Tally, votes: VoteCounter | None, ensemble: EnsemblePlan | None, comm,
-                      guard: WriteGuard | None = None) -> float:
-    """The single layout: every rank's rows to rank 0 in rounds, rank 0 writing each round (and
-    the rows of earlier attempts) as it comes, through ``guard`` (given on the root): a write
-    that fails stops the writing, not the rounds. Returns rank 0's seconds spent writing."""
-    root = guard is not None
-    write = out.write_rows if out is not None else None  # None: the file could not be begun
-    write_s = 0.0
-    for part in [PackedColumns.from_results(finished)] if root and len(finished) else []:
-        guard.run(write, prompt_set.prompts, prompt_set.custom_ids, part)
-        tally.add(part)
-        _count_votes(votes, ensemble, part)
-    for part in gather_in_rounds(results, GATHER_ROWS_PER_ROUND, comm):
-        w0 = time.perf_counter()
-        if root:
-            guard.run(write, prompt_set.prompts, prompt_set.custom_ids, part)
-        write_s += time.perf_counter() - w0
-        tally.add(part)
-        _count_votes(votes, ensemble, part)
-    return write_s
-
-
-def file_bytes(held: ResultColumns, bounds: np.ndarray, texts: list[list[str]] | None, comm=None) -> int:
-    """About how many bytes the result file this rank writes will take: the file of rows
-    ``bounds[rank]:bounds[rank + 1]`` (0 for a rank that writes none), from the rows every rank
-    ``held`` and the root's text columns ``texts`` (prompts and custom_ids, None elsewhere). For
-    :meth:`~mpiswarm.store.WriteGuard.reserve`: a file that cannot fit is refused before it is begun."""
-    rank, size = _mpi.rank_and_size(comm)
-    bounds = np.asarray(bounds, dtype=np.int64)
-    block = np.searchsorted(bounds, held.index, side="right") - 1
-    sizes = np.bincount(block, weights=row_bytes(held, carried(held)), minlength=size)[:size]
-    answers = _mpi.allreduce_sum_array(sizes.astype(np.int64), comm)
-    per_block = None
-    if texts is not None:
-        lengths = sum((utf8_lengths(column) for column in texts), np.zeros(int(bounds[-1]), np.int64))
-        edges = np.concatenate([[0], np.cumsum(lengths)])
-        per_block = [int(edges[b] - edges[a]) for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist())]
-    mine = _mpi.scatter(per_block, comm)
-    rows = int(bounds[rank + 1] - bounds[rank])
-    if not rows:
-        return 0
-    n = held.n
-    return estimate_file_bytes(mine + int(answers[rank]), rows * (3 + 3 * n))
-
-
-def part_bounds(n_rows: int, writers: list[bool]) -> np.ndarray:
-    """Rows ``bounds[r]:bounds[r + 1]`` for rank r: contiguous blocks of even size for the ranks
-    that write a part (``writers[r]``), none for the others."""
-    sizes = np.zeros(len(writers), dtype=np.int64)
-    sizes[np.flatnonzero(writers)] = np.diff(contiguous_bounds(n_rows, max(1, sum(writers))))
-    return np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-
-
-def write_parts(output: str, n_rows: int, n: int, local: ResultColumns, prompts: list[str] | None,
-                custom_ids: list[str] | None, comm=None, parts_per: str = "rank",
-                visit: Callable[[PackedColumns], None] | None = None) -> tuple[Tally | None, float, list, bool]:
-    """The virtual layout's collective write: every writing rank (every rank, or with
-    ``parts_per="node"`` each node's first rank) writes a contiguous block of the input's rows
-    to its own part file in ``OUTPUT.parts/`` — its block's results from whichever ranks hold
-    them (``local``), the ``prompts`` and ``custom_ids`` from the root (None elsewhere) — in
-    rounds; ``visit`` sees every block of rows it writes. A part that cannot be written (disk
-    full, quota) raises :class:`WriteFailed` on every rank once the rounds are over, this run's
-    parts removed. Returns, on the root, every rank's
-    :class:`Tally` added up (None elsewhere); this
-    rank's seconds writing; every part as ``(path relative to the output's directory, first
-    row, rows)``; the optional columns the parts have. Every part file is in place when it
-    returns; the root then writes the output over them (:func:`~mpiswarm.store.create_virtual_file`)."""
-    rank, size = _mpi.rank_and_size(comm)
-    root = rank == _mpi.ROOT
-    token = _mpi.bcast(secrets.token_hex(4) if root else None, comm)
-    directory = parts_dir(output)
-    if root:
-        os.makedirs(directory, exist_ok=True)
-    _mpi.barrier_sleeping(comm)
-    optional = optional_columns(local, comm)
-    writes = parts_per == "rank" or _mpi.local_rank(comm) == 0
-    bounds = part_bounds(n_rows, _mpi.allgather(writes, comm))
-    first, count = int(bounds[rank]), int(bounds[rank + 1] - bounds[rank])
-    texts = (lambda a, b: [prompts[a:b], custom_ids[a:b]]) if root else None  # noqa: E731
-    tally, write_s = Tally(), 0.0
-    path = os.path.join(directory, part_name(token, rank))
-    guard = WriteGuard(path)  # a write that fails (disk full, quota) leaves the rounds going
-    guard.reserve(file_bytes(local, bounds, texts(0, n_rows) if root else None, comm))
-    try:
-        with ExitStack() as writing:
-            part = guard.enter(writing, create_part_file(path, first, count, n, optional)) if count else None
-            for block in redistribute_in_rounds(local, bounds, GATHER_ROWS_PER_ROUND, texts, 2, comm,
-                                                text_rows_per_round=VIRTUAL_TEXT_ROWS_PER_ROUND):
-                if part is None:  # no rows of its own (more ranks than rows, or not its node's writer)
-                    continue
-                w0 = time.perf_counter()
-                guard.run(part.write_rows, block.texts[0], block.texts[1], block.rows, base=block.start)
-                write_s += time.perf_counter() - w0
-                tally.add(block.rows)
-                if visit is not None:
-                    visit(block.rows)
-            guard.check()  # a failed part is removed, never renamed into place
-    except OSError as exc:  # also: closing or renaming the part
-        guard.error = guard.error or exc
-    tallies = _mpi.gather(tally, comm)
-    failures = [m for m in _mpi.allgather(guard.message, comm) if m]
-    _mpi.barrier_sleeping(comm)  # every part renamed into place before the output points to them
-    name = os.path.basename(directory)
-    parts = [(os.path.join(name, part_name(token, r)), int(bounds[r]), int(bounds[r + 1] - bounds[r]))
-             for r in range(size)]
-    if failures:
-        if root:  # this run's parts that were written point nowhere: remove them (earlier runs' stay)
-            remove_parts(output, parts)
-        raise WriteFailed(failures[0])
-    return (Tally.merge(tallies) if root else None), write_s, parts, optional
 
 
 def _write_failed(message: str, config: RunConfig, plan: Plan, parts: list, root: bool, comm) -> int:
@@ -425,184 +241,239 @@ def run(config: RunConfig, comm=None) -> int:
         return _run(config, comm, held)
 
 
+@dataclass
+class Job:
+    """One run on this rank, filled in phase by phase (:func:`_run`): what each phase found
+    is what the next one starts from. Fields marked root are None on the other ranks."""
+
+    config: RunConfig
+    comm: object
+    rank: int
+    size: int
+    stop: StopRequest
+    times: dict = field(default_factory=dict)  # wall-clock seconds a phase
+    clock: float = 0.0  # when the current phase began (MPI wall time)
+    started: float = 0.0
+    # read
+    plan: Plan | None = None
+    prompt_set: PromptSet | None = None  # root
+    finished: ResultColumns | None = None  # root: rows of earlier attempts
+    ensemble: EnsemblePlan | None = None  # root
+    # health
+    url: str = ""
+    stats: RankStats | None = None
+    reports: list = field(default_factory=list)  # (rank, host, url, why unusable) of every rank
+    metrics_before: dict | None = None
+    down_at_start: dict = field(default_factory=dict)
+    budget: TokenBudget | None = None
+    # scatter
+    piece: RequestRows | None = None
+    pool: RowPool | None = None  # root, dynamic schedule
+    # requests
+    urls: list = field(default_factory=list)  # this rank's failover order
+    results: ResultColumns | None = None
+    dead: dict = field(default_factory=dict)
+
+    @property
+    def root(self) -> bool:
+        return self.rank == _mpi.ROOT
+
+    def phase(self, name: str) -> float:
+        """End phase ``name``: its wall-clock seconds, recorded in :attr:`times`."""
+        now = _mpi.wtime()
+        self.times[name] = now - self.clock
+        self.clock = now
+        return self.times[name]
+
+
 def _run(config: RunConfig, comm, held: ExitStack) -> int:
     rank, size = _mpi.rank_and_size(comm)
-    root = rank == _mpi.ROOT
-    times: dict[str, float] = {}
-    t_start = t = _mpi.wtime()
-    stop = StopRequest(None if config.schedule.time_limit is None else time.monotonic() + config.schedule.time_limit)
-    stop.install()
+    deadline = None if config.schedule.time_limit is None else time.monotonic() + config.schedule.time_limit
+    job = Job(config, comm, rank, size, StopRequest(deadline))
+    job.stop.install()
+    job.started = job.clock = _mpi.wtime()
+    _read(job, held)
+    if not _check_endpoints(job):
+        return EXIT_ENDPOINT_DOWN
+    _scatter(job)
+    _send(job)
+    return _write(job)
 
-    def phase(name: str) -> None:
-        nonlocal t
-        now = _mpi.wtime()
-        times[name] = now - t
-        t = now
 
-    plan, prompt_set, finished, ensemble = _prepare_on_root(config, comm, held)
-    phase("read")
+def _read(job: Job, held: ExitStack) -> None:
+    """Phase read: the input (every rank a part), the output's lock, the run directory."""
+    job.plan, job.prompt_set, job.finished, job.ensemble = _prepare_on_root(job.config, job.comm, held)
+    job.phase("read")
 
-    url = _endpoint_url(config, plan.entries, comm)
-    stats = RankStats(rank=rank, host=_mpi.hostname(), endpoint=url)
-    why, stats.max_model_len, metrics_before = asyncio.run(_check_endpoint(url, config))
-    reports = _mpi.allgather((rank, stats.host, url, why), comm)
+
+def _check_endpoints(job: Job) -> bool:
+    """Phase health: every rank's endpoint healthy and serving the model (or enough of them,
+    with --min-endpoints); False when the job cannot go on (nothing sent, nothing left behind)."""
+    config, comm, plan = job.config, job.comm, job.plan
+    job.url = _endpoint_url(config, plan.entries, comm)
+    stats = job.stats = RankStats(rank=job.rank, host=_mpi.hostname(), endpoint=job.url)
+    why, stats.max_model_len, job.metrics_before = asyncio.run(_check_endpoint(job.url, config))
+    reports = job.reports = _mpi.allgather((job.rank, stats.host, job.url, why), comm)
     problems = [p for p in reports if p[3]]
     healthy = len({p[2] for p in reports if not p[3]})
     needed = len({p[2] for p in reports}) if config.endpoints.min_endpoints is None else config.endpoints.min_endpoints
-    if root:
+    if job.root:
         for r, host, u, reason in problems:
             print(f"mpiswarm: rank {r} on {host}: endpoint {u} unavailable: {reason}", flush=True)
     if healthy < needed:
-        if root and plan.attempt == 0:  # nothing was sent: leave nothing behind
+        if job.root and plan.attempt == 0:  # nothing was sent: leave nothing behind
             remove_run_dir(plan.run_dir)
-        return EXIT_ENDPOINT_DOWN
-    down_at_start = {p[2]: f"not healthy at the start: {p[3]}" for p in problems}
-    budget = _token_budget(config, reports, stats.max_model_len, plan, comm)  # --max-tokens auto
-    phase("health")
-    stats.t_health = times["health"]
+        return False
+    job.down_at_start = {p[2]: f"not healthy at the start: {p[3]}" for p in problems}
+    job.budget = _token_budget(config, reports, stats.max_model_len, plan, comm)  # --max-tokens auto
+    stats.t_health = job.phase("health")
+    return True
 
-    todo = initial = pool = counts = None
-    if root:
+
+def _scatter(job: Job) -> None:
+    """Phase scatter: each rank its first rows (all of them on the static schedule; on the
+    dynamic one a first share, the rest kept by the root's :class:`RowPool`)."""
+    config, plan = job.config, job.plan
+    initial = counts = None
+    if job.root:
         todo = np.arange(plan.n_rows, dtype=np.int64)
         if plan.n_finished:
-            todo = np.setdiff1d(todo, finished.index, assume_unique=True)
+            todo = np.setdiff1d(todo, job.finished.index, assume_unique=True)
         initial = todo
-        if config.balances(size):  # a first share now, the rest on request
+        if config.balances(job.size):  # a first share now, the rest on request
             concurrency = config.client.calls_in_flight()
             limit = config.call_rows() * (concurrency + 1)  # the calls in flight and one more queued
-            per_rank = initial_share(len(todo), size, limit)
-            initial = todo[: per_rank * size]
-            pool = RowPool(prompt_set, todo[len(initial):], size, minimum=concurrency, limit=limit,
-                        handed=np.diff(contiguous_bounds(len(initial), size)))
-        elif ensemble is not None:  # each rank its own rows
-            initial, counts = ensemble.rank_order(todo)
-    piece = scatter_rows(prompt_set, initial, comm=comm, counts=counts)
-    phase("scatter")
-    stats.t_scatter = times["scatter"]
+            initial = todo[: initial_share(len(todo), job.size, limit) * job.size]
+            job.pool = RowPool(job.prompt_set, todo[len(initial):], job.size, minimum=concurrency, limit=limit,
+                               handed=np.diff(contiguous_bounds(len(initial), job.size)))
+        elif job.ensemble is not None:  # each rank its own rows
+            initial, counts = job.ensemble.rank_order(todo)
+    job.piece = scatter_rows(job.prompt_set, initial, comm=job.comm, counts=counts)
+    job.stats.t_scatter = job.phase("scatter")
 
+
+def _send(job: Job) -> None:
+    """Phase requests: every rank's calls (rows checkpointed as they finish), until every row
+    is answered or failed, or a stop."""
+    config, plan, stats = job.config, job.plan, job.stats
     printer = None
-    if root and not config.report.quiet and config.report.progress != "none":
+    if job.root and not config.report.quiet and config.report.progress != "none":
         printer = ProgressPrinter(plan.n_rows, plan.n_finished, mode=config.report.progress,
                                   interval=config.report.progress_interval)
-    shard = ShardWriter(shard_path(plan.run_dir, rank, plan.attempt))
+    shard = ShardWriter(shard_path(plan.run_dir, job.rank, plan.attempt))
     t0 = time.perf_counter()
-    urls = _ring([p[2] for p in reports], rank)
+    job.urls = _ring([p[2] for p in job.reports], job.rank)
     try:
-        chunks, dead = asyncio.run(_serve(urls, config, piece, plan, stats,
-                                          shard, stop, pool, printer, comm, down_at_start, budget))
+        chunks, job.dead = asyncio.run(_serve(job.urls, config, job.piece, plan, stats, shard, job.stop, job.pool,
+                                              printer, job.comm, job.down_at_start, job.budget))
     finally:
         shard.close()
-    results = ResultColumns.concat([c.results for c in chunks])
+    results = job.results = ResultColumns.concat([c.results for c in chunks])
     stats.t_requests = time.perf_counter() - t0
     stats.n_prompts = int(results.done.sum())
     stats.n_ok = int(results.ok.sum())
-    stats.extra["dead_endpoints"] = dead
+    stats.extra["dead_endpoints"] = job.dead
     # A stopped job (SIGTERM at the walltime: PBS kills it a few seconds later) does not wait on
     # its endpoint's /metrics: a server being stopped beside it may hold the connection open.
-    if metrics_before is not None and stop.reason is None:
-        for name, value in engine_deltas(metrics_before, asyncio.run(_read_metrics(url, config))).items():
+    if job.metrics_before is not None and job.stop.reason is None:
+        for name, value in engine_deltas(job.metrics_before, asyncio.run(_read_metrics(job.url, config))).items():
             setattr(stats, name, value)
-    _mpi.barrier_sleeping(comm)  # the slowest rank sets the end of the request phase; the others sleep
-    phase("requests")
+    _mpi.barrier_sleeping(job.comm)  # the slowest rank sets the end of the request phase; the others sleep
+    job.phase("requests")
 
-    # Gather and write in rounds: no rank holds more than GATHER_ROWS_PER_ROUND new rows at once.
-    # A write that fails (disk full, quota) is kept by a WriteGuard while the rounds go on, then
-    # every rank learns it and the run ends resumable: no temporary file left, checkpoints kept.
+
+def _write(job: Job) -> int:
+    """Phases gather (and reduce) and write: the rows into the output file through its layout,
+    a tree reduction if asked, the ranks table and attributes; the exit code, on every rank.
+    A write that fails (disk full, quota) ends the run resumable: nothing half-written at the
+    output path, the checkpoints kept."""
+    config, comm, plan, stats, root = job.config, job.comm, job.plan, job.stats, job.root
     t0 = time.perf_counter()
-    votes = VoteCounter(ensemble.n_prompts) if ensemble is not None else None
+    layout = layout_for(config.output.layout, config.output.path, plan.n_rows, plan.n, job.finished, job.results,
+                        job.prompt_set, job.ensemble, bool(config.schedule.repeat), comm,
+                        parts_per=config.output.parts_per)
     guard = WriteGuard(config.output.path) if root else None
-    if config.output.layout == "single":  # room for the whole file, or refused before it is begun
-        need = file_bytes(_held_rows(finished, results, root), [0] + [plan.n_rows] * size,
-                          [prompt_set.prompts, prompt_set.custom_ids] if root else None, comm)
-        if root:
-            guard.reserve(need)
-    parts: list = []
     try:
-        if config.output.layout == "virtual":  # every rank writes its own block; rank 0 maps them
-            plan_here = _mpi.bcast(ensemble, comm) if config.schedule.repeat else None  # each writer counts its rows' votes
-            counted = VoteCounter(plan_here.n_prompts) if plan_here is not None else None
-            tally, write_s, parts, optional = write_parts(
-                config.output.path, plan.n_rows, plan.n, _held_rows(finished, results, root),
-                *((prompt_set.prompts, prompt_set.custom_ids) if root else (None, None)), comm,
-                parts_per=config.output.parts_per,
-                visit=None if counted is None else (lambda part: _count_votes(counted, plan_here, part)))
-            if counted is not None:
-                every = _mpi.gather(counted, comm)  # in rank order: rows in input order
-                if root:
-                    for other in every:
-                        votes.merge(other)
-            opened = create_virtual_file(config.output.path, plan.n_rows, plan.n, parts, optional) if root else None
-        else:
-            tally, write_s = Tally(), 0.0
-            opened = create_result_file(config.output.path, plan.n_rows, plan.n) if root else None
+        opened = layout.begin(guard)
         with ExitStack() as writing:
             out = guard.enter(writing, opened) if root else None
-            if config.output.layout == "virtual":
-                if out is not None:
-                    out.n_ok = tally.ok
-            else:
-                write_s = _gather_and_write(out, prompt_set, finished, results, tally, votes, ensemble, comm, guard)
+            write_s = layout.write_rows(out, guard)
             failed = _mpi.bcast(guard.message if root else None, comm)
             if failed:
                 if root:
                     guard.check()  # raised inside the file's context: its temporary file is removed
                 raise WriteFailed(failed)
+            tally, votes = layout.tally, layout.votes
             if votes is not None:
-                out.write_ensemble(ensemble, votes.votes())
+                out.write_ensemble(job.ensemble, votes.votes())
             stats.t_gather = time.perf_counter() - t0 - write_s
             reduction, reduce_s = None, 0.0
             if config.reduce is not None and _mpi.bcast(root and tally.open == 0 and tally.rows == plan.n_rows, comm):
                 r0 = time.perf_counter()
-                combiner = Combiner(urls, config, stats, dead, stop)
-                mine = Items.from_results(_held_rows(finished, results, root))
-                reduction = reduce_tree(mine, plan.n_rows * plan.n, combiner, comm)
+                combiner = Combiner(job.urls, config, stats, job.dead, job.stop)
+                reduction = reduce_tree(Items.from_results(layout.held), plan.n_rows * plan.n, combiner, comm)
                 reduce_s = time.perf_counter() - r0
                 if root:
                     out.write_reduce(reduction)
             stats.cpu_s = time.process_time()
             stats.max_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
             all_stats = gather_stats(stats, comm)
-            stop_reasons = _mpi.gather(stop.reason, comm)
-            code = None
+            stop_reasons = _mpi.gather(job.stop.reason, comm)
             if root:  # from here on the root alone: a failure below reaches no other rank
                 complete = tally.open == 0 and tally.rows == plan.n_rows and (reduction is None or reduction.complete)
                 out.write_ranks(all_stats)
-                phase("gather")
-                times["write"] = write_s
-                times["gather"] -= write_s + reduce_s
-                if reduction is not None:
-                    times["reduce"] = reduce_s
-                times["total"] = _mpi.wtime() - t_start
+                _record_times(job, write_s, reduce_s, reduction is not None)
                 out.set_attrs({
                     "model": config.client.model,
-                    "n_ranks": size,
+                    "n_ranks": job.size,
                     "complete": complete,
                     "attempt": plan.attempt,
                     "n_resumed": plan.n_finished,
                     "params": config.params(),
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    **{f"time_{k}_s": v for k, v in times.items()},
+                    **{f"time_{k}_s": v for k, v in job.times.items()},
                 })
     except WriteFailed as exc:  # every rank
-        return _write_failed(str(exc), config, plan, parts, root, comm)
+        return _write_failed(str(exc), config, plan, layout.parts, root, comm)
     except OSError as exc:  # the root alone: its file's metadata, closing or renaming it
         if not root:
             raise
         guard.error = guard.error or exc
-        return _write_failed(guard.message, config, plan, parts, root, comm)
+        return _write_failed(guard.message, config, plan, layout.parts, root, comm)
+    code = None
     if root:
-        remove_stale_parts(config.output.path, keep=[p for p, _, k in parts if k])  # earlier runs' parts
-        if complete:
-            remove_run_dir(plan.run_dir)
-            all_ok = tally.ok == tally.rows and (reduction is None or reduction.final_ok)
-            code = EXIT_OK if all_ok else EXIT_PROMPTS_FAILED
-        else:
-            code = EXIT_RESUME
-        why = next((r for r in stop_reasons if r), None)
-        _say(config, format_summary(tally, all_stats, times, os.path.abspath(config.output.path),
-                                    resumed=plan.n_finished, stopped=why))
-        if votes is not None:
-            _say(config, format_votes(votes.votes(), ensemble))
-        if reduction is not None:
-            _say(config, format_reduction(reduction))
+        code = _finish(job, layout, complete, reduction, all_stats, stop_reasons)
     return _mpi.bcast(code, comm)
+
+
+def _record_times(job: Job, write_s: float, reduce_s: float, reduced: bool) -> None:
+    """The phase times after the requests: gather (less the writing and the reduction), write,
+    reduce, and the total."""
+    times = job.times
+    job.phase("gather")
+    times["write"] = write_s
+    times["gather"] -= write_s + reduce_s
+    if reduced:
+        times["reduce"] = reduce_s
+    times["total"] = _mpi.wtime() - job.started
+
+
+def _finish(job: Job, layout: Layout, complete: bool, reduction, all_stats: list, stop_reasons: list) -> int:
+    """Root: earlier runs' parts and, for a complete run, the run directory removed; the
+    summary printed; the exit code."""
+    config, plan, tally = job.config, job.plan, layout.tally
+    remove_stale_parts(config.output.path, keep=[p for p, _, k in layout.parts if k])  # earlier runs' parts
+    if complete:
+        remove_run_dir(plan.run_dir)
+        all_ok = tally.ok == tally.rows and (reduction is None or reduction.final_ok)
+        code = EXIT_OK if all_ok else EXIT_PROMPTS_FAILED
+    else:
+        code = EXIT_RESUME
+    why = next((r for r in stop_reasons if r), None)
+    _say(config, format_summary(tally, all_stats, job.times, os.path.abspath(config.output.path),
+                                resumed=plan.n_finished, stopped=why))
+    if layout.votes is not None:
+        _say(config, format_votes(layout.votes.votes(), job.ensemble))
+    if reduction is not None:
+        _say(config, format_reduction(reduction))
+    return code

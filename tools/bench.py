@@ -613,7 +613,7 @@ def gather_child(argv) -> int:
                       n_prompts=rows_per_rank, n_ok=rows_per_rank, n_calls=rows_per_rank // 256)
     from mpiswarm import _mpi
     from mpiswarm.packed import pack_message
-    from mpiswarm.runner import GATHER_ROWS_PER_ROUND
+    from mpiswarm.layout import GATHER_ROWS_PER_ROUND
 
     res = {"mpiswarm_s": [], "gather_s": [], "write_s": [], "bare_s": [], "rounds": 0}
     for k in range(repeat):
@@ -679,7 +679,7 @@ def gather_child(argv) -> int:
         _mpi.barrier_sleeping(comm)
     # the virtual layout (--layout virtual): every rank writes its own block to a part file, the
     # rows reaching it from whichever ranks hold them (dealt as the dynamic schedule leaves them)
-    from mpiswarm.runner import write_parts
+    from mpiswarm.layout import write_parts
     from mpiswarm.store import create_virtual_file, remove_stale_parts
 
     res["virtual_s"], res["virtual_write_s"] = [], []
@@ -1108,7 +1108,7 @@ def markdown(res: dict) -> str:
         L.append(f"| of which gather (packing, Igatherv, unpacking, waiting for the ranks) | {_f(g['split']['gather_s'])} | |")
         L.append(f"| of which write (`write_rows`, `ranks`, attributes) | {_f(g['split']['write_s'])} | |")
         if "virtual_s" in g["best"]:
-            L.append(f"| `--layout virtual`: `runner.write_parts` + the output's virtual datasets | "
+            L.append(f"| `--layout virtual`: `layout.write_parts` + the output's virtual datasets | "
                      f"{_f(g['best']['virtual_s'])} | {_f(g['virtual_ratio'])} |")
             L.append(f"| of which writing part files, ranks 0–{g['ranks'] - 1} (in parallel) | "
                      f"{' / '.join(_f(x) for x in g['virtual_split'])} | |")

@@ -33,7 +33,7 @@ from contextlib import nullcontext
 TOOLS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TOOLS)
 ANSWER_BYTES = 1000
-ROUND_ROWS = 1 << 18  # runner.GATHER_ROWS_PER_ROUND
+ROUND_ROWS = 1 << 18  # layout.GATHER_ROWS_PER_ROUND
 CALL_ROWS = 48  # rows of one call with the defaults (call_cap(256, 8)): what a chunk request brings
 LIMIT = CALL_ROWS * 9  # rows a rank may hold unfinished with the defaults: its first share
 AURORA_PPN = 12  # ranks a node on Aurora (one a GPU tile): --parts-per node writes a part a node
@@ -238,7 +238,7 @@ def layout_child(argv) -> int:
     """Under ``mpiexec -n R``: ``scale_model.py _layout ROWS`` — rank 0's seconds for the rows
     after the requests, both layouts, with ROWS rows of 1 KB answers dealt to the ranks in calls
     of CALL_ROWS (as the dynamic schedule leaves them): the single layout (``gather_in_rounds`` +
-    rank 0 writing) and the virtual one (``runner.write_parts`` + the output over the parts), best
+    rank 0 writing) and the virtual one (``layout.write_parts`` + the output over the parts), best
     of 2; and one virtual round of one row a rank (the collectives alone). One JSON line."""
     import numpy as np
     from mpi4py import MPI
@@ -246,7 +246,7 @@ def layout_child(argv) -> int:
     from mpiswarm import _mpi
     from mpiswarm.gather import gather_in_rounds, redistribute_in_rounds
     from mpiswarm.partition import contiguous_bounds
-    from mpiswarm.runner import write_parts
+    from mpiswarm.layout import write_parts
     from mpiswarm.store import create_result_file, create_virtual_file, remove_stale_parts
 
     n = int(argv[0])
@@ -341,7 +341,7 @@ def _after_requests(c: dict, fit: dict, vfit: dict, bytes_per_s: float, ranks: i
     rank's core (1 on a machine with a core a rank; R/2 here, at R ranks on 2 cores) — the
     parallel terms take that much longer. ``ppn``: ranks a part file (1: a part a rank; 12:
     ``--parts-per node`` on Aurora's 12 tiles a node, the node's first rank writing them all)."""
-    from mpiswarm.runner import VIRTUAL_TEXT_ROWS_PER_ROUND
+    from mpiswarm.layout import VIRTUAL_TEXT_ROWS_PER_ROUND
 
     rounds = -(-prompts // ROUND_ROWS)
     row_bytes = ANSWER_BYTES + 40

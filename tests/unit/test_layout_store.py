@@ -69,7 +69,7 @@ def test_parts_under_a_virtual_file_read_like_one_file(tmp_path, n):
 
 
 def test_part_bounds_give_rows_to_the_writers_only():
-    from mpiswarm.runner import part_bounds
+    from mpiswarm.layout import part_bounds
 
     assert part_bounds(10, [True] * 4).tolist() == [0, 3, 6, 8, 10]
     assert part_bounds(10, [True, False, False, True, False]).tolist() == [0, 5, 5, 5, 10, 10]
