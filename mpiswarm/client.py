@@ -161,9 +161,7 @@ def _place_contiguous(choices: list, data: dict, rows: range, results: ResultCol
             problem = problem or why
     if not spoiled and problem is None and seen.count(1) == k:
         results.latency_s[base : base + k] = latency_s
-        results.ok[base : base + k] = True
-        results.done[base : base + k] = True
-        results.error[base : base + k] = [""] * k
+        results.answered(rows)
         if k == 1:
             _set_row_usage(data, base, results)
         return k

@@ -77,10 +77,15 @@ class ResultColumns:
         self.reasoning[flat] = text
 
     def answered(self, rows) -> None:
-        """Mark local ``rows`` answered (their texts are already in place)."""
-        rows = list(rows)
-        for row in rows:
-            self.error[row] = ""
+        """Mark local ``rows`` (a list, or a range: one slice) answered (their texts are already
+        in place)."""
+        if isinstance(rows, range) and rows.step == 1:
+            rows = slice(rows.start, rows.stop)
+            self.error[rows] = [""] * (rows.stop - rows.start)
+        else:
+            rows = list(rows)
+            for row in rows:
+                self.error[row] = ""
         self.ok[rows] = True
         self.done[rows] = True
         self.error_kind[rows] = ErrorKind.NONE

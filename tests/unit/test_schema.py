@@ -147,3 +147,20 @@ def test_every_export_format_carries_every_column(tmp_path, fmt):
         choices = rows[1]["response"]["body"]["choices"]
         assert [ch["text"] for ch in choices] == res.completion[N:2 * N]
         assert [ch["finish_reason"] for ch in choices] == res.finish_reason[N:2 * N]
+
+
+def test_answered_rows_carry_no_error_kind_on_every_placement_path():
+    """The producers of error_kind: a row answered by any path is NONE with no status."""
+    from mpiswarm.client import place_chat, place_completions
+    from mpiswarm.errors import ErrorKind
+
+    reply = {"choices": [{"index": i, "text": f"t{i}", "finish_reason": "stop"} for i in range(4)]}
+    for rows, n in ((range(4), 1), ([3, 2, 1, 0], 1)):  # the contiguous fast path and the general one
+        res = ResultColumns.pending(np.arange(4), n, 0)
+        place_completions(reply, rows, n, res, 0.1)
+        assert res.ok.all() and (res.error_kind == ErrorKind.NONE).all() and (res.http_status == -1).all()
+    res = ResultColumns.pending(np.arange(1), 1, 0)
+    place_chat({"choices": [{"index": 0, "message": {"content": "c"}, "finish_reason": "stop"}]}, 0, 1, res, 0.1)
+    assert res.ok[0] and res.error_kind[0] == ErrorKind.NONE
+    res.fail([0], "HTTP 503: busy", kind=ErrorKind.HTTP_SERVER, status=503)
+    assert (res.error_kind[0], res.http_status[0], res.ok[0]) == (ErrorKind.HTTP_SERVER, 503, False)
