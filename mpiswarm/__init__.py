@@ -7,7 +7,7 @@ def read_results(path, as_frame=None):
     lists in ``completion``/``finish_reason`` when n > 1; attributes and the per-rank table in
     ``df.attrs``) when pandas is installed, else the dict of :func:`mpiswarm.store.read_results`.
     ``as_frame=True``/``False`` forces one or the other; see :mod:`mpiswarm.frame`."""
-    from .frame import read_results as _read
+    from .frame import read_frame as _read
 
     return _read(path, as_frame)
 

@@ -38,7 +38,7 @@ class ClientOptions:
     api: str = "completions"  # or "chat"
     api_key: str = "EMPTY"
     batch_size: int | None = None  # prompts per call; None: all rows sharing their overrides
-    concurrency: int | None = None  # calls in flight; None: 4 for lists, 128 for chat
+    concurrency: int | None = None  # calls in flight; None: 8 for lists, 128 for chat (calls_in_flight)
     request_timeout: float = 600.0  # seconds a call may take, plus per_prompt_timeout per prompt
     per_prompt_timeout: float = 0.5
     #: no call carries more prompts (the server's VLLM_MAX_COMPLETION_PROMPTS; batch_size above it is cut to it)

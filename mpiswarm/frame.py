@@ -1,9 +1,9 @@
 """A result file as a pandas DataFrame (``mpiswarm.read_results(path)``).
 
 One row per prompt, in input order (the index is the row number); one column per row
-dataset: ``custom_id``, ``prompt``, ``completion``, ``finish_reason``, ``ok``, ``error``,
-``rank``, ``prompt_tokens``, ``completion_tokens``, ``latency_s`` (and ``reasoning`` when the
-file has it). When the file holds
+dataset (:data:`mpiswarm.schema.FILE_COLUMNS`: ``custom_id``, ``prompt``, ``completion``,
+``finish_reason``, ``ok``, ``error``, ``error_kind``, ``http_status``, ``rank``,
+``prompt_tokens``, ``completion_tokens``, ``latency_s``, and ``reasoning`` when the file has it). When the file holds
 several completions a prompt (``--n`` > 1), ``completion`` and ``finish_reason`` hold one
 list a row. The file's root attributes (``params`` decoded) are in ``df.attrs["mpiswarm"]``
 and the per-rank table in ``df.attrs["ranks"]`` (column -> list), plain Python values only.
@@ -38,7 +38,7 @@ def to_frame(data: dict):
     return df
 
 
-def read_results(path: str | os.PathLike, as_frame: bool | None = None):
+def read_frame(path: str | os.PathLike, as_frame: bool | None = None):
     """Read the result file at ``path``.
 
     ``as_frame=None`` (default): a pandas DataFrame when pandas is installed, else the dict of

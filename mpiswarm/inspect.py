@@ -12,10 +12,10 @@ import math
 import os
 from collections import Counter
 
+from .summary import PHASES, balance
 from .store import ResultFileError, is_unanswered, iter_rows, read_info, read_reduction
 from .textout import quiet_broken_pipe
 
-PHASES = ("read", "health", "scatter", "requests", "gather", "write", "total")
 #: Per-rank quantities whose spread over the ranks the report shows.
 BALANCE_FIELDS = ("n_prompts", "n_calls", "n_retries", "n_failovers", "t_requests")
 #: The per-rank table is printed in full up to this many ranks (``--ranks`` prints it always).
@@ -24,19 +24,6 @@ RANK_TABLE_LIMIT = 16
 
 def _finite(x: float) -> float | None:
     return x if isinstance(x, (int, float)) and math.isfinite(x) else None
-
-
-def balance(values) -> dict:
-    """min, mean and max of a per-rank quantity, the ranks holding the min and max, and the
-    imbalance max/mean (1.0 = perfectly even; None when the mean is 0)."""
-    values = [float(v) for v in values]
-    if not values:
-        return {"min": None, "mean": None, "max": None, "argmin": None, "argmax": None, "max_over_mean": None}
-    mean = sum(values) / len(values)
-    hi = max(range(len(values)), key=values.__getitem__)
-    lo = min(range(len(values)), key=values.__getitem__)
-    return {"min": values[lo], "mean": mean, "max": values[hi], "argmin": lo, "argmax": hi,
-            "max_over_mean": values[hi] / mean if mean > 0 else None}
 
 
 def count_rows(path, chunk_rows: int | None = None) -> dict:

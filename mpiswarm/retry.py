@@ -34,7 +34,8 @@ def classify(exc: BaseException) -> str:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff with full jitter, bounded in attempts and in time."""
+    """Exponential backoff with equal jitter (a delay drawn from ``[c/2, c]`` of the ceiling ``c``,
+    so retries spread out without ever firing at once), bounded in attempts and in time."""
 
     max_attempts: int = 6  # on one endpoint, the first try included
     max_elapsed_s: float = 900.0  # since the call's first attempt

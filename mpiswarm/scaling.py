@@ -23,10 +23,12 @@ import os
 from dataclasses import dataclass, field
 
 from .inputs import InputError
+from .summary import PHASES as ALL_PHASES, balance
 from .store import prompt_fingerprint, read_info
 from .textout import check_directory, quiet_broken_pipe, write_text
 
-PHASES = ("read", "health", "scatter", "requests", "gather", "write")
+#: the phases a study's table shows (its runs are map-only: no reduce; the total apart)
+PHASES = tuple(p for p in ALL_PHASES if p not in ("reduce", "total"))
 PHASE_COLORS = {"read": "#810f7c", "health": "#e5ae38", "scatter": "#6d904f", "requests": "#30a2da",
                 "gather": "#fc4f30", "write": "#8c564b", "other": "#c7c7c7"}
 
@@ -71,12 +73,10 @@ class ScalingRow:
         return max(0.0, self.wall_s - sum(self.phases_s.values()))
 
     def imbalance(self, values) -> dict:
-        values = [float(v) for v in values]
-        mean = sum(values) / len(values) if values else float("nan")
-        hi = max(range(len(values)), key=values.__getitem__) if values else None
-        return {"min": min(values, default=float("nan")), "mean": mean,
-                "max": max(values, default=float("nan")), "slowest_rank": hi,
-                "max_over_mean": max(values) / mean if values and mean > 0 else float("nan")}
+        """:func:`mpiswarm.summary.balance` of a per-rank quantity, NaN where it has None."""
+        b = {k: (float("nan") if v is None else v) for k, v in balance(values).items()}
+        return {"min": b["min"], "mean": b["mean"], "max": b["max"], "slowest_rank": balance(values)["argmax"],
+                "max_over_mean": b["max_over_mean"]}
 
 
 @dataclass

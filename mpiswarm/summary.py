@@ -6,7 +6,21 @@ from collections import Counter
 from .packed import PackedColumns
 from .records import RankStats
 
+#: the phases of a run, in order, as the result file's ``time_<phase>_s`` attributes name them
 PHASES = ("read", "health", "scatter", "requests", "gather", "write", "reduce", "total")
+
+
+def balance(values) -> dict:
+    """min, mean and max of a per-rank quantity, the ranks holding the min and max, and the
+    imbalance max/mean (1.0 = perfectly even; None when the mean is 0)."""
+    values = [float(v) for v in values]
+    if not values:
+        return {"min": None, "mean": None, "max": None, "argmin": None, "argmax": None, "max_over_mean": None}
+    mean = sum(values) / len(values)
+    hi = max(range(len(values)), key=values.__getitem__)
+    lo = min(range(len(values)), key=values.__getitem__)
+    return {"min": values[lo], "mean": mean, "max": values[hi], "argmin": lo, "argmax": hi,
+            "max_over_mean": values[hi] / mean if mean > 0 else None}
 
 
 class Tally:
