@@ -13,6 +13,7 @@ import sys
 
 from . import __version__
 from .balance import DEFAULT_MAX_PROMPTS_PER_CALL
+from .chat import CHAT_ROUTES
 from .exitcodes import EXIT_USAGE
 from .inputs import InputError, check_prompt_options, option_name, validate_sampling
 from .template import unescape
@@ -117,8 +118,12 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                    "'<|user|>\\n{prompt}<|end|>\\n<|assistant|>\\n' (must contain {prompt})")
     t = p.add_argument_group("throughput")
     t.add_argument("--api", choices=("completions", "chat"), default="completions",
-                   help="completions: batched /v1/completions lists (default); chat: one "
-                   "/v1/chat/completions call per prompt")
+                   help="completions: batched /v1/completions lists (default); chat: every prompt as a "
+                   "conversation of one user message (rows with 'messages' are chat rows either way)")
+    t.add_argument("--chat-route", choices=CHAT_ROUTES, default="auto",
+                   help="chat rows: auto (default) sends lists of conversations to /v1/chat/completions/batch "
+                   "where every endpoint serves it (vLLM >= 0.32), else one /v1/chat/completions call a "
+                   "conversation; single: always one call a conversation")
     t.add_argument("--batch-size", type=_positive_int, default=None,
                    help="prompts per HTTP call (default: sized to keep the engine full; --schedule static: the "
                    "rank's whole slice), never more than --max-prompts-per-call")
@@ -221,7 +226,7 @@ def config_from_args(args):
     check_prompt_options(map_template, prompt_format)
     api_key = next((os.environ[v] for v in API_KEY_VARIABLES if os.environ.get(v)), "EMPTY")
     client = ClientOptions(
-        model=args.model, api=args.api, api_key=api_key, batch_size=args.batch_size,
+        model=args.model, api=args.api, chat_route=args.chat_route, api_key=api_key, batch_size=args.batch_size,
         concurrency=args.concurrency, request_timeout=args.request_timeout,
         max_prompts_per_call=args.max_prompts_per_call,
     )

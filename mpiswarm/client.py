@@ -36,6 +36,7 @@ class ClientOptions:
 
     model: str
     api: str = "completions"  # or "chat"
+    chat_route: str = "auto"  # or "single": never /v1/chat/completions/batch
     api_key: str = "EMPTY"
     batch_size: int | None = None  # prompts per call; None: all rows sharing their overrides
     concurrency: int | None = None  # calls in flight; None: 8 for lists, 128 for chat (calls_in_flight)
@@ -43,13 +44,20 @@ class ClientOptions:
     per_prompt_timeout: float = 0.5
     #: no call carries more prompts (the server's VLLM_MAX_COMPLETION_PROMPTS; batch_size above it is cut to it)
     max_prompts_per_call: int = DEFAULT_MAX_PROMPTS_PER_CALL
+    #: every endpoint serves /v1/chat/completions/batch (found at the health check): chat rows
+    #: go in lists, as prompts do, rather than one call a conversation
+    chat_batch: bool = False
+
+    def one_call_a_row(self) -> bool:
+        """Whether calls carry one row each (``--api chat`` without the batch route)."""
+        return self.api == "chat" and not self.chat_batch
 
     def calls_in_flight(self) -> int:
         if self.concurrency:
             return self.concurrency
         # Lists: 8 calls of ~48 prompts rather than 4 of ~96 keep an engine fuller (issue 7: a
         # list call frees its rows only when its last prompt is done; 0.94 vs 0.88 of capacity).
-        return 128 if self.api == "chat" else 8
+        return 128 if self.one_call_a_row() else 8
 
     def timeout_for(self, n_sequences: int) -> float:
         """A list of 2,000 prompts needs longer than one of 20."""
@@ -203,13 +211,7 @@ def place_chat(data: dict, row: int, n: int, results: ResultColumns, latency_s: 
         message = choice.get("message")
         if not isinstance(message, dict):
             raise BadReply(f"choice {j} carried no message")
-        flat = row * results.n + j
-        results.completion[flat] = message.get("content") or ""
-        results.finish_reason[flat] = choice.get("finish_reason") or ""
-        # vLLM's reasoning parsers: 'reasoning' (vLLM >= 0.11), 'reasoning_content' before
-        thought = message.get("reasoning") or message.get("reasoning_content")
-        if thought:
-            results.set_reasoning(flat, thought)
+        _place_message(message, choice, row * results.n + j, results)
         got += 1
     results.latency_s[row] = latency_s
     if got < n:
@@ -219,6 +221,42 @@ def place_chat(data: dict, row: int, n: int, results: ResultColumns, latency_s: 
     results.answered([row])
     _set_row_usage(data, row, results)
     return 1
+
+
+def place_chat_batch(data: dict, rows, results: ResultColumns, latency_s: float) -> int:
+    """Put a ``/v1/chat/completions/batch`` response's choices into ``results``: choice
+    ``index`` i answers conversation i (``rows[i]``), n = 1. As :func:`place_completions`: a
+    conversation without a usable choice is failed, not for good, with why, and a choice that
+    cannot be placed raises :class:`BadReply` once the good ones are placed."""
+    k, n_out = len(rows), results.n
+    seen = bytearray(k)
+    spoiled: dict[int, str] = {}
+    problem = None
+    for choice in _choices(data):
+        i = choice.get("index") if isinstance(choice, dict) else None
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if not isinstance(i, int) or not 0 <= i < k:
+            problem = problem or f"choice index {i!r} out of range for {k} conversations"
+            continue
+        if seen[i] or not isinstance(message, dict):
+            why = f"choice index {i} repeated" if seen[i] else f"choice {i} carried no message"
+            spoiled.setdefault(i, why)
+            problem = problem or why
+            continue
+        seen[i] = 1
+        _place_message(message, choice, rows[i] * n_out, results)
+    return _settle(data, rows, [bool(seen[i]) and i not in spoiled for i in range(k)], spoiled, problem, results,
+                   latency_s)
+
+
+def _place_message(message: dict, choice: dict, flat: int, results: ResultColumns) -> None:
+    """A chat choice's answer into entry ``flat``: its content, finish reason and reasoning."""
+    results.completion[flat] = message.get("content") or ""
+    results.finish_reason[flat] = choice.get("finish_reason") or ""
+    # vLLM's reasoning parsers: 'reasoning' (vLLM >= 0.11), 'reasoning_content' before
+    thought = message.get("reasoning") or message.get("reasoning_content")
+    if thought:
+        results.set_reasoning(flat, thought)
 
 
 def _set_row_usage(data: dict, row: int, results: ResultColumns) -> None:
@@ -379,7 +417,24 @@ class EndpointClient:
         body = {"model": self.options.model, "prompt": prompts, **params}
         return await self._post("/completions", body, len(prompts) * params.get("n", 1))
 
-    async def chat(self, prompt: str, params: dict) -> tuple[dict, float]:
-        """One ``/v1/chat/completions`` call with ``prompt`` as the user message."""
-        body = {"model": self.options.model, "messages": [{"role": "user", "content": prompt}], **params}
+    async def chat(self, messages: list, params: dict) -> tuple[dict, float]:
+        """One ``/v1/chat/completions`` call for one conversation."""
+        body = {"model": self.options.model, "messages": messages, **params}
         return await self._post("/chat/completions", body, params.get("n", 1))
+
+    async def chat_batch(self, conversations: list[list], params: dict) -> tuple[dict, float]:
+        """One ``/v1/chat/completions/batch`` call (vLLM >= 0.32): ``messages`` a list of
+        conversations, one choice a conversation, ``index`` 0…N−1."""
+        body = {"model": self.options.model, "messages": conversations, **params}
+        return await self._post("/chat/completions/batch", body, len(conversations))
+
+    async def has_chat_batch(self) -> bool:
+        """Whether the endpoint serves ``/v1/chat/completions/batch``: a body it must refuse
+        (no conversation) is answered 400/422 where the route exists, 404 where it does not;
+        nothing is generated either way."""
+        try:
+            resp = await self._http.post(self.base_url + "/chat/completions/batch", headers=self._headers,
+                                         json={"model": self.options.model, "messages": []}, timeout=10.0)
+        except httpx.HTTPError:
+            return False
+        return resp.status_code not in (404, 405, 501)

@@ -33,12 +33,15 @@ import numpy as np
 
 from .balance import Chunk
 from .budget import NO_ROOM, TokenBudget
+from .chat import CHAT_KEY, batchable, conversation
 from .client import (BadReply, ClientOptions, EndpointClient, describe_error, model_problem, place_chat,
-                     place_completions)
+                     place_chat_batch, place_completions)
 from .errors import CallError, ErrorKind, kind_of
 from .records import RankStats, ResultColumns
 from .retry import CLIENT_ERROR, TRANSIENT, RetryPolicy, classify
 
+#: the routes a call can take (Dispatcher.route)
+COMPLETIONS, CHAT, CHAT_BATCH = "completions", "chat", "chat_batch"
 UNANSWERED_DEAD = "not answered: every endpoint is down (run the same command again to resume)"
 UNANSWERED_STOPPED = "not answered: the job was stopped before this prompt (run the same command again to resume)"
 # errors of one call: the client's, and a reply that does not parse
@@ -148,6 +151,16 @@ class Dispatcher:
         self.max_prompts = pool.options.max_prompts_per_call
         self._decoded: dict[str, dict] = {"": {}}
 
+    def route(self, params: dict) -> str:
+        """Where a call with these options goes: :data:`COMPLETIONS` (prompt rows under
+        ``--api completions``), :data:`CHAT_BATCH` (chat rows, or prompt rows under ``--api
+        chat``, where every endpoint serves the batch route and the options allow it), else
+        :data:`CHAT` (one conversation a call)."""
+        options = self.pool.options
+        if CHAT_KEY not in params and options.api != "chat":
+            return COMPLETIONS
+        return CHAT_BATCH if options.chat_batch and batchable(params) else CHAT
+
     def params(self, base: dict, overrides: str) -> dict:
         decoded = self._decoded.get(overrides)
         if decoded is None:
@@ -168,9 +181,18 @@ class Dispatcher:
         """One HTTP call for ``rows`` of ``chunk``; places the answers or raises."""
         self.stats.n_calls += 1
         n = params.get("n", 1)
-        if self.pool.options.api == "chat":
-            data, latency = await client.chat(chunk.prompts[rows[0]], params)
-            place_chat(data, rows[0], n, chunk.results, latency)
+        route = self.route(params)
+        if route != COMPLETIONS:
+            chat_row = CHAT_KEY in params
+            sent = {k: v for k, v in params.items() if k != CHAT_KEY}
+            if route == CHAT_BATCH:
+                self.stats.n_chat_batch_calls += 1
+                data, latency = await client.chat_batch([conversation(chunk.prompts[r], chat_row) for r in rows], sent)
+                place_chat_batch(data, rows, chunk.results, latency)
+            else:
+                self.stats.n_chat_calls += 1
+                data, latency = await client.chat(conversation(chunk.prompts[rows[0]], chat_row), sent)
+                place_chat(data, rows[0], n, chunk.results, latency)
         else:
             data, latency = await client.complete([chunk.prompts[r] for r in rows], params)
             place_completions(data, rows, n, chunk.results, latency)
@@ -295,7 +317,6 @@ class Dispatcher:
         """Send calls from ``source``, ``calls_in_flight()`` at a time, until it runs dry or
         ``stop`` is set; then every row not finished carries why."""
         stop = stop or asyncio.Event()
-        chat = self.pool.options.api == "chat"
 
         async def worker():
             while not stop.is_set() and not self.all_down:
@@ -304,9 +325,8 @@ class Dispatcher:
                     return
                 chunk, plan = got
                 params = self.params(base_params, plan.overrides)
-                if chat:
-                    for row in plan.rows:
-                        await self.send(chunk, [row], params)
+                if self.route(params) == CHAT:  # one call a conversation, the call's rows at once
+                    await asyncio.gather(*(self.send(chunk, [row], params) for row in plan.rows))
                 else:
                     await self.send(chunk, plan.rows, params)
 

@@ -30,6 +30,8 @@ from itertools import accumulate, chain
 
 import numpy as np
 
+from .chat import CHAT_KEY, check_conversation, fill_contents, is_chat
+from .chat import encode as encode_conversation
 from .codec import encodable, first_unencodable
 from .rows import RequestRows
 from .template import check_prompt_format, compile_template, format_prompts
@@ -178,30 +180,71 @@ def line_of_row(path: str, row: int) -> int:
 
 
 _SAMPLING_SET = frozenset(SAMPLING_KEYS)
-_RESERVED = frozenset(("prompt", "custom_id"))
+_RESERVED = frozenset(("prompt", "custom_id", "messages"))
+#: the routes an OpenAI Batch row may name, and whether each is chat
+BATCH_URLS = {"/v1/completions": False, "/v1/chat/completions": True}
 
 
-def _row_overrides(source: dict) -> str:
+def _row_overrides(source: dict, chat: bool = False) -> str:
     found = {k: source[k] for k in source.keys() & _SAMPLING_SET}
-    if not found:
+    if chat:
+        found = {**validate_sampling(found), CHAT_KEY: True}
+    elif not found:
         return ""
-    return json.dumps(validate_sampling(found), sort_keys=True, separators=(",", ":"))
+    else:
+        found = validate_sampling(found)
+    return json.dumps(found, sort_keys=True, separators=(",", ":"))
 
 
-def _parse_batch_row(obj: dict, need_prompt: bool = True) -> tuple[object, dict]:
-    """An OpenAI Batch line: returns (prompt, body); prompt None if it has none and need not."""
+def _parse_batch_row(obj: dict) -> tuple[dict, bool]:
+    """An OpenAI Batch line: returns (body, whether it is a chat request)."""
     method = obj.get("method", "POST")
     url = obj.get("url", "/v1/completions")
     if method != "POST":
         raise ValueError(f"batch row 'method' must be POST, got {method!r}")
-    if not isinstance(url, str) or url.rstrip("/").split("/")[-1] != "completions" or "chat" in url:
-        raise ValueError(f"batch row 'url' must be /v1/completions, got {url!r}")
+    if not isinstance(url, str) or url.rstrip("/") not in BATCH_URLS:
+        raise ValueError(f"batch row 'url' must be one of {', '.join(BATCH_URLS)}, got {url!r}")
     body = obj["body"]
     if not isinstance(body, dict):
         raise ValueError("batch row 'body' must be a JSON object")
-    if "prompt" not in body and need_prompt:
-        raise ValueError("batch row 'body' has no 'prompt'")
-    return body.get("prompt"), body
+    return body, BATCH_URLS[url.rstrip("/")]
+
+
+def _row_request(obj: dict, cid, fill) -> tuple[str, dict, bool]:
+    """(prompt as sent, where its options are, whether it is a chat row) of a row that is not
+    a bare prompt: a batch row's body, a chat row's conversation (its prompt: the
+    conversation as JSON), a map template's fill. ValueError naming what is wrong."""
+    if "body" in obj:
+        source, chat = _parse_batch_row(obj)
+        values = source if cid is None else {**source, "custom_id": cid}
+        where = "batch row 'body'"
+    else:
+        source = values = obj
+        chat, where = "messages" in obj, "row"
+    if chat:
+        if "prompt" in source:
+            raise ValueError(f"a {where} has 'messages' or 'prompt', not both" if "messages" in source
+                             else "a /v1/chat/completions body takes 'messages', not 'prompt'")
+        messages = check_conversation(source.get("messages"))
+        if fill is not None:  # each message's text is a template over the row's fields
+            messages = fill_contents(messages, lambda text: _render(text, values))
+        return encode_conversation(messages), source, True
+    if fill is not None:
+        return fill(values), source, False
+    prompt = source.get("prompt")
+    if prompt is None:
+        if "body" in obj:
+            raise ValueError("batch row 'body' has no 'prompt' (or 'messages', for /v1/chat/completions)")
+        raise ValueError("no 'prompt' field" if "prompt" not in obj else "'prompt' must be a string, got null")
+    return prompt, source, False
+
+
+def _render(text: str, values: dict) -> str:
+    """``text`` as a map template over a row's fields (a chat row's message under --template)."""
+    try:
+        return compile_template(text, convert=_template_value)(values)
+    except KeyError as exc:
+        raise ValueError(f"this row has no field {{{exc.args[0]}}} for its message's template") from None
 
 
 def _template_value(value) -> str:
@@ -222,16 +265,6 @@ def _filler(template: str | None):
             raise ValueError(f"this row has no field {{{exc.args[0]}}} for the template") from None
 
     return apply
-
-
-def _templated_row(obj: dict, cid, fill) -> tuple[str, dict]:
-    """(prompt built by ``fill``, where the sampling overrides are) of a row under a map
-    template: a plain row's fields, or a batch row's body and its ``custom_id``."""
-    if "body" in obj:
-        _, source = _parse_batch_row(obj, need_prompt=False)
-        values = source if cid is None else {**source, "custom_id": cid}
-        return fill(values), source
-    return fill(obj), obj
 
 
 # --- Byte ranges: where a file is cut so that every part holds whole lines ----------------------
@@ -368,19 +401,11 @@ def _parse_jsonl(path: str, text: str, first_lineno: int, fill, part: Part) -> N
             plain = prompt is not None and (n_keys == 1 or (n_keys == 2 and cid is not None)) and fill is None
             if not plain:  # batch rows, sampling overrides, extra fields, a map template, or an error
                 try:
-                    if fill is not None:
-                        prompt, source = _templated_row(obj, cid, fill)
-                    elif "body" in obj:
-                        prompt, source = _parse_batch_row(obj)
-                    elif prompt is None:
-                        raise ValueError("no 'prompt' field" if "prompt" not in obj
-                                         else "'prompt' must be a string, got null")
-                    else:
-                        source = obj
-                    over = _row_overrides(source)
+                    prompt, source, chat = _row_request(obj, cid, fill)
+                    over = _row_overrides(source, chat)
                 except ValueError as exc:
                     raise InputError(f"{path}:{lineno}: {exc}") from None
-                if source is obj and n_keys > ("prompt" in obj) + (cid is not None):
+                if source is obj and n_keys > ("prompt" in obj) + ("messages" in obj) + (cid is not None):
                     if fields is None:
                         fields = part.fields = [{} for _ in range(row)]
                     fields.append({k: v for k, v in obj.items() if k not in _RESERVED})
@@ -448,7 +473,11 @@ def parse_range(path: str, raw: bytes, first_lineno: int = 1, suffix: str = ".js
         return part
     parse(path, text, first_lineno, fill, part)
     if part.error is None:
-        part.prompts = format_prompts(prompt_format, part.prompts)
+        if prompt_format is not None and any(map(is_chat, part.overrides)):  # a conversation has no one prompt
+            part.prompts = [p if is_chat(o) else format_prompts(prompt_format, [p])[0]
+                            for p, o in zip(part.prompts, part.overrides)]
+        else:
+            part.prompts = format_prompts(prompt_format, part.prompts)
         part.encoded, part.bad_unicode = first_unencodable(part.prompts)
     return part
 

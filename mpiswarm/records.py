@@ -151,6 +151,9 @@ class RankStats:
     n_bisections: int = 0
     n_failovers: int = 0
     n_bad_replies: int = 0  # 200s that did not answer every row (missing/bad choices, not JSON, not a completion)
+    # chat calls: lists of conversations to /v1/chat/completions/batch, and one-conversation calls
+    n_chat_batch_calls: int = 0
+    n_chat_calls: int = 0
     # the rank's own endpoint: times declared dead (or down at the start) and back in service, and
     # when last (seconds after the request phase began, -1: never); every endpoint's in extra
     n_endpoint_lost: int = 0

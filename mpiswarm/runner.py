@@ -8,6 +8,7 @@ function of its own; it returns the exit code, the same on every rank. Finished 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import resource
@@ -125,20 +126,22 @@ def _endpoint_url(config: RunConfig, entries, comm) -> str:
     )
 
 
-async def _check_endpoint(url: str, config: RunConfig) -> tuple[str | None, int, dict | None]:
-    """(why the endpoint is unusable or None, its max_model_len, its /metrics before the run).
-    Unusable: not healthy before the deadline, or healthy but not serving ``--model`` (a vLLM
-    endpoint would answer every call 404: fail now, not after the run)."""
+async def _check_endpoint(url: str, config: RunConfig) -> tuple[str | None, int, dict | None, bool]:
+    """(why the endpoint is unusable or None, its max_model_len, its /metrics before the run,
+    whether it serves /v1/chat/completions/batch). Unusable: not healthy before the deadline,
+    or healthy but not serving ``--model`` (a vLLM endpoint would answer every call 404: fail
+    now, not after the run)."""
     async with EndpointClient(url, config.client) as client:
         try:
             await client.wait_healthy(config.endpoints.health_timeout)
         except EndpointUnavailable as exc:
-            return str(exc), -1, None
+            return str(exc), -1, None, False
         cards = await client.model_cards()
         why = model_problem(cards, config.client.model)
         if why:
-            return why, -1, None
-        return None, card_max_model_len(cards or [], config.client.model), await client.metrics()
+            return why, -1, None, False
+        return (None, card_max_model_len(cards or [], config.client.model), await client.metrics(),
+                await client.has_chat_batch())
 
 
 async def _read_metrics(url: str, config: RunConfig) -> dict | None:
@@ -158,7 +161,7 @@ async def _serve(urls: list[str], config: RunConfig, piece: RequestRows, plan: P
     dynamic = config.balances(size)
     cap = config.call_rows() if dynamic else None
     # chat: one prompt a call, so the calls in flight are prompts in flight
-    batch_size = 1 if config.client.api == "chat" else config.client.batch_size
+    batch_size = 1 if config.client.one_call_a_row() else config.client.batch_size
     source = WorkSource(batch_size=batch_size, concurrency=concurrency, cap=cap,
                         fetch=control.fetch if dynamic else None, low_water=cap or 0,
                         prepare=budget.apply if budget else None, limit=config.client.max_prompts_per_call)
@@ -312,8 +315,13 @@ def _check_endpoints(job: Job) -> bool:
     config, comm, plan = job.config, job.comm, job.plan
     job.url = _endpoint_url(config, plan.entries, comm)
     stats = job.stats = RankStats(rank=job.rank, host=_mpi.hostname(), endpoint=job.url)
-    why, stats.max_model_len, job.metrics_before = asyncio.run(_check_endpoint(job.url, config))
+    why, stats.max_model_len, job.metrics_before, chat_batch = asyncio.run(_check_endpoint(job.url, config))
     reports = job.reports = _mpi.allgather((job.rank, stats.host, job.url, why), comm)
+    # chat rows go in lists where every healthy endpoint serves the batch route (a failed-over
+    # call may reach any of them); else one call a conversation
+    lacking = _mpi.allreduce_sum_array(np.array([why is None and not chat_batch], np.int64), comm)[0]
+    if config.client.chat_route == "auto" and lacking == 0:
+        config = job.config = dataclasses.replace(config, client=dataclasses.replace(config.client, chat_batch=True))
     problems = [p for p in reports if p[3]]
     healthy = len({p[2] for p in reports if not p[3]})
     needed = len({p[2] for p in reports}) if config.endpoints.min_endpoints is None else config.endpoints.min_endpoints
