@@ -13,12 +13,14 @@ temperature 0) on the same tiny model (``tools/tiny_hf.py``), machine and engine
     ``run_batch`` coroutine).
 (b) ``mpiswarm run`` at one rank against one vLLM server, batched ``/v1/completions`` lists,
     the model's chat template applied on the client (``--prompt-format``).
-(c) ``mpiswarm run --api chat``: one ``/v1/chat/completions`` call per conversation.
+(c) ``mpiswarm run`` on run-batch's own input file (OpenAI Batch chat rows), unchanged: the
+    conversations go in lists to ``/v1/chat/completions/batch``.
+(e) the same file with ``--chat-route single``: one ``/v1/chat/completions`` call per conversation.
 (d) One list per endpoint, the way Aurora-Swarm sends it: a single ``completions.create``
     call of the ``openai`` client carrying every prompt (the server is started with
     ``VLLM_MAX_COMPLETION_PROMPTS`` above the row count so that the one list is accepted).
 
-For (b) and (c) the request phase is mpiswarm's own ``requests`` phase (from the result file)
+For (b), (c) and (e) the request phase is mpiswarm's own ``requests`` phase (from the result file)
 and the launch cost everything else of the job's wall time (``mpiexec``, imports, reading,
 health check, writing).  The server's own start (to ``/health`` 200) is reported apart.
 Contenders are run ``--repeats`` times in alternation and the best of each is kept.
@@ -111,15 +113,20 @@ asyncio.run(rb.main(rb.parse_args()))
 """
 
 
-def run_batch(python: Path, model: Path, work: Path, texts: list[str], tag: str) -> dict:
-    """(a): vLLM's run-batch on chat rows: wall time, request phase, generated tokens."""
-    inp, out, timing = (work / f"batch-{tag}.jsonl", work / f"batch-{tag}.out.jsonl",
-                        work / f"batch-{tag}.timing.json")
-    with open(inp, "w", encoding="utf-8") as fh:
+def write_batch_file(path: Path, texts: list[str]) -> None:
+    """The conversations as OpenAI Batch chat rows: run-batch's input, and (c)'s and (e)'s."""
+    with open(path, "w", encoding="utf-8") as fh:
         for i, text in enumerate(texts):
             fh.write(json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
                                  "body": {"model": NAME, "messages": [{"role": "user", "content": text}],
                                           "max_tokens": 16, "temperature": 0}}) + "\n")
+
+
+def run_batch(python: Path, model: Path, work: Path, texts: list[str], tag: str) -> dict:
+    """(a): vLLM's run-batch on chat rows: wall time, request phase, generated tokens."""
+    inp, out, timing = (work / f"batch-{tag}.jsonl", work / f"batch-{tag}.out.jsonl",
+                        work / f"batch-{tag}.timing.json")
+    write_batch_file(inp, texts)
     cmd = [str(python), "-c", RUN_BATCH_DRIVER, str(timing), "-i", str(inp), "-o", str(out),
            "--model", str(model), "--served-model-name", NAME,
            "--max-model-len", str(ENGINE_ARGS["max_model_len"]), "--dtype", ENGINE_ARGS["dtype"],
@@ -137,15 +144,19 @@ def run_batch(python: Path, model: Path, work: Path, texts: list[str], tag: str)
             "tokens": tokens, "calls": None, "run_batch_s": spans["run_batch_s"]}
 
 
-def mpiswarm_job(server, work: Path, texts: list[str], extra: list[str], tag: str) -> dict:
-    """(b), (c): one ``mpiswarm run`` at one rank; its request phase and the rest."""
+def mpiswarm_job(server, work: Path, texts: list[str], extra: list[str], tag: str, chat_rows: bool = False) -> dict:
+    """(b), (c), (e): one ``mpiswarm run`` at one rank on prompt rows (or, ``chat_rows``,
+    run-batch's own input file); its request phase and the rest."""
     from mpiswarm.launch import mpiswarm_command
     from mpiswarm.store import read_results
 
     inp, out = work / f"rows-{tag}.jsonl", work / f"out-{tag}.h5"
-    with open(inp, "w", encoding="utf-8") as fh:
-        for i, text in enumerate(texts):
-            fh.write(json.dumps({"prompt": text, "custom_id": f"r{i}"}) + "\n")
+    if chat_rows:
+        write_batch_file(inp, texts)
+    else:
+        with open(inp, "w", encoding="utf-8") as fh:
+            for i, text in enumerate(texts):
+                fh.write(json.dumps({"prompt": text, "custom_id": f"r{i}"}) + "\n")
     cmd = mpiswarm_command(1, ["run", str(inp), "-o", str(out), "--model", NAME, "--endpoint",
                                server.base_url, "--max-tokens", "16", "--temperature", "0",
                                "--restart", "-q", *extra])
@@ -155,7 +166,8 @@ def mpiswarm_job(server, work: Path, texts: list[str], extra: list[str], tag: st
     requests = float(attrs["time_requests_s"])
     result = {"wall_s": wall, "requests_s": requests, "launch_s": wall - requests,
               "n_ok": int(attrs["n_ok"]), "tokens": int(data["ranks"]["completion_tokens"].sum()),
-              "calls": int(data["ranks"]["n_calls"].sum())}
+              "calls": int(data["ranks"]["n_calls"].sum()),
+              "chat_batch_calls": int(data["ranks"]["n_chat_batch_calls"].sum())}
     out.unlink()
     return result
 
@@ -187,16 +199,18 @@ def measure(n_rows: int, repeats: int, work: Path) -> dict:
                                       env={"VLLM_MAX_COMPLETION_PROMPTS": str(max(1024, n_rows))},
                                       **ENGINE_ARGS)
     server_start = time.perf_counter() - started
-    runs: dict[str, list[dict]] = {"a": [], "b": [], "c": [], "d": []}
+    runs: dict[str, list[dict]] = {"a": [], "b": [], "c": [], "e": [], "d": []}
     try:
         # Warm the server (its first calls compile), then alternate the contenders.
         mpiswarm_job(server, work, texts[:200], ["--prompt-format", FORMAT], "warm")
-        mpiswarm_job(server, work, texts[:200], ["--api", "chat"], "warm")
+        mpiswarm_job(server, work, texts[:200], [], "warm", chat_rows=True)
         for k in range(repeats):
             log(f"round {k + 1}/{repeats}: (b) lists with --prompt-format")
             runs["b"].append(mpiswarm_job(server, work, texts, ["--prompt-format", FORMAT], f"b{k}"))
-            log(f"round {k + 1}/{repeats}: (c) --api chat")
-            runs["c"].append(mpiswarm_job(server, work, texts, ["--api", "chat"], f"c{k}"))
+            log(f"round {k + 1}/{repeats}: (c) chat rows, batch route")
+            runs["c"].append(mpiswarm_job(server, work, texts, [], f"c{k}", chat_rows=True))
+            log(f"round {k + 1}/{repeats}: (e) chat rows, one call a conversation")
+            runs["e"].append(mpiswarm_job(server, work, texts, ["--chat-route", "single"], f"e{k}", chat_rows=True))
             log(f"round {k + 1}/{repeats}: (d) one list")
             runs["d"].append(one_list(server, texts))
     finally:
@@ -204,7 +218,7 @@ def measure(n_rows: int, repeats: int, work: Path) -> dict:
     for k in range(repeats):  # run-batch needs the cores the server had
         log(f"round {k + 1}/{repeats}: (a) run-batch, {n_rows} rows")
         runs["a"].append(run_batch(python, model, work, texts, f"a{k}"))
-    results = {key: best(runs[key], "requests_s") for key in "abcd"}
+    results = {key: best(runs[key], "requests_s") for key in runs}
     for result in results.values():
         result["prompts_per_s"] = n_rows / result["requests_s"]
         result["tokens_per_s"] = result["tokens"] / result["requests_s"]
@@ -224,7 +238,8 @@ def tiny_hf_model(python: Path, work: Path) -> Path:
 LABELS = {
     "a": "(a) vLLM `run-batch` (chat rows, in-process)",
     "b": "(b) `mpiswarm run`, lists + `--prompt-format` (1 rank, 1 server)",
-    "c": "(c) `mpiswarm run --api chat` (a call per row)",
+    "c": "(c) `mpiswarm run` on run-batch's own chat rows, `/v1/chat/completions/batch` lists",
+    "e": "(e) the same chat rows, `--chat-route single` (a call per row)",
     "d": "(d) one list per endpoint (Aurora-Swarm's way)",
 }
 
@@ -241,7 +256,7 @@ def markdown(res: dict) -> str:
         calls = "–" if r["calls"] is None else f"{r['calls']:,}"
         lines.append(f"| {label} | {r['launch_s']:.1f} | {r['requests_s']:.2f} | {r['prompts_per_s']:,.0f} | "
                      f"{r['tokens_per_s']:,.0f} | {calls} | {r['vs_run_batch']:.2f}× |")
-    lines += ["", "Goal: (b) ≥ 1.0× run-batch. run-batch's request phase is the `asyncio.gather` of all its "
+    lines += ["", "Goals: (b) and (c) ≥ 1.0× run-batch. run-batch's request phase is the `asyncio.gather` of all its "
                   "requests (its progress bar's span), timed inside its own process; its launch is the rest of "
                   "its wall time (imports, engine start, reading and writing the files). mpiswarm's request "
                   "phase is its `requests` phase; its launch the rest of the job's wall time. (d) is one "

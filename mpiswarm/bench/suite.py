@@ -406,8 +406,8 @@ def bench_concurrency(a, work: str) -> dict:
     ts, max_tokens, n_seq = 16.0, 8, 5
     levels = [5, 10, 50]
     repeat = 1 if a.quick else 2
-    variants = {"--api chat --concurrency C (as documented)": ["--api", "chat"],
-                "--api chat --concurrency C --batch-size 1": ["--api", "chat", "--batch-size", "1"]}
+    variants = {"--api chat --concurrency C (as documented)": ["--api", "chat", "--chat-route", "single"],
+                "--api chat --concurrency C --batch-size 1": ["--api", "chat", "--chat-route", "single", "--batch-size", "1"]}
     sim = start_sim(["--time-scale", ts])
     rows = []
 
@@ -428,7 +428,7 @@ def bench_concurrency(a, work: str) -> dict:
 
     try:
         # the reference: the same kind of request, one at a time (5 in a row)
-        ref = measure(1, n_seq, "one at a time (--api chat --concurrency 1)", ["--api", "chat", "--batch-size", "1"])
+        ref = measure(1, n_seq, "one at a time (--api chat --concurrency 1)", ["--api", "chat", "--chat-route", "single", "--batch-size", "1"])
         rows.append(ref)
         for c in levels:
             for name, extra in variants.items():

@@ -124,6 +124,7 @@ class SimConfig:
     max_prompts_per_call: int = DEFAULT_MAX_PROMPTS  # longer prompt lists are 400; 0: no cap (older vLLM)
     context_check: str = "prompt"  # prompt (vLLM 0.32) or total (older vLLM): see CONTEXT_CHECKS
     nul_answers: bool = False  # every answer holds a U+0000, as real models' sometimes do (see expected_completion)
+    chat_batch: bool = True  # serve POST /v1/chat/completions/batch (vLLM >= 0.32); False: 404, as older servers
     answer_bytes: int = 0  # answers repeated to at least this many UTF-8 bytes (long answers; see expected_completion)
 
     def __post_init__(self) -> None:

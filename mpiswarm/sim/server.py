@@ -451,6 +451,8 @@ class Endpoint:
         app = web.Application(client_max_size=CLIENT_MAX_SIZE)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/chat/completions", self.chat_completions)
+        if self.config.chat_batch:  # vLLM >= 0.32; older servers (and llama.cpp) answer 404
+            app.router.add_post("/v1/chat/completions/batch", self.chat_completions_batch)
         app.router.add_get("/v1/models", self.models)
         app.router.add_post("/tokenize", self.tokenize)
         app.router.add_get("/health", self.health)
@@ -558,6 +560,11 @@ class Endpoint:
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         """``POST /v1/chat/completions``; the prompt is ``chat_prompt(messages)``."""
         return await self._serve_call(request, self._answer_chat)
+
+    async def chat_completions_batch(self, request: web.Request) -> web.StreamResponse:
+        """``POST /v1/chat/completions/batch`` (vLLM 0.32: ``BatchChatCompletionRequest``):
+        ``messages`` a list of conversations, one choice a conversation, ``n`` must be 1."""
+        return await self._serve_call(request, self._answer_chat_batch)
 
     async def _serve_call(self, request: web.Request, answer) -> web.StreamResponse:
         """Faults first, then parse the body and answer it."""
@@ -669,12 +676,23 @@ class Endpoint:
         return limits
 
     async def _answer_chat(self, body: dict, started: float) -> web.Response:
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages or not all(
-                isinstance(m, dict) for m in messages):
-            raise BadRequest("messages must be a non-empty list of message objects.")
+        return await self._answer_conversations([_conversation(body.get("messages"))], body, started)
+
+    async def _answer_chat_batch(self, body: dict, started: float) -> web.Response:
+        conversations = body.get("messages")
+        if not isinstance(conversations, list) or not conversations:
+            raise BadRequest("1 validation error: messages: List should have at least 1 item after validation",
+                             param="body.messages")
+        n = body.get("n", 1)
+        if n is not None and n != 1:  # BatchChatCompletionRequest.check_batch_mode
+            raise BadRequest(f"Batch chat completions do not support `n > 1`. Please set `n` to 1. "
+                             f"(parameter=n, value={n})", param="n")
+        return await self._answer_conversations([_conversation(c) for c in conversations], body, started)
+
+    async def _answer_conversations(self, conversations: list[list], body: dict, started: float) -> web.Response:
+        """One choice a conversation (``n`` of them for one), each the answer it gets alone."""
         try:
-            prompt = chat_prompt(messages)
+            prompts = [chat_prompt(messages) for messages in conversations]
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
         max_tokens = _int_param(body, "max_completion_tokens", None)
@@ -682,17 +700,17 @@ class Endpoint:
             max_tokens = _int_param(body, "max_tokens", None)
         n, seed, stop = _sampling_params(body)
         model = self._check_model(body)
-        self.metrics.prompts_received += 1
-        prompt_tokens = [count_tokens(prompt)]
+        self.metrics.prompts_received += len(prompts)
+        prompt_tokens = [count_tokens(p) for p in prompts]
         # Without a limit, like vLLM: whatever the context leaves.
-        (limit,) = self._fit([prompt], prompt_tokens, max_tokens, body, n, stop)
-        answers = [expected_completion(prompt, seed=seed, j=j, max_tokens=limit, stop=stop,
+        limits = self._fit(prompts, prompt_tokens, max_tokens, body, n, stop)
+        answers = [expected_completion(p, seed=seed, j=j, max_tokens=limit, stop=stop,
                                        nul=self.config.nul_answers, min_bytes=self.config.answer_bytes)
-                   for j in range(n)]
+                   for p, limit in zip(prompts, limits) for j in range(n)]
         await self._generate(prompt_tokens, answers, n, started)
-        choices = [{"index": j, "message": self._message(text), "logprobs": None, "finish_reason": finish,
+        choices = [{"index": k, "message": self._message(text), "logprobs": None, "finish_reason": finish,
                     "stop_reason": None, "token_ids": None, "routed_experts": None}
-                   for j, (text, finish, _) in enumerate(answers)]
+                   for k, (text, finish, _) in enumerate(answers)]
         return self._reply("chatcmpl-", "chat.completion", model, choices, prompt_tokens, answers)
 
     def _message(self, text: str) -> dict:
@@ -755,6 +773,13 @@ class Endpoint:
             payload.update(prompt_logprobs=None, prompt_token_ids=None, prompt_text=None)
         payload.update(kv_transfer_params=None, ec_transfer_params=None, metrics=None)
         return web.Response(body=_dumps(payload).encode("utf-8"), content_type="application/json")
+
+
+def _conversation(messages) -> list:
+    """One conversation of a request, or the 400 vLLM answers."""
+    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+        raise BadRequest("messages must be a non-empty list of message objects.")
+    return messages
 
 
 def _int_param(body: dict, key: str, default: int | None) -> int | None:
