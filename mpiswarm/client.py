@@ -267,7 +267,7 @@ def _set_row_usage(data: dict, row: int, results: ResultColumns) -> None:
     )
 
 
-def model_problem(cards: list[dict] | None, model: str) -> str | None:
+def model_problem(cards: list[dict] | None, model: str, source: str = "--model") -> str | None:
     """Why an endpoint with these ``/v1/models`` cards cannot serve ``model``, else None.
 
     vLLM answers 404 for a model it does not serve, so a vLLM endpoint (its cards are
@@ -280,7 +280,7 @@ def model_problem(cards: list[dict] | None, model: str) -> str | None:
     ids = [str(c.get("id")) for c in cards]
     if model in ids:
         return None
-    return f"it does not serve --model {model!r} (it serves: {', '.join(ids)})"
+    return f"it does not serve {source} {model!r} (it serves: {', '.join(ids)})"
 
 
 def card_max_model_len(cards: list[dict], model: str) -> int:

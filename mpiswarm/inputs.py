@@ -180,20 +180,32 @@ def line_of_row(path: str, row: int) -> int:
 
 
 _SAMPLING_SET = frozenset(SAMPLING_KEYS)
-_RESERVED = frozenset(("prompt", "custom_id", "messages"))
+_RESERVED = frozenset(("prompt", "custom_id", "messages", "model"))
 #: the routes an OpenAI Batch row may name, and whether each is chat
 BATCH_URLS = {"/v1/completions": False, "/v1/chat/completions": True}
 
 
 def _row_overrides(source: dict, chat: bool = False) -> str:
-    found = {k: source[k] for k in source.keys() & _SAMPLING_SET}
+    """A row's own request options as canonical JSON ('' for none): its sampling options, its
+    ``model`` (a served name or a LoRA adapter, over --model), and the chat marker."""
+    found = validate_sampling({k: source[k] for k in source.keys() & _SAMPLING_SET})
+    model = source.get("model")
+    if model is not None:
+        if not isinstance(model, str) or not model:
+            raise ValueError(f"'model' must be a non-empty string, got {model!r}")
+        found["model"] = model
     if chat:
-        found = {**validate_sampling(found), CHAT_KEY: True}
-    elif not found:
-        return ""
-    else:
-        found = validate_sampling(found)
-    return json.dumps(found, sort_keys=True, separators=(",", ":"))
+        found[CHAT_KEY] = True
+    return json.dumps(found, sort_keys=True, separators=(",", ":")) if found else ""
+
+
+def row_models(overrides: list[str]) -> list[str]:
+    """The models rows name of their own (``model``), each once, in first-use order."""
+    models = {}
+    for key in dict.fromkeys(overrides):
+        if '"model":' in key:
+            models.setdefault(json.loads(key).get("model"), None)
+    return [m for m in models if m]
 
 
 def _parse_batch_row(obj: dict) -> tuple[dict, bool]:

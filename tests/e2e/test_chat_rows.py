@@ -89,3 +89,27 @@ def test_a_bad_chat_row_sends_nothing(tmp_path, sim_factory):
     assert "in.jsonl:11: messages[0]: 'content' must be a string or a list of text parts" in res.stderr
     assert not (tmp_path / "out.h5").exists()
     assert all(sim_counter(url) == 0 for url in sim.urls)
+
+
+def test_a_model_per_row_grouped_into_calls_and_checked_at_the_start(tmp_path, sim_factory):
+    """A row's ``model`` (a LoRA adapter the server serves, here the simulator's --lora) overrides
+    --model for that row; rows share calls only with rows of their model; a model no endpoint
+    serves stops the job at the health check (exit 4), nothing sent."""
+    from mpiswarm.inspect import build_report
+
+    rows = [{"custom_id": str(i), "prompt": f"Cell {i}", **({"model": "sql-lora"} if i % 4 == 0 else {})}
+            for i in range(40)]
+    sim = sim_factory("--count", 2, "--time-scale", 0.0, "--lora", "sql-lora")
+    out = tmp_path / "out.h5"
+    args = ["--model", MODEL, "--endpoint", "http://127.0.0.1:{port}/v1", "--base-port", sim.ports[0], "--max-tokens", 6]
+    res = run_mpiswarm(2, ["run", write_jsonl(tmp_path / "in.jsonl", rows), "-o", out, *args])
+    assert res.returncode == 0, res.stdout + res.stderr
+    data = read_results(out)
+    assert data["ok"].all()
+    assert build_report(out)["rows_per_model"] == {MODEL: 30, "sql-lora": 10}
+    bad = rows + [{"custom_id": "x", "prompt": "p", "model": "no-such-adapter"}]
+    before = sum(sim_counter(url) for url in sim.urls)
+    res = run_mpiswarm(2, ["run", write_jsonl(tmp_path / "bad.jsonl", bad), "-o", tmp_path / "bad.h5", *args])
+    assert res.returncode == 4, res.stdout + res.stderr
+    assert "it does not serve the rows' model 'no-such-adapter'" in res.stdout
+    assert sum(sim_counter(url) for url in sim.urls) == before  # nothing sent
