@@ -183,6 +183,7 @@ class Dispatcher:
         n = params.get("n", 1)
         route = self.route(params)
         if route != COMPLETIONS:
+            chunk.results.chat[rows] = True
             chat_row = CHAT_KEY in params
             sent = {k: v for k, v in params.items() if k != CHAT_KEY}
             if route == CHAT_BATCH:

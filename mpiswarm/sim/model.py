@@ -253,6 +253,36 @@ def expected_completion(
     return text, finish, n_tokens
 
 
+def expected_logprobs(text: str, chat: bool, top: int) -> dict:
+    """The simulator's logprobs of an answer ``text``, in vLLM 0.32's shapes: its tokens are
+    its words (after the first, with their leading space), each with a logprob and the ``top``
+    most likely (itself first, then other words, each less likely). Completions (``logprobs:
+    top``): ``{text_offset, token_logprobs, tokens, top_logprobs}`` with ``max(top, 1)``
+    entries a token, as vLLM gives the sampled token with the top ones; chat (``logprobs:
+    true, top_logprobs: top``): ``{content: [{token, logprob, bytes, top_logprobs}]}``. The same
+    text gives the same logprobs, alone or in a list."""
+    words = text.split(" ") if text else []
+    tokens = [w if i == 0 else " " + w for i, w in enumerate(words)]
+    offsets, at = [], 0
+    for token in tokens:
+        offsets.append(at)
+        at += len(token)
+    chosen, tops = [], []
+    for position, token in enumerate(tokens):
+        digest = hashlib.blake2b(f"{position}:{token}".encode("utf-8", "surrogatepass"), digest_size=8).digest()
+        logprob = -round(0.25 + digest[0] / 64, 4)
+        others = [" " + WORDS[b] for b in digest[1:] if " " + WORDS[b] != token]
+        chosen.append(logprob)
+        tops.append([(token, logprob)] + [(alt, round(logprob - 0.5 * (k + 1), 4)) for k, alt in enumerate(others)])
+    if chat:
+        def entry(token, logprob):
+            return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8", "replace"))}
+        return {"content": [{**entry(t, lp), "top_logprobs": [entry(a, b) for a, b in top_k[:top]]}
+                            for t, lp, top_k in zip(tokens, chosen, tops)]}
+    return {"text_offset": offsets, "token_logprobs": chosen, "tokens": tokens,
+            "top_logprobs": [dict(top_k[:max(top, 1)]) for top_k in tops]}
+
+
 def _completion(prompt: str, seed: int | None, j: int, max_tokens: int | None,
                 stop: str | Sequence[str] | None) -> tuple[str, str, int]:
     words = natural_words(prompt, seed=seed, j=j)

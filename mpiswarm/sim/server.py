@@ -39,6 +39,7 @@ from .model import (
     SimConfig,
     context_error,
     count_tokens,
+    expected_logprobs,
     prompt_context_error,
     sampling_error,
     chat_prompt,
@@ -646,7 +647,9 @@ class Endpoint:
                                        min_bytes=self.config.answer_bytes)
                    for p, limit in zip(prompts, limits) for j in range(n)]
         await self._generate(prompt_tokens, answers, n, started)
-        choices = [{"index": k, "text": text, "logprobs": None, "finish_reason": finish,
+        top = body.get("logprobs")
+        choices = [{"index": k, "text": text, "finish_reason": finish,
+                    "logprobs": None if top is None else expected_logprobs(text, False, int(top)),
                     "stop_reason": None, "token_ids": None, "prompt_logprobs": None, "prompt_token_ids": None,
                     "routed_experts": None} for k, (text, finish, _) in enumerate(answers)]
         return self._reply("cmpl-", "text_completion", model, choices, prompt_tokens, answers)
@@ -708,7 +711,9 @@ class Endpoint:
                                        nul=self.config.nul_answers, min_bytes=self.config.answer_bytes)
                    for p, limit in zip(prompts, limits) for j in range(n)]
         await self._generate(prompt_tokens, answers, n, started)
-        choices = [{"index": k, "message": self._message(text), "logprobs": None, "finish_reason": finish,
+        top = body.get("top_logprobs") or 0
+        choices = [{"index": k, "message": self._message(text), "finish_reason": finish,
+                    "logprobs": expected_logprobs(text, True, int(top)) if body.get("logprobs") else None,
                     "stop_reason": None, "token_ids": None, "routed_experts": None}
                    for k, (text, finish, _) in enumerate(answers)]
         return self._reply("chatcmpl-", "chat.completion", model, choices, prompt_tokens, answers)
