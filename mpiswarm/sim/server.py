@@ -40,6 +40,8 @@ from .model import (
     context_error,
     count_tokens,
     expected_logprobs,
+    structured_answer,
+    structured_spec,
     prompt_context_error,
     sampling_error,
     chat_prompt,
@@ -642,10 +644,7 @@ class Endpoint:
         self.metrics.prompts_received += len(prompts)
         prompt_tokens = [count_tokens(p) for p in prompts]
         limits = self._fit(prompts, prompt_tokens, max_tokens, body, n, stop)
-        nul = self.config.nul_answers
-        answers = [expected_completion(p, seed=seed, j=j, max_tokens=limit, stop=stop, nul=nul,
-                                       min_bytes=self.config.answer_bytes)
-                   for p, limit in zip(prompts, limits) for j in range(n)]
+        answers = self._answers(prompts, limits, body, n, seed, stop)
         await self._generate(prompt_tokens, answers, n, started)
         top = body.get("logprobs")
         choices = [{"index": k, "text": text, "finish_reason": finish,
@@ -707,9 +706,7 @@ class Endpoint:
         prompt_tokens = [count_tokens(p) for p in prompts]
         # Without a limit, like vLLM: whatever the context leaves.
         limits = self._fit(prompts, prompt_tokens, max_tokens, body, n, stop)
-        answers = [expected_completion(p, seed=seed, j=j, max_tokens=limit, stop=stop,
-                                       nul=self.config.nul_answers, min_bytes=self.config.answer_bytes)
-                   for p, limit in zip(prompts, limits) for j in range(n)]
+        answers = self._answers(prompts, limits, body, n, seed, stop)
         await self._generate(prompt_tokens, answers, n, started)
         top = body.get("top_logprobs") or 0
         choices = [{"index": k, "message": self._message(text), "finish_reason": finish,
@@ -717,6 +714,20 @@ class Endpoint:
                     "stop_reason": None, "token_ids": None, "routed_experts": None}
                    for k, (text, finish, _) in enumerate(answers)]
         return self._reply("chatcmpl-", "chat.completion", model, choices, prompt_tokens, answers)
+
+    def _answers(self, prompts: list[str], limits: list[int], body: dict, n: int, seed, stop) -> list[tuple]:
+        """``(text, finish_reason, tokens)`` of every choice (``n`` a prompt): the model's
+        answer, or one held to the structured output the request asks for."""
+        structured = structured_spec(body)
+        if structured is not None:
+            try:
+                texts = [structured_answer(*structured, p, j) for p in prompts for j in range(n)]
+            except ValueError as exc:
+                raise BadRequest(str(exc), param="structured_outputs") from None
+            return [(text, "stop", max(1, count_tokens(text))) for text in texts]
+        return [expected_completion(p, seed=seed, j=j, max_tokens=limit, stop=stop, nul=self.config.nul_answers,
+                                    min_bytes=self.config.answer_bytes)
+                for p, limit in zip(prompts, limits) for j in range(n)]
 
     def _message(self, text: str) -> dict:
         """A chat answer's message (vLLM 0.32's ``ChatMessage`` fields), with a reasoning
