@@ -50,9 +50,7 @@ import pytest
 
 from .servers import BATCH_INVARIANT_ARGS, ServerFactory, ServerGroup, start_servers
 
-# tools/ is put on sys.path by servers.py
-import llama_server  # tools/llama_server.py
-import tiny_gguf  # tools/tiny_gguf.py
+from mpiswarm.engines import llama_server, tiny_gguf
 
 
 @pytest.hookimpl(tryfirst=True)  # before ``-m`` selection looks at the marks

@@ -36,12 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ClassVar, Iterator, Sequence
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TOOLS_DIR = str(REPO_ROOT / "tools")
-if TOOLS_DIR not in sys.path:
-    sys.path.insert(0, TOOLS_DIR)
-
-import tiny_gguf  # noqa: E402  (tools/tiny_gguf.py)
+from mpiswarm.engines import tiny_gguf
 
 HOST = "127.0.0.1"
 ENDPOINT_TEMPLATE = f"http://{HOST}:{{port}}/v1"

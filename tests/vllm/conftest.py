@@ -35,12 +35,7 @@ from typing import Iterator
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TOOLS_DIR = str(REPO_ROOT / "tools")
-if TOOLS_DIR not in sys.path:
-    sys.path.insert(0, TOOLS_DIR)
-
-import vllm_server  # noqa: E402  (tools/vllm_server.py)
+from mpiswarm.engines import TINY_HF_SCRIPT, vllm_server
 
 SKIP_ENV_VAR = "MPISWARM_SKIP_VLLM"
 MODEL_SEED = 0
@@ -101,7 +96,7 @@ def vllm_python(pytestconfig: pytest.Config) -> Path:
 def tiny_hf_model(vllm_python: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny Hugging Face llama (seed 0), made by the vLLM environment's Python."""
     target = tmp_path_factory.mktemp("hf-model") / "tiny"
-    made = subprocess.run([str(vllm_python), str(REPO_ROOT / "tools" / "tiny_hf.py"), str(target),
+    made = subprocess.run([str(vllm_python), str(TINY_HF_SCRIPT), str(target),
                            "--seed", str(MODEL_SEED)], capture_output=True, text=True, timeout=300)
     if made.returncode != 0:
         pytest.fail(f"tools/tiny_hf.py failed:\n{made.stderr[-3000:]}", pytrace=False)

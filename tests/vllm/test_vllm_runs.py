@@ -36,7 +36,7 @@ MODEL = "tiny"
 MAX_MODEL_LEN = 1024  # the fixture's --max-model-len
 RUN_TIMEOUT = 180.0
 HTTP_TIMEOUT = 120.0
-CORPUS = Path(__file__).resolve().parents[2] / "tools" / "tiny_corpus.txt"
+CORPUS = Path(__file__).resolve().parents[2] / "mpiswarm" / "engines" / "tiny_corpus.txt"
 
 UNICODE_PROMPTS = ["Zürich in the sun ☀", "東京の天気は?", "Москва зимой", "a party 🎉 with friends",
                    "café au lait, naïve résumé", "Ελλάδα and its islands", "the number π is"]
