@@ -34,14 +34,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from mpiswarm.bench import run_bounded
 from mpiswarm.engines import TINY_HF_SCRIPT, tiny_hf, vllm_server
 
 #: the checkout this package lives in (docs/ is written there); children import this package from it
@@ -62,27 +61,9 @@ def prompts(n_rows: int) -> list[str]:
     return [f"{lines[i % len(lines)]} (question {i})" for i in range(n_rows)]
 
 
-def child_env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(x for x in (str(ROOT), env.get("PYTHONPATH")) if x)
-    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
-    return env
-
-
 def timed(cmd: list[str], env: dict | None = None, timeout: float = JOB_TIMEOUT) -> tuple[float, str]:
     """Run ``cmd`` in a session of its own with a deadline; (wall seconds, stdout)."""
-    started = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env or child_env(), start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise RuntimeError(f"{shlex.join(cmd)}: no end within {timeout:.0f} s (killed)")
-    wall = time.perf_counter() - started
-    if proc.returncode not in (0, 3):
-        raise RuntimeError(f"{shlex.join(cmd)}: exit {proc.returncode}\n{err[-3000:]}")
+    wall, out, _ = run_bounded(cmd, timeout, env, ok=(0, 3))
     return wall, out
 
 

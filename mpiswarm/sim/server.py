@@ -638,14 +638,7 @@ class Endpoint:
             raise BadRequest(f"prompt list length {len(prompts)} exceeds the maximum allowed count of {cap}. "
                              "To increase this limit, set the VLLM_MAX_COMPLETION_PROMPTS environment variable. "
                              "(parameter=prompt)", param="prompt")
-        max_tokens = _int_param(body, "max_tokens", 16)
-        n, seed, stop = _sampling_params(body)
-        model = self._check_model(body)
-        self.metrics.prompts_received += len(prompts)
-        prompt_tokens = [count_tokens(p) for p in prompts]
-        limits = self._fit(prompts, prompt_tokens, max_tokens, body, n, stop)
-        answers = self._answers(prompts, limits, body, n, seed, stop)
-        await self._generate(prompt_tokens, answers, n, started)
+        model, prompt_tokens, answers = await self._sample(prompts, body, _int_param(body, "max_tokens", 16), started)
         top = body.get("logprobs")
         choices = [{"index": k, "text": text, "finish_reason": finish,
                     "logprobs": None if top is None else expected_logprobs(text, False, int(top)),
@@ -698,22 +691,27 @@ class Endpoint:
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
         max_tokens = _int_param(body, "max_completion_tokens", None)
-        if max_tokens is None:
+        if max_tokens is None:  # without a limit, like vLLM: whatever the context leaves
             max_tokens = _int_param(body, "max_tokens", None)
-        n, seed, stop = _sampling_params(body)
-        model = self._check_model(body)
-        self.metrics.prompts_received += len(prompts)
-        prompt_tokens = [count_tokens(p) for p in prompts]
-        # Without a limit, like vLLM: whatever the context leaves.
-        limits = self._fit(prompts, prompt_tokens, max_tokens, body, n, stop)
-        answers = self._answers(prompts, limits, body, n, seed, stop)
-        await self._generate(prompt_tokens, answers, n, started)
+        model, prompt_tokens, answers = await self._sample(prompts, body, max_tokens, started)
         top = body.get("top_logprobs") or 0
         choices = [{"index": k, "message": self._message(text), "finish_reason": finish,
                     "logprobs": expected_logprobs(text, True, int(top)) if body.get("logprobs") else None,
                     "stop_reason": None, "token_ids": None, "routed_experts": None}
                    for k, (text, finish, _) in enumerate(answers)]
         return self._reply("chatcmpl-", "chat.completion", model, choices, prompt_tokens, answers)
+
+    async def _sample(self, prompts: list[str], body: dict, max_tokens: int | None, started: float):
+        """``(model, prompt tokens, answers)`` of a call, in vLLM 0.32's order of checks (the
+        model, each prompt's length, each prompt's sampling), its time spent."""
+        n, seed, stop = _sampling_params(body)
+        model = self._check_model(body)
+        self.metrics.prompts_received += len(prompts)
+        prompt_tokens = [count_tokens(p) for p in prompts]
+        limits = self._fit(prompts, prompt_tokens, max_tokens, body, n, stop)
+        answers = self._answers(prompts, limits, body, n, seed, stop)
+        await self._generate(prompt_tokens, answers, n, started)
+        return model, prompt_tokens, answers
 
     def _answers(self, prompts: list[str], limits: list[int], body: dict, n: int, seed, stop) -> list[tuple]:
         """``(text, finish_reason, tokens)`` of every choice (``n`` a prompt): the model's
