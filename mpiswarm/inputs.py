@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import struct
 from dataclasses import dataclass, field
@@ -33,11 +32,15 @@ import numpy as np
 from .chat import CHAT_KEY, check_conversation, fill_contents, is_chat
 from .chat import encode as encode_conversation
 from .codec import encodable, first_unencodable
+from .options import COMPLETIONS, greedy_conflict, option_name
+from .options import quoted as _quoted
+from .options import validate as validate_options
 from .rows import RequestRows
 from .template import check_prompt_format, compile_template, format_prompts
 
 #: Keys a row may set for itself; they override the command line's sampling options.
 SAMPLING_KEYS = ("max_tokens", "temperature", "top_p", "seed", "stop", "n")
+_SAMPLING_SET = frozenset(SAMPLING_KEYS)
 
 
 class InputError(ValueError):
@@ -68,83 +71,18 @@ class PromptSet:
         return RequestRows(index, [self.prompts[i] for i in positions], [self.overrides[i] for i in positions])
 
 
-# The ranges vLLM accepts for the sampling options mpiswarm sends, so that a value vLLM would
-# refuse is an input error before anything is sent (vLLM 0.32.0: vllm/sampling_params.py,
-# SamplingParams._verify_args and _verify_greedy_sampling; vllm/envs.py for VLLM_MAX_N_SEQUENCES;
-# vllm/entrypoints/openai/completion/protocol.py, CompletionRequest, for the seed's int64 range).
-#: temperature in [0, 2] ("temperature must be in [0, 2]"), finite and non-negative
-TEMPERATURE_RANGE = (0.0, 2.0)
-#: n at most VLLM_MAX_N_SEQUENCES (vLLM's default; "n must be at most 16384")
-MAX_N = 16384
-#: seed: CompletionRequest's Field(ge=-2**63, le=2**63 - 1)
-SEED_RANGE = (-(2**63), 2**63 - 1)
-
-
-def _quoted(key: str) -> str:
-    """How an option is named in a message about a row: ``'top_p'``."""
-    return f"'{key}'"
-
-
-def option_name(key: str) -> str:
-    """How a sampling option is named on the command line: ``--top-p``."""
-    return "--" + key.replace("_", "-")
-
-
-def _check_int(value, name, low, high=None):
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
-        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name} must be an integer {bound}, got {value!r}")
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def validate_sampling(params: dict, name=_quoted) -> dict:
-    """Check sampling values (from a row or the command line) as vLLM checks them; return
+    """Check the sampling values of :data:`SAMPLING_KEYS` (from a row or the command line) as
+    vLLM checks them (:func:`mpiswarm.options.validate`, whose table holds vLLM's rules); return
     them, ``stop`` as a list. ``name(key)`` names an option in a message (``'top_p'`` for a
     row, :func:`option_name` for the command line).
 
     Raises ValueError with a short message naming the key.
     """
-    out = {}
     for key, value in params.items():
-        if value is None:
-            continue
-        if key == "max_tokens":
-            _check_int(value, name(key), 1)
-        elif key == "n":
-            _check_int(value, name(key), 1, MAX_N)
-        elif key == "seed":
-            _check_int(value, name(key), *SEED_RANGE)
-        elif key == "temperature":
-            low, high = TEMPERATURE_RANGE
-            if not _is_number(value) or not low <= value <= high:
-                raise ValueError(f"{name(key)} must be a number in [0, 2] (vLLM's range), got {value!r}")
-        elif key == "top_p":
-            if not _is_number(value) or not 0 < value <= 1:
-                raise ValueError(f"{name(key)} must be a number in (0, 1] (vLLM's range), got {value!r}")
-        elif key == "stop":
-            value = [value] if isinstance(value, str) else value
-            if not isinstance(value, list) or not all(isinstance(s, str) and s for s in value):
-                raise ValueError(f"{name(key)} must be a non-empty string or a list of them")
-        else:
+        if value is not None and key not in _SAMPLING_SET:
             raise ValueError(f"unknown sampling option '{key}'")
-        out[key] = value
-    why = greedy_conflict(out, name)
-    if why:
-        raise ValueError(why)
-    return out
-
-
-def greedy_conflict(params: dict, name=_quoted) -> str | None:
-    """Why vLLM would refuse ``params`` as a whole, else None: greedy sampling (temperature 0;
-    vLLM raises a temperature in (0, 0.01) to 0.01, which is not greedy) with more than one
-    completion ("n must be 1 when using greedy sampling")."""
-    n = params.get("n", 1)
-    if params.get("temperature") == 0 and n > 1:
-        return f"{name('n')} must be 1 when using greedy sampling ({name('temperature')} 0), got {n}"
-    return None
+    return validate_options({k: v for k, v in params.items() if k in _SAMPLING_SET}, COMPLETIONS, name)
 
 
 def check_row_sampling(prompt_set: "PromptSet", base: dict) -> None:
