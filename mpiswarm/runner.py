@@ -99,7 +99,13 @@ def _prepare_on_root(config: RunConfig, comm, held: ExitStack | None = None) -> 
                                        prompt_format=config.prompts.prompt_format)
     if root:
         try:
-            check_row_sampling(prompt_set, config.prompts.sampling)  # each row as sent, as vLLM would take it
+            # each row as sent, on its route, as vLLM would take it
+            check_row_sampling(prompt_set, config.prompts.sampling, config.client.api)
+            if prompt_set.unused:  # a misspelt option would go nowhere: said once, before anything is sent
+                print(f"mpiswarm: warning: {config.input}: keys that are neither vLLM request options nor fields "
+                      "the --template uses are not sent: " + ", ".join(
+                          f"'{k}' ({n:,} rows)" for k, n in sorted(prompt_set.unused.items())), file=sys.stderr,
+                      flush=True)
             if config.schedule.repeat:
                 prompt_set, ensemble = expand(prompt_set, _mpi.rank_and_size(comm)[1], config.schedule.repeat,
                                               config.prompts.sampling.get("seed") or 0)

@@ -34,6 +34,8 @@ from pathlib import Path
 from aiohttp import web
 
 from .faults import CRASHED, STARTING, FaultPolicy, spoil_reply
+from ..options import CHAT, COMPLETIONS, OPTIONS
+from ..options import validate as validate_options
 from .model import (
     BAD_REPLY_KINDS,
     SimConfig,
@@ -693,7 +695,7 @@ class Endpoint:
         max_tokens = _int_param(body, "max_completion_tokens", None)
         if max_tokens is None:  # without a limit, like vLLM: whatever the context leaves
             max_tokens = _int_param(body, "max_tokens", None)
-        model, prompt_tokens, answers = await self._sample(prompts, body, max_tokens, started)
+        model, prompt_tokens, answers = await self._sample(prompts, body, max_tokens, started, CHAT)
         top = body.get("top_logprobs") or 0
         choices = [{"index": k, "message": self._message(text), "finish_reason": finish,
                     "logprobs": expected_logprobs(text, True, int(top)) if body.get("logprobs") else None,
@@ -701,9 +703,17 @@ class Endpoint:
                    for k, (text, finish, _) in enumerate(answers)]
         return self._reply("chatcmpl-", "chat.completion", model, choices, prompt_tokens, answers)
 
-    async def _sample(self, prompts: list[str], body: dict, max_tokens: int | None, started: float):
+    async def _sample(self, prompts: list[str], body: dict, max_tokens: int | None, started: float,
+                      route: str = COMPLETIONS):
         """``(model, prompt tokens, answers)`` of a call, in vLLM 0.32's order of checks (the
-        model, each prompt's length, each prompt's sampling), its time spent."""
+        options beyond the six the simulator words as vLLM does, by the table of
+        :mod:`mpiswarm.options`; the model, each prompt's length, each prompt's sampling), its
+        time spent."""
+        others = {k: body[k] for k in body.keys() & OPTIONS.keys() if k not in _WORDED_OPTIONS}
+        try:
+            validate_options(others, route)
+        except ValueError as exc:
+            raise BadRequest(str(exc), param=next(iter(others), None)) from None
         n, seed, stop = _sampling_params(body)
         model = self._check_model(body)
         self.metrics.prompts_received += len(prompts)
@@ -787,6 +797,10 @@ class Endpoint:
             payload.update(prompt_logprobs=None, prompt_token_ids=None, prompt_text=None)
         payload.update(kv_transfer_params=None, ec_transfer_params=None, metrics=None)
         return web.Response(body=_dumps(payload).encode("utf-8"), content_type="application/json")
+
+
+#: options the simulator checks itself, with vLLM's own words (sampling_error, the model check)
+_WORDED_OPTIONS = frozenset(("max_tokens", "n", "seed", "temperature", "top_p", "stop", "model"))
 
 
 def _conversation(messages) -> list:

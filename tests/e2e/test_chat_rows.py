@@ -113,3 +113,82 @@ def test_a_model_per_row_grouped_into_calls_and_checked_at_the_start(tmp_path, s
     assert res.returncode == 4, res.stdout + res.stderr
     assert "it does not serve the rows' model 'no-such-adapter'" in res.stdout
     assert sum(sim_counter(url) for url in sim.urls) == before  # nothing sent
+
+
+def openai_batch_chat_file(k: int) -> list[dict]:
+    """OpenAI Batch chat requests as its own examples write them: system + user messages, a
+    response_format on some, logprobs on some, other options here and there."""
+    rows = []
+    for i in range(k):
+        body = {"model": MODEL, "messages": [{"role": "system", "content": "You are a biologist."},
+                                             {"role": "user", "content": f"Describe protein {i}."}],
+                "max_tokens": 12}
+        if i % 4 == 1:
+            body["response_format"] = {"type": "json_schema", "json_schema": {"name": "p", "schema": {
+                "type": "object", "properties": {"name": {"type": "string"}, "length": {"type": "integer"}},
+                "required": ["name", "length"]}}}
+        if i % 4 == 2:
+            body.update(logprobs=True, top_logprobs=2)
+        if i % 4 == 3:
+            body.update(top_k=5, repetition_penalty=1.1, seed=i)
+        rows.append({"custom_id": f"request-{i}", "method": "POST", "url": "/v1/chat/completions", "body": body})
+    return rows
+
+
+def test_an_openai_batch_chat_file_runs_unchanged_and_exports_one_line_a_request(tmp_path, sim_factory):
+    from mpiswarm.export import export
+
+    rows = openai_batch_chat_file(40)
+    sim = sim_factory("--count", 4, "--time-scale", 0.02)
+    out = tmp_path / "out.h5"
+    res = run_mpiswarm(4, ["run", write_jsonl(tmp_path / "batch.jsonl", rows), "-o", out, "--model", MODEL,
+                           "--endpoint", "http://127.0.0.1:{port}/v1", "--base-port", sim.ports[0], "--progress", "none"])
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "warning" not in res.stderr  # every key of every body is a request field mpiswarm knows
+    lines = tmp_path / "out.jsonl"
+    assert export(out, "openai-batch", str(lines)) == len(rows)
+    got = [json.loads(line) for line in lines.read_text().splitlines()]
+    assert [g["custom_id"] for g in got] == [r["custom_id"] for r in rows]
+    for row, line in zip(rows, got):
+        body, reply = row["body"], line["response"]["body"]
+        assert line["error"] is None and line["response"]["status_code"] == 200
+        assert reply["object"] == "chat.completion" and len(reply["choices"]) == 1
+        choice = reply["choices"][0]
+        if "response_format" in body:
+            doc = json.loads(choice["message"]["content"])  # held to its schema
+            assert isinstance(doc["name"], str) and isinstance(doc["length"], int)
+        if body.get("logprobs"):
+            content = choice["logprobs"]["content"]
+            assert [e["token"] for e in content][0] == choice["message"]["content"].split(" ")[0]
+            assert all(len(e["top_logprobs"]) == 2 for e in content)
+        else:
+            assert choice["logprobs"] is None
+
+
+@pytest.mark.parametrize("row, words", [
+    ({"prompt": "x", "top_k": "five"}, "'top_k' must be an integer"),
+    ({"prompt": "x", "structured_outputs": {"choice": ["a"], "regex": "a"}}, "'structured_outputs'"),
+    ({"prompt": "x", "logprobs": 50}, "'logprobs'"),
+    ({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}, "'top_logprobs' needs 'logprobs' true"),
+    ({"url": "/v1/completions", "body": {"prompt": "x", "top_kk": 3}}, "unknown option 'top_kk'; known: max_tokens"),
+])
+def test_a_bad_option_sends_nothing(tmp_path, sim_factory, row, words):
+    sim = sim_factory("--count", 1, "--time-scale", 0.0)
+    res = run_mpiswarm(1, ["run", write_jsonl(tmp_path / "in.jsonl", [{"prompt": "fine"}, row]), "-o", tmp_path / "o.h5",
+                           "--model", MODEL, "--endpoint", sim.urls[0]])
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "in.jsonl:2: " in res.stderr and words in res.stderr, res.stderr
+    assert sim_counter(sim.urls[0]) == 0
+
+
+def test_a_misspelt_option_in_a_plain_row_is_reported_once(tmp_path, sim_factory):
+    sim = sim_factory("--count", 1, "--time-scale", 0.0)
+    rows = [{"prompt": f"p{i}", "temprature": 0.1, "gene": f"G{i}"} for i in range(5)] + [{"prompt": "q", "gene": "TP53"}]
+    res = run_mpiswarm(1, ["run", write_jsonl(tmp_path / "in.jsonl", rows), "-o", tmp_path / "o.h5", "--model", MODEL,
+                           "--endpoint", sim.urls[0], "--progress", "none"])
+    assert res.returncode == 0, res.stdout + res.stderr
+    warnings = [line for line in res.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "'temprature' (5 rows)" in warnings[0] and "'gene' (6 rows)" in warnings[0]
+    res = run_mpiswarm(1, ["run", tmp_path / "in.jsonl", "-o", tmp_path / "t.h5", "--model", MODEL, "--endpoint",
+                           sim.urls[0], "--template", "{prompt} {gene}", "--progress", "none", "--restart"])
+    assert "'gene'" not in res.stderr and "'temprature' (5 rows)" in res.stderr  # a field the template uses is not
