@@ -336,7 +336,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--max-num-seqs", type=int, default=DEFAULT_MAX_NUM_SEQS)
     serve.add_argument("--log", default="vllm-server.log")
     serve.add_argument("extra", nargs="*", help="further vLLM arguments (after --)")
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)  # (argparse's subcommands drop what follows --)
+    if unknown and args.command != "serve":
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    extra = [*getattr(args, "extra", []), *(u for u in unknown if u != "--")]
 
     def to_stderr(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
@@ -351,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     server = start_server(python, args.model_dir, args.log, port=args.port, name=args.name,
                           wait=False, max_model_len=args.max_model_len,
-                          max_num_seqs=args.max_num_seqs, extra_args=args.extra)
+                          max_num_seqs=args.max_num_seqs, extra_args=extra)
     def terminate(signum: int, frame: object) -> None:
         raise KeyboardInterrupt  # stop in ``finally`` below, not inside the handler
 
