@@ -17,6 +17,9 @@ Its answers are gibberish, but repeatable and never empty, and they contain NULs
   logits (the same construction as ``tiny_gguf.py``).
 * Through it, the end-of-sequence and role tokens get a large negative logit: a reply never
   ends on its own (chat answers are not empty), only at ``max_tokens`` or a stop string.
+* Tokens of whitespace alone are suppressed like EOS, so that an answer held to a JSON schema
+  closes (xgrammar allows whitespace between its tokens, and a random model would fill the
+  answer with it).
 * The token of byte 0x00 (U+0000 once decoded) gets a positive bias, so that a fair share
   of answers carry a NUL, the character real models emit and HDF5's strings refuse.
 
@@ -125,6 +128,10 @@ def build_model(tokenizer, seed: int):  # -> transformers.LlamaForCausalLM
     for token in SPECIAL_TOKENS:
         bias[tokenizer.token_to_id(token)] = SUPPRESS_WEIGHT
     bias[nul_token(tokenizer)] = NUL_WEIGHT
+    for token_id in range(vocab):  # whitespace alone: a JSON-schema answer would be newlines to the end
+        text = tokenizer.decode([token_id])
+        if text and text.isspace():
+            bias[token_id] = SUPPRESS_WEIGHT
     state["lm_head.weight"][:, BIAS_CHANNEL] = bias
     model.load_state_dict(state)
     return model.to(torch.bfloat16)
