@@ -32,6 +32,7 @@ from .ensemble import EnsemblePlan, expand
 from .errors import ErrorKind
 from .exitcodes import EXIT_ENDPOINT_DOWN, EXIT_OK, EXIT_PROMPTS_FAILED, EXIT_RESUME
 from .gather import gather_stats
+from .chat import is_chat
 from .inputs import InputError, PromptSet, check_row_sampling, row_models
 from .layout import Layout, WriteFailed, layout_for
 from .lock import OutputLock
@@ -64,6 +65,7 @@ class Plan:
     n_rows: int
     n_finished: int  # rows finished by earlier attempts
     models: list = field(default_factory=list)  # the models rows name of their own (over --model)
+    has_chat: bool = False  # some row is a chat row (or --api chat): the batch chat route is looked for
 
 
 def _prepare_on_root(config: RunConfig, comm, held: ExitStack | None = None) -> tuple[
@@ -116,7 +118,8 @@ def _prepare_on_root(config: RunConfig, comm, held: ExitStack | None = None) -> 
             run_dir, manifest, resumed = open_run_dir(config.output.path, manifest, config.output.restart)
             finished = load_finished(run_dir, n) if resumed else ResultColumns.pending(np.zeros(0, np.int64), n, 0)
             plan = Plan(entries, n, run_dir, manifest.attempt, len(prompt_set), len(finished),
-                        row_models(prompt_set.overrides))
+                        row_models(prompt_set.overrides),
+                        config.client.api == "chat" or any(map(is_chat, dict.fromkeys(prompt_set.overrides))))
         except InputError as exc:
             error = str(exc)
     error, plan = _mpi.bcast((error, plan), comm)
@@ -134,7 +137,8 @@ def _endpoint_url(config: RunConfig, entries, comm) -> str:
     )
 
 
-async def _check_endpoint(url: str, config: RunConfig, models: list) -> tuple[str | None, int, dict | None, bool]:
+async def _check_endpoint(url: str, config: RunConfig, models: list,
+                          chat: bool = False) -> tuple[str | None, int, dict | None, bool]:
     """(why the endpoint is unusable or None, its max_model_len, its /metrics before the run,
     whether it serves /v1/chat/completions/batch). Unusable: not healthy before the deadline,
     or healthy but not serving ``--model`` (a vLLM endpoint would answer every call 404: fail
@@ -149,8 +153,8 @@ async def _check_endpoint(url: str, config: RunConfig, models: list) -> tuple[st
             why = model_problem(cards, model, "--model" if model == config.client.model else "the rows' model")
             if why:
                 return why, -1, None, False
-        return (None, card_max_model_len(cards or [], config.client.model), await client.metrics(),
-                await client.has_chat_batch())
+        batch = chat and config.client.chat_route == "auto" and await client.has_chat_batch()
+        return None, card_max_model_len(cards or [], config.client.model), await client.metrics(), batch
 
 
 async def _read_metrics(url: str, config: RunConfig) -> dict | None:
@@ -324,12 +328,12 @@ def _check_endpoints(job: Job) -> bool:
     config, comm, plan = job.config, job.comm, job.plan
     job.url = _endpoint_url(config, plan.entries, comm)
     stats = job.stats = RankStats(rank=job.rank, host=_mpi.hostname(), endpoint=job.url)
-    why, stats.max_model_len, job.metrics_before, chat_batch = asyncio.run(_check_endpoint(job.url, config, plan.models))
+    why, stats.max_model_len, job.metrics_before, chat_batch = asyncio.run(_check_endpoint(job.url, config, plan.models, plan.has_chat))
     reports = job.reports = _mpi.allgather((job.rank, stats.host, job.url, why), comm)
     # chat rows go in lists where every healthy endpoint serves the batch route (a failed-over
     # call may reach any of them); else one call a conversation
     lacking = _mpi.allreduce_sum_array(np.array([why is None and not chat_batch], np.int64), comm)[0]
-    if config.client.chat_route == "auto" and lacking == 0:
+    if plan.has_chat and config.client.chat_route == "auto" and lacking == 0:
         config = job.config = dataclasses.replace(config, client=dataclasses.replace(config.client, chat_batch=True))
     problems = [p for p in reports if p[3]]
     healthy = len({p[2] for p in reports if not p[3]})

@@ -138,7 +138,8 @@ def test_chat_api_one_call_per_prompt(tmp_path, sim_factory):
     sim = sim_factory("--count", 2, "--time-scale", 0.01, "--jitter", 0.02)
     out = tmp_path / "out.h5"
     res = run_mpiswarm(2, ["run", write_jsonl(tmp_path / "in.jsonl", rows), "-o", out, *endpoint_args(sim),
-                           "--api", "chat", "--max-tokens", 9, "--concurrency", 8, "--schedule", "static"])
+                           "--api", "chat", "--max-tokens", 9, "--concurrency", 8, "--schedule", "static",
+                           "--chat-route", "single"])  # one call a prompt (the batch route: test_chat_rows.py)
     assert res.returncode == 0, res.stderr
     data = read_results(out)
     for i, row in enumerate(rows):
@@ -278,7 +279,8 @@ def test_chat_concurrency_is_prompts_in_flight(tmp_path, sim_factory):
     rows = make_rows(40)
     sim = sim_factory("--count", 1, "--time-scale", 5.0)
     res = run_mpiswarm(1, ["run", write_jsonl(tmp_path / "in.jsonl", rows), "-o", tmp_path / "o.h5",
-                           *endpoint_args(sim), "--api", "chat", "--max-tokens", 4, "--concurrency", 20])
+                           *endpoint_args(sim), "--api", "chat", "--max-tokens", 4, "--concurrency", 20,
+                           "--chat-route", "single"])
     assert res.returncode == 0, res.stderr
     data = read_results(tmp_path / "o.h5")
     one_call = float(np.median(data["latency_s"]))
