@@ -286,7 +286,9 @@ mpiswarm_node_serve() {
     done
     # Stay until SIGTERM (a launcher rank that ended early could end its node's other ranks).
     # A server that was up and exits starts again while restarts are left, never while stopping
-    # ("ready" is said once: mpiswarm_wait_servers counts it).
+    # ("ready" is said once: mpiswarm_wait_servers counts it). One look a second, not a blocking
+    # `wait` on the server: the rank watches for two things, the server exiting (`kill -0`) and a
+    # restarted one answering /health, and a trapped SIGTERM ends the nap at once.
     while [[ -z $MPISWARM_NODE_STOP ]]; do
         mpiswarm_nap 1
         [[ -n $pid ]] || continue
@@ -299,6 +301,9 @@ mpiswarm_node_serve() {
         fi
         wait "$pid"
         rc=$?
+        # What is left of it goes too (vLLM's engine and worker processes, in its process group):
+        # a new server needs its tiles and its port, and nothing may outlive the job's servers.
+        mpiswarm_node_stop "$stop_timeout" "$pid"
         pid=
         t_restart=
         if [[ -n $MPISWARM_NODE_STOP || -z $serving ]] || ((n_restarts >= max_restarts)); then

@@ -305,19 +305,38 @@ def test_a_server_that_dies_during_the_run_is_reported(tmp_path, jobs):
 
 def tile_1_dies_mid_run(tmp_path: Path, *, then: str) -> str:
     """MPISWARM_SERVER for two tiles: tile 0 a slow simulated server; tile 1 the same, which its
-    wrapper kills (exit 9) once mpiswarm has written some answered rows, so it dies while serving;
-    started again (a marker file tells), tile 1 runs THEN instead."""
+    wrapper kills (exit 9) once mpiswarm has written some answered rows, so it dies while serving,
+    leaving behind in its process group an "engine process" (as vLLM's EngineCore may outlive its
+    API server; its pid in tile1-engine.pid); started again (a marker file tells), tile 1 runs
+    THEN instead."""
     slow = f"{SIM} --port {{port}} --time-scale 1 --max-num-seqs 4"
     marker, run = tmp_path / "tile1-started", tmp_path / "out.h5.run"
+    engine = tmp_path / "tile1-engine.pid"
     return (f"if [ {{tile}} = 0 ]; then exec {slow}; fi; if [ -e {marker} ]; then {then}; fi; touch {marker}; "
+            f"sleep 300 & echo $! > {engine}; "
             f"{slow} & p=$!; until [ \"$(cat {run}/* 2>/dev/null | wc -c)\" -gt 2000 ]; do sleep 0.2; done; "
             "kill $p; wait $p; exit 9")
 
 
-def test_a_server_that_exits_is_restarted_and_its_endpoint_used_again(tmp_path, jobs):
-    """Issue 16, item 6: tile 1's server exits while serving; lib.sh starts it again (the default
-    MPISWARM_SERVER_RESTARTS=2, one needed), logs it in the server's log and the launcher's report,
-    and mpiswarm, looking at dead endpoints every second, sends to it again: every row right."""
+@pytest.fixture
+def engine_left(tmp_path):
+    """The pid of tile_1_dies_mid_run's engine process while it lives (None once gone); killed
+    at the end whatever the test found."""
+    path = tmp_path / "tile1-engine.pid"
+
+    def left():
+        return int(path.read_text()) if path.exists() and alive(int(path.read_text())) else None
+
+    yield left
+    if (pid := left()) is not None:
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_a_server_that_exits_is_restarted_and_its_endpoint_used_again(tmp_path, jobs, engine_left):
+    """Issue 16, item 6: tile 1's server exits while serving; lib.sh stops what is left of it (its
+    engine process), starts it again (the default MPISWARM_SERVER_RESTARTS=2, one needed), logs it
+    in the server's log and the launcher's report, and mpiswarm, looking at dead endpoints every
+    second, sends to it again: every row right."""
     rows = make_rows(800)
     base = find_free_port_block(2)
     server = tile_1_dies_mid_run(tmp_path, then=f"exec {SIM} --port {{port}} --time-scale 1 --max-num-seqs 4")
@@ -341,10 +360,11 @@ def test_a_server_that_exits_is_restarted_and_its_endpoint_used_again(tmp_path, 
     assert_answers(tmp_path / "out.h5", rows, ranks=2)
     ranks = read_results(tmp_path / "out.h5")["ranks"]
     assert ranks["n_endpoint_lost"][1] >= 1 and ranks["n_endpoint_back"][1] >= 1
+    assert engine_left() is None, "the dead server's engine process outlived it"
     assert_nothing_left(job, [base, base + 1])
 
 
-def test_a_server_that_keeps_exiting_is_restarted_n_times_then_reported_died(tmp_path, jobs):
+def test_a_server_that_keeps_exiting_is_restarted_n_times_then_reported_died(tmp_path, jobs, engine_left):
     """Restarts are bounded: tile 1 dies while serving, then exits at once each time it is started
     again; with MPISWARM_SERVER_RESTARTS=2 it is started exactly twice more, then reported died,
     and mpiswarm finishes on tile 0."""
@@ -369,6 +389,7 @@ def test_a_server_that_keeps_exiting_is_restarted_n_times_then_reported_died(tmp
     assert re.findall(r"^# mpiswarm: .* (restart \d of 2)$", log, re.M) == ["restart 1 of 2", "restart 2 of 2"]
     assert log.count("\nno device\n") == 2  # each start's output appended
     assert_answers(tmp_path / "out.h5", rows, ranks=2)
+    assert engine_left() is None, "the dead server's engine process outlived it"
     assert_nothing_left(job, [base, base + 1])
 
 
