@@ -19,7 +19,7 @@
 #   MPISWARM_INPUT MPISWARM_OUTPUT MPISWARM_MODEL MPISWARM_PPN MPISWARM_TP MPISWARM_BASE_PORT
 #   MPISWARM_SERVER MPISWARM_MAX_MODEL_LEN MPISWARM_HEALTH_TIMEOUT MPISWARM_LOG_DIR
 #   MPISWARM_EXTRA_ARGS MPISWARM_CPU_BIND MPISWARM_SERVER_CPU_BIND MPISWARM_MIN_NODES
-#   MPISWARM_STOP_TIMEOUT MPISWARM_LAUNCH_GRACE MPISWARM_CMD MPISWARM_MPIEXEC MPISWARM_MODULES
+#   MPISWARM_STOP_TIMEOUT MPISWARM_SERVER_RESTARTS MPISWARM_LAUNCH_GRACE MPISWARM_CMD MPISWARM_MPIEXEC MPISWARM_MODULES
 #   MPISWARM_VENV MPISWARM_HF_HOME MPISWARM_NODE_TMP MPISWARM_STAGE MPISWARM_BCAST
 #   MPISWARM_VLLM_CACHE MPISWARM_VLLM_CACHE_BUILD MPISWARM_VLLM_PORT_BASE MPISWARM_COPPER
 #   MPISWARM_COPPER_MOUNT MPISWARM_PREFLIGHT MPISWARM_DRY_RUN MPISWARM_DRY_RUN_NODES
@@ -195,18 +195,36 @@ mpiswarm_hsn_ip() {  # the node's HSN address (ALCF Aurora vLLM guide's getent l
     getent hosts "$(hostname).hsn.cm.aurora.alcf.anl.gov" 2>/dev/null | awk '{ print $1 }' | sort | head -n 1
 }
 
+# mpiswarm_node_launch LOG PID_FILE CMD ENV_ARG...: start one server, `env ENV_ARG... bash -c CMD`,
+# its output appended to LOG, in a session of its own where there is setsid (so that stopping it
+# stops its whole group); its pid in MPISWARM_NODE_PID and PID_FILE. The one place a server starts.
+mpiswarm_node_launch() {
+    local log=$1 pid_file=$2 cmd=$3
+    shift 3
+    if command -v setsid >/dev/null 2>&1; then
+        setsid env "$@" bash -c "$cmd" >>"$log" 2>&1 </dev/null &
+    else
+        env "$@" bash -c "$cmd" >>"$log" 2>&1 </dev/null &
+    fi
+    MPISWARM_NODE_PID=$!
+    echo "$MPISWARM_NODE_PID" >"$pid_file"
+}
+
 # mpiswarm_node_serve NODE LABEL BASE_PORT PPN TP HEALTH_TIMEOUT STOP_TIMEOUT LOG_DIR VLLM_PORT_BASE
-#                     NODE_TMP HF_HOME CACHE_ROOT PYTHONPATH_PREFIX TEMPLATE
+#                     NODE_TMP HF_HOME CACHE_ROOT PYTHONPATH_PREFIX TEMPLATE [RESTARTS]
 # One rank of a node's server launcher (`mpiexec -n PPN --ppn PPN --cpu-bind …`, so PALS binds it
 # and the server it starts to its tile's cores): start the server of this rank's tile (TEMPLATE
 # with {port} {tile} {node} replaced) on BASE_PORT+tile with mpiswarm_server_env's environment,
-# wait for its /health on 127.0.0.1, report on stdout, keep it until SIGTERM, then stop it.
-# Report lines: "mpiswarm-server: started|up|down|died NODE PORT ...", then once "ready NODE
-# PORT" or "failed NODE PORT ..."; last "stopped NODE PORT".
+# wait for its /health on 127.0.0.1, report on stdout, keep it until SIGTERM, then stop it. A
+# server that exits once it was up is started again (same command and environment, its log
+# appended), at most RESTARTS times (default 0), so that it can rejoin: mpiswarm looks at its dead
+# endpoints again every --revive-interval seconds. Not while stopping.
+# Report lines: "mpiswarm-server: started|up|down|restarted|died NODE PORT ...", then once "ready
+# NODE PORT" or "failed NODE PORT ..."; last "stopped NODE PORT".
 mpiswarm_node_serve() {
     local node=$1 label=$2 base=$3 ppn=$4 tp=$5 health_timeout=$6 stop_timeout=$7 log_dir=$8 vport_base=$9
-    local node_tmp=${10} hf_home=${11} cache_root=${12} pp_prefix=${13} template=${14}
-    local tile port cmd log pid rc deadline t0=$SECONDS host_ip='' line
+    local node_tmp=${10} hf_home=${11} cache_root=${12} pp_prefix=${13} template=${14} max_restarts=${15:-0}
+    local tile port cmd log pid rc deadline t0=$SECONDS host_ip='' line n_restarts=0 t_restart='' tail_text spent serving=''
     local -a env_args=() env_lines=()
     tile=$(mpiswarm_node_rank)
     port=$((base + tile))
@@ -236,13 +254,8 @@ mpiswarm_node_serve() {
         printf '# mpiswarm: %s on %s (tile %s): %s\n' "$(date '+%Y-%m-%d %H:%M:%S')" "$node" "$tile" "$cmd"
         printf '# mpiswarm: environment: %s\n' "${env_lines[*]}"
     } >"$log"
-    if command -v setsid >/dev/null 2>&1; then  # a session of its own: its whole group is stopped
-        setsid env "${env_args[@]}" bash -c "$cmd" >>"$log" 2>&1 </dev/null &
-    else
-        env "${env_args[@]}" bash -c "$cmd" >>"$log" 2>&1 </dev/null &
-    fi
-    pid=$!
-    echo "$pid" >"$log_dir/server-$label-$port.pid"
+    mpiswarm_node_launch "$log" "$log_dir/server-$label-$port.pid" "$cmd" "${env_args[@]}"
+    pid=$MPISWARM_NODE_PID
     echo "mpiswarm-server: started $node $port pid $pid tile $tile log $log"
 
     deadline=$((SECONDS + health_timeout))
@@ -258,6 +271,7 @@ mpiswarm_node_serve() {
         elif mpiswarm_http_ok "http://127.0.0.1:$port/health"; then
             echo "mpiswarm-server: up $node $port after $((SECONDS - t0)) s"
             echo "mpiswarm-server: ready $node $port"
+            serving=1
             break
         elif [[ -n $MPISWARM_NODE_STOP ]]; then
             echo "mpiswarm-server: failed $node $port (SIG$MPISWARM_NODE_STOP before the server was up)"
@@ -271,15 +285,38 @@ mpiswarm_node_serve() {
         mpiswarm_nap 1
     done
     # Stay until SIGTERM (a launcher rank that ended early could end its node's other ranks).
+    # A server that was up and exits starts again while restarts are left, never while stopping
+    # ("ready" is said once: mpiswarm_wait_servers counts it).
     while [[ -z $MPISWARM_NODE_STOP ]]; do
         mpiswarm_nap 1
-        if [[ -n $pid ]] && ! kill -0 "$pid" 2>/dev/null; then
-            wait "$pid"
-            rc=$?
-            echo "mpiswarm-server: died $node $port: exited with code $rc while serving"
-            mpiswarm_node_tail "$log" "$node:$port|"
-            pid=
+        [[ -n $pid ]] || continue
+        if kill -0 "$pid" 2>/dev/null; then
+            if [[ -n $t_restart ]] && mpiswarm_http_ok "http://127.0.0.1:$port/health"; then
+                echo "mpiswarm-server: up $node $port after $((SECONDS - t_restart)) s (restart $n_restarts of $max_restarts)"
+                t_restart=
+            fi
+            continue
         fi
+        wait "$pid"
+        rc=$?
+        pid=
+        t_restart=
+        if [[ -n $MPISWARM_NODE_STOP || -z $serving ]] || ((n_restarts >= max_restarts)); then
+            spent=
+            ((max_restarts)) && spent=" (after $n_restarts restart(s), MPISWARM_SERVER_RESTARTS=$max_restarts)"
+            echo "mpiswarm-server: died $node $port: exited with code $rc while serving$spent"
+            mpiswarm_node_tail "$log" "$node:$port|"
+            continue
+        fi
+        n_restarts=$((n_restarts + 1))
+        tail_text=$(mpiswarm_node_tail "$log" "$node:$port|")
+        printf '# mpiswarm: %s restart %s of %s\n' "$(date '+%Y-%m-%d %H:%M:%S')" "$n_restarts" "$max_restarts" >>"$log"
+        mpiswarm_node_launch "$log" "$log_dir/server-$label-$port.pid" "$cmd" "${env_args[@]}"
+        pid=$MPISWARM_NODE_PID
+        t_restart=$SECONDS
+        echo "mpiswarm-server: restarted $node $port pid $pid (restart $n_restarts of $max_restarts):" \
+            "it exited with code $rc while serving"
+        printf '%s\n' "$tail_text"
     done
     [[ -n $pid ]] && mpiswarm_node_stop "$stop_timeout" "$pid"
     echo "mpiswarm-server: stopped $node $port"
@@ -406,6 +443,7 @@ mpiswarm_setup() {
     MPISWARM_BASE_PORT=${MPISWARM_BASE_PORT:-8000}
     MPISWARM_HEALTH_TIMEOUT=${MPISWARM_HEALTH_TIMEOUT:-1800}
     MPISWARM_STOP_TIMEOUT=${MPISWARM_STOP_TIMEOUT:-30}
+    MPISWARM_SERVER_RESTARTS=${MPISWARM_SERVER_RESTARTS:-2}  # times a server that exits while serving starts again
     MPISWARM_LAUNCH_GRACE=${MPISWARM_LAUNCH_GRACE:-60}
     MPISWARM_VLLM_PORT_BASE=${MPISWARM_VLLM_PORT_BASE:-10000}  # GettingStarted mpi_llm_inference.py: 10000 + 200 an engine
     MPISWARM_NODE_TMP=${MPISWARM_NODE_TMP:-/tmp}  # node-local (ALCF vLLM guide and Known Issues: TMPDIR=/tmp)
@@ -417,6 +455,7 @@ mpiswarm_setup() {
     mpiswarm_require_int MPISWARM_BASE_PORT 1
     mpiswarm_require_int MPISWARM_HEALTH_TIMEOUT 1
     mpiswarm_require_int MPISWARM_STOP_TIMEOUT 1
+    mpiswarm_require_int MPISWARM_SERVER_RESTARTS 0
     mpiswarm_require_int MPISWARM_LAUNCH_GRACE 0
     mpiswarm_require_int MPISWARM_VLLM_PORT_BASE 1
     [[ -z ${MPISWARM_MAX_MODEL_LEN:-} ]] || mpiswarm_require_int MPISWARM_MAX_MODEL_LEN 1
@@ -533,7 +572,7 @@ mpiswarm_setup() {
 
     mpiswarm_log "job ${PBS_JOBID:-(not under PBS)}: ${#MS_NODES[@]} node(s) ${MS_NODES[*]}"
     mpiswarm_log "$MPISWARM_PPN server(s) of $MPISWARM_TP tile(s) and $MPISWARM_PPN rank(s) a node on ports $MPISWARM_BASE_PORT..$((MPISWARM_BASE_PORT + MPISWARM_PPN - 1)); model $MPISWARM_MODEL"
-    mpiswarm_log "server: $MPISWARM_SERVER"
+    mpiswarm_log "server: $MPISWARM_SERVER (started again at most $MPISWARM_SERVER_RESTARTS time(s) if it exits while serving)"
     mpiswarm_log "mpiexec: ${MS_MPIEXEC[*]} ($bind_note); mpiswarm: ${MS_CMD[*]}"
     mpiswarm_log "input $MPISWARM_INPUT, output $MPISWARM_OUTPUT, logs $MPISWARM_LOG_DIR"
     mpiswarm_log "weights: HF_HOME=$MPISWARM_HF_HOME$( ((MS_STAGE)) && printf ', staged to %s on every node' "$MS_SERVER_HF_HOME")"
@@ -705,8 +744,9 @@ mpiswarm_on_exit() {
         for label in "${MS_LABELS[@]}"; do
             logs+=("$MPISWARM_LOG_DIR/launcher-$label.log")
         done
-        died=$(grep -h -E '^mpiswarm-server: (died|killed) ' "${logs[@]}" 2>/dev/null)
-        [[ -z $died ]] || mpiswarm_log "servers lost during the job (mpiswarm fails over to live ones):"$'\n'"$died"
+        died=$(grep -h -E '^mpiswarm-server: (died|killed|restarted) ' "${logs[@]}" 2>/dev/null)
+        [[ -z $died ]] || mpiswarm_log "servers lost during the job (mpiswarm fails over to live ones;" \
+            "a restarted one rejoins once healthy, within mpiswarm's --revive-interval):"$'\n'"$died"
         mpiswarm_log "server logs: $MPISWARM_LOG_DIR"
     fi
     mpiswarm_log "exit code $rc"
@@ -717,7 +757,7 @@ mpiswarm_start_servers() {
     local i j script node port host_ip cmd
     local -a launch
     script="$(declare -f mpiswarm_nap mpiswarm_http_ok mpiswarm_node_tail mpiswarm_node_stop mpiswarm_node_rank \
-        mpiswarm_server_env mpiswarm_hsn_ip mpiswarm_node_serve)"
+        mpiswarm_server_env mpiswarm_hsn_ip mpiswarm_node_launch mpiswarm_node_serve)"
     script+=$'\nmpiswarm_node_serve "$@"\n'
     MS_LAUNCHER_PIDS=()
     for i in "${!MS_NODES[@]}"; do
@@ -742,7 +782,8 @@ mpiswarm_start_servers() {
         "${launch[@]}" bash -c "$script" mpiswarm-node "$node" "${MS_LABELS[i]}" "$MPISWARM_BASE_PORT" \
             "$MPISWARM_PPN" "$MPISWARM_TP" "$MPISWARM_HEALTH_TIMEOUT" "$MPISWARM_STOP_TIMEOUT" "$MPISWARM_LOG_DIR" \
             "$MPISWARM_VLLM_PORT_BASE" "$MPISWARM_NODE_TMP" "$MS_SERVER_HF_HOME" "$MS_CACHE_ROOT" \
-            "$MS_PYTHONPATH_PREFIX" "$MPISWARM_SERVER" >"$MPISWARM_LOG_DIR/launcher-${MS_LABELS[i]}.log" 2>&1 </dev/null &
+            "$MS_PYTHONPATH_PREFIX" "$MPISWARM_SERVER" "$MPISWARM_SERVER_RESTARTS" \
+            >"$MPISWARM_LOG_DIR/launcher-${MS_LABELS[i]}.log" 2>&1 </dev/null &
         MS_LAUNCHER_PIDS[i]=$!
     done
     ((MS_DRY_RUN)) && return 0

@@ -5,7 +5,7 @@ A JSONL row with ``messages``, or an OpenAI Batch row whose ``url`` is
 ``prompt`` is the conversation as canonical JSON (what the result file stores), and its
 overrides carry :data:`CHAT_KEY`, so chat rows share a call only with chat rows of the same
 options. The dispatcher sends a call of chat rows to ``/v1/chat/completions/batch`` when the
-endpoint serves it (vLLM >= 0.32) and its options are all ones that route takes, else one
+endpoint serves it (vLLM >= 0.32) and the call asks one answer a conversation, else one
 ``/v1/chat/completions`` call a row.
 """
 from __future__ import annotations
@@ -18,21 +18,6 @@ CHAT_ROUTES = ("auto", "single")
 CHAT_KEY = "_chat"
 #: roles OpenAI's chat format (and vLLM's ChatCompletionMessageParam) has
 ROLES = frozenset(("system", "developer", "user", "assistant", "tool"))
-
-#: The fields vLLM 0.32's ``POST /v1/chat/completions/batch`` takes (BatchChatCompletionRequest,
-#: vllm/entrypoints/openai/chat_completion/protocol.py). Its model allows other fields and
-#: ignores them, so a call whose options are not all here goes one conversation a call to
-#: ``/v1/chat/completions``, which takes them all.
-BATCH_CHAT_FIELDS = frozenset((
-    "model", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs", "logprob_token_ids", "max_tokens",
-    "max_completion_tokens", "n", "presence_penalty", "response_format", "seed", "stop", "temperature", "top_p",
-    "user", "tool_choice", "include_reasoning", "best_of", "use_beam_search", "top_k", "min_p",
-    "repetition_penalty", "watermarking", "length_penalty", "early_stopping", "structured_outputs", "request_id",
-    "add_generation_prompt", "continue_final_message", "chat_template", "chat_template_kwargs", "media_io_kwargs",
-    "mm_processor_kwargs", "priority", "cache_salt", "include_stop_str_in_output", "guided_decoding_backend",
-    "echo", "return_tokens_as_token_ids", "return_token_ids",
-))
-
 
 def check_conversation(messages) -> list:
     """``messages`` if it is a conversation vLLM takes: a non-empty list of messages, each an
@@ -90,6 +75,9 @@ def conversation(prompt: str, chat_row: bool) -> list:
 
 
 def batchable(params: dict) -> bool:
-    """Whether a call with these options can go to ``/v1/chat/completions/batch``: one
-    answer a conversation, and every option one that route takes (it ignores the others)."""
-    return params.get("n", 1) == 1 and all(k in BATCH_CHAT_FIELDS or k == CHAT_KEY for k in params)
+    """Whether a call with these options can go to ``/v1/chat/completions/batch``: one answer
+    a conversation (its ``n`` must be 1). Every other option is taken: the batch request hands
+    the fields it does not list to each conversation's ``ChatCompletionRequest`` (vLLM 0.32,
+    ``BatchChatCompletionRequest.to_chat_completion_request``; ``min_tokens`` above
+    ``max_tokens`` is refused there as on the single route, so it arrives)."""
+    return params.get("n", 1) == 1

@@ -8,6 +8,7 @@ host, so a PBS job never hangs in a collective.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -16,6 +17,7 @@ from .balance import DEFAULT_MAX_PROMPTS_PER_CALL
 from .chat import CHAT_ROUTES
 from .exitcodes import EXIT_USAGE
 from .inputs import InputError, check_prompt_options, option_name, validate_sampling
+from .options import validate as validate_options
 from .template import unescape
 
 API_KEY_VARIABLES = ("MPISWARM_API_KEY", "OPENAI_API_KEY")
@@ -109,6 +111,10 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     s.add_argument("--n", type=_positive_int, default=1, help="completions per prompt (default 1)")
+    s.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other request option vLLM takes, for every row (repeatable; VALUE is JSON, else a "
+                   "string): --option top_k=20 --option min_p=0.05 --option 'structured_outputs={\"choice\": "
+                   "[\"yes\", \"no\"]}' --option logprobs=2; rows' own options win (see the README's options table)")
     m = p.add_argument_group("prompts (\\n, \\t and \\\\ in these are newline, tab and backslash)")
     m.add_argument("--template", default=None,
                    help="map template: build each prompt from its JSONL row's fields, e.g. "
@@ -195,6 +201,20 @@ def _tools() -> dict:
     return {"inspect": inspect, "export": export, "scaling": scaling, "preflight": preflight}
 
 
+def command_line_options(items: list[str]) -> dict:
+    """``--option KEY=VALUE`` as a dict: VALUE parsed as JSON, else taken as a string."""
+    out = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--option {item!r}: write KEY=VALUE")
+        try:
+            out[key] = json.loads(text)
+        except ValueError:
+            out[key] = text
+    return out
+
+
 def config_from_args(args):
     """A :class:`~mpiswarm.config.RunConfig` from parsed ``run`` arguments (MPI-free)."""
     from .client import ClientOptions
@@ -209,6 +229,12 @@ def config_from_args(args):
             {"max_tokens": None if auto else args.max_tokens, "temperature": args.temperature,
              "top_p": args.top_p, "seed": args.seed, "stop": args.stop, "n": args.n}, option_name
         )
+        extra = command_line_options(args.option)
+        if extra:
+            def name(key: str) -> str:
+                return f"--option {key}" if key in extra else option_name(key)
+
+            sampling = validate_options({**sampling, **extra}, "chat" if args.api == "chat" else "completions", name)
     except ValueError as exc:
         raise InputError(f"command line: {exc}") from None
     reduce = None

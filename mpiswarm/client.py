@@ -136,6 +136,8 @@ def place_completions(data: dict, rows, n: int, results: ResultColumns, latency_
         flat = rows[i] * n_out + j
         completion[flat] = text
         finish[flat] = choice.get("finish_reason") or ""
+        if choice.get("logprobs") is not None:
+            _set_logprobs(results, flat, choice["logprobs"])
     return _settle(data, rows, [i not in spoiled and all(seen[i * n:i * n + n]) for i in range(k)], spoiled,
                    problem, results, latency_s)
 
@@ -159,6 +161,8 @@ def _place_contiguous(choices: list, data: dict, rows: range, results: ResultCol
             seen[i] = 1
             completion[base + i] = text
             finish[base + i] = choice.get("finish_reason") or ""
+            if choice.get("logprobs") is not None:
+                _set_logprobs(results, base + i, choice["logprobs"])
         except (IndexError, KeyError, TypeError):
             idx = choice.get("index") if isinstance(choice, dict) else None
             if isinstance(idx, int) and 0 <= idx < k:
@@ -257,6 +261,13 @@ def _place_message(message: dict, choice: dict, flat: int, results: ResultColumn
     thought = message.get("reasoning") or message.get("reasoning_content")
     if thought:
         results.set_reasoning(flat, thought)
+    if choice.get("logprobs") is not None:
+        _set_logprobs(results, flat, choice["logprobs"])
+
+
+def _set_logprobs(results: ResultColumns, flat: int, logprobs) -> None:
+    """A choice's logprobs, as the server returned them, into the ``logprobs`` column (JSON)."""
+    results.set_optional("logprobs", flat, json.dumps(logprobs, ensure_ascii=False, separators=(",", ":")))
 
 
 def _set_row_usage(data: dict, row: int, results: ResultColumns) -> None:
@@ -267,7 +278,7 @@ def _set_row_usage(data: dict, row: int, results: ResultColumns) -> None:
     )
 
 
-def model_problem(cards: list[dict] | None, model: str) -> str | None:
+def model_problem(cards: list[dict] | None, model: str, source: str = "--model") -> str | None:
     """Why an endpoint with these ``/v1/models`` cards cannot serve ``model``, else None.
 
     vLLM answers 404 for a model it does not serve, so a vLLM endpoint (its cards are
@@ -280,7 +291,7 @@ def model_problem(cards: list[dict] | None, model: str) -> str | None:
     ids = [str(c.get("id")) for c in cards]
     if model in ids:
         return None
-    return f"it does not serve --model {model!r} (it serves: {', '.join(ids)})"
+    return f"it does not serve {source} {model!r} (it serves: {', '.join(ids)})"
 
 
 def card_max_model_len(cards: list[dict], model: str) -> int:

@@ -162,9 +162,13 @@ class Dispatcher:
         return CHAT_BATCH if options.chat_batch and batchable(params) else CHAT
 
     def params(self, base: dict, overrides: str) -> dict:
+        """A call's request options: the command line's ``base``, the rows' own over them, a
+        row's ``extra_body`` merged in as the ``openai`` client merges it."""
         decoded = self._decoded.get(overrides)
         if decoded is None:
-            decoded = self._decoded[overrides] = json.loads(overrides)
+            own = json.loads(overrides)
+            extra = own.pop("extra_body", None) or {}
+            decoded = self._decoded[overrides] = {**own, **extra}
         return {**base, **decoded} if decoded else base
 
     def progress(self) -> tuple[int, int, float]:
@@ -183,6 +187,7 @@ class Dispatcher:
         n = params.get("n", 1)
         route = self.route(params)
         if route != COMPLETIONS:
+            chunk.results.chat[rows] = True
             chat_row = CHAT_KEY in params
             sent = {k: v for k, v in params.items() if k != CHAT_KEY}
             if route == CHAT_BATCH:

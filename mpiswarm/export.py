@@ -140,39 +140,47 @@ class BatchLines:
     def __init__(self, info):
         a = info.attrs
         self.model = a.get("model", "")
-        self.chat = (a.get("params") or {}).get("api") == "chat"
+        self.chat = (a.get("params") or {}).get("api") == "chat"  # files without the chat column
         self.created = _created(a, info.path)
         key = f"{a.get('created')}|{self.model}|{info.n_rows}|{(a.get('params') or {}).get('input')}"
         self.key = hashlib.blake2b(key.encode(), digest_size=16).digest()
         self.n = info.n
 
-    def ids(self, row: int) -> tuple[str, str, str]:
+    def ids(self, row: int, chat: bool) -> tuple[str, str, str]:
         h = hashlib.blake2b(row.to_bytes(8, "little"), key=self.key, digest_size=44).hexdigest()
-        return f"batch_req_{h[:24]}", h[24:56], ("chatcmpl-" if self.chat else "cmpl-") + h[56:88]
+        return f"batch_req_{h[:24]}", h[24:56], ("chatcmpl-" if chat else "cmpl-") + h[56:88]
 
-    def body(self, completion_id: str, texts, finishes, prompt_tokens: int, completion_tokens: int) -> dict:
-        if self.chat:
-            choices = [{"index": j, "message": {"role": "assistant", "content": t}, "logprobs": None,
-                        "finish_reason": f} for j, (t, f) in enumerate(zip(texts, finishes))]
+    def body(self, completion_id: str, texts, finishes, prompt_tokens: int, completion_tokens: int,
+             logprobs=None, chat: bool = False) -> dict:
+        logprobs = logprobs or [None] * len(texts)
+        if chat:
+            choices = [{"index": j, "message": {"role": "assistant", "content": t}, "logprobs": lp,
+                        "finish_reason": f} for j, (t, f, lp) in enumerate(zip(texts, finishes, logprobs))]
         else:
-            choices = [{"index": j, "text": t, "logprobs": None, "finish_reason": f}
-                       for j, (t, f) in enumerate(zip(texts, finishes))]
+            choices = [{"index": j, "text": t, "logprobs": lp, "finish_reason": f}
+                       for j, (t, f, lp) in enumerate(zip(texts, finishes, logprobs))]
         usage = None
         if prompt_tokens >= 0 and completion_tokens >= 0:
             usage = {"prompt_tokens": int(prompt_tokens), "completion_tokens": int(completion_tokens),
                      "total_tokens": int(prompt_tokens + completion_tokens)}
-        return {"id": completion_id, "object": "chat.completion" if self.chat else "text_completion",
+        return {"id": completion_id, "object": "chat.completion" if chat else "text_completion",
                 "created": self.created, "model": self.model, "choices": choices, "usage": usage}
 
     def lines(self, start: int, block: dict, positions):
         c = block
         n = self.n
         for i in positions:
-            batch_id, request_id, completion_id = self.ids(start + i)
+            chat = bool(c["chat"][i]) if "chat" in c else self.chat
+            batch_id, request_id, completion_id = self.ids(start + i, chat)
             if c["ok"][i]:
                 texts = c["completion"][i].tolist() if n > 1 else [c["completion"][i]]
                 finishes = c["finish_reason"][i].tolist() if n > 1 else [c["finish_reason"][i]]
-                body = self.body(completion_id, texts, finishes, c["prompt_tokens"][i], c["completion_tokens"][i])
+                logprobs = None
+                if "logprobs" in c:  # as the API returns them
+                    raw = c["logprobs"][i].tolist() if n > 1 else [c["logprobs"][i]]
+                    logprobs = [json.loads(t) if t else None for t in raw]
+                body = self.body(completion_id, texts, finishes, c["prompt_tokens"][i], c["completion_tokens"][i],
+                                 logprobs, chat)
                 response, error = {"status_code": 200, "request_id": request_id, "body": body}, None
             else:
                 status, error, error_body = error_object(c["error"][i], c["error_kind"][i], int(c["http_status"][i]))
@@ -200,6 +208,8 @@ def _clean(text: str) -> str:
 
 
 def _cell(column, value):
+    if column.json:  # the JSON text itself
+        return _clean(value) if sys.version_info < (3, 11) else value
     value = plain(column, value)
     if value is None:
         return ""

@@ -32,11 +32,11 @@ import numpy as np
 from .chat import CHAT_KEY, check_conversation, fill_contents, is_chat
 from .chat import encode as encode_conversation
 from .codec import encodable, first_unencodable
-from .options import COMPLETIONS, greedy_conflict, option_name
+from .options import CHAT, COMPLETIONS, OPTIONS, greedy_conflict, option_name  # noqa: F401 (re-exported)
 from .options import quoted as _quoted
 from .options import validate as validate_options
 from .rows import RequestRows
-from .template import check_prompt_format, compile_template, format_prompts
+from .template import check_prompt_format, compile_template, format_prompts, placeholders
 
 #: Keys a row may set for itself; they override the command line's sampling options.
 SAMPLING_KEYS = ("max_tokens", "temperature", "top_p", "seed", "stop", "n")
@@ -61,6 +61,8 @@ class PromptSet:
     #: the file's blocked SHA-256 (:func:`blocked_sha256`: over the SHA-256 of every 16 MiB
     #: block and the size, so parallel readers compute it too); a resume must see the same input
     sha256: str = ""
+    #: keys of plain rows that are neither options nor fields the --template uses: rows that carry each
+    unused: dict = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -85,19 +87,24 @@ def validate_sampling(params: dict, name=_quoted) -> dict:
     return validate_options({k: v for k, v in params.items() if k in _SAMPLING_SET}, COMPLETIONS, name)
 
 
-def check_row_sampling(prompt_set: "PromptSet", base: dict) -> None:
-    """Every row's sampling as it will be sent — the command line's ``base``, overridden by the
-    row's own — as vLLM would take it (:func:`greedy_conflict`; each row's own values were
-    checked as it was read). Raises :class:`InputError` naming the file, the line and the keys."""
+def check_row_sampling(prompt_set: "PromptSet", base: dict, api: str = COMPLETIONS) -> None:
+    """Every row's options as they will be sent — the command line's ``base``, overridden by
+    the row's own — on the route each row takes (a chat row, or any row under ``--api chat``:
+    chat), as vLLM would take them (:func:`mpiswarm.options.validate` and ``conflict``; each
+    row's own values were checked as it was read, for its own kind). Raises
+    :class:`InputError` naming the file, the line and the keys."""
     for key in dict.fromkeys(prompt_set.overrides):  # distinct overrides: few, whatever the rows
-        if not key:
-            continue
-        own = json.loads(key)
+        own = json.loads(key) if key else {}
+        route = CHAT if own.pop(CHAT_KEY, False) or api == CHAT else COMPLETIONS
 
         def name(k: str) -> str:
             return _quoted(k) if k in own else f"{option_name(k)} (command line)"
 
-        why = greedy_conflict({**base, **own}, name)
+        try:
+            validate_options({**base, **own}, route, name)
+            why = None
+        except ValueError as exc:
+            why = str(exc)
         if why:
             row = prompt_set.overrides.index(key)
             raise InputError(f"{prompt_set.path}:{line_of_row(prompt_set.path, row)}: {why}")
@@ -117,20 +124,46 @@ def line_of_row(path: str, row: int) -> int:
     raise ValueError(f"{path} has no row {row}")
 
 
-_RESERVED = frozenset(("prompt", "custom_id", "messages"))
+_SAMPLING_SET = frozenset(SAMPLING_KEYS)
+_RESERVED = frozenset(("prompt", "custom_id", "messages", "model"))
+#: what an OpenAI Batch body holds beside its options: the request itself
+_BODY_REQUEST = frozenset(("prompt", "messages"))
 #: the routes an OpenAI Batch row may name, and whether each is chat
 BATCH_URLS = {"/v1/completions": False, "/v1/chat/completions": True}
 
 
-def _row_overrides(source: dict, chat: bool = False) -> str:
-    found = {k: source[k] for k in source.keys() & _SAMPLING_SET}
-    if chat:
-        found = {**validate_sampling(found), CHAT_KEY: True}
-    elif not found:
-        return ""
+def _row_overrides(source: dict, chat: bool = False, body: bool = False, template_fields=()) -> str:
+    """A row's own request options as canonical JSON ('' for none): every key of
+    :data:`mpiswarm.options.OPTIONS` it sets (sampling, structured outputs, logprobs, its
+    ``model`` — a served name or a LoRA adapter, over --model —, ``extra_body``), checked as
+    vLLM checks them for the row's route, and the chat marker. In an OpenAI Batch ``body``
+    (``body``) every key is a request field: one that is neither an option nor a field the
+    --template uses (``template_fields``) is refused."""
+    route = CHAT if chat else COMPLETIONS
+    if body:
+        found = {k: v for k, v in source.items() if k not in _BODY_REQUEST
+                 and (k in OPTIONS or k not in template_fields)}
     else:
-        found = validate_sampling(found)
-    return json.dumps(found, sort_keys=True, separators=(",", ":"))
+        found = {k: source[k] for k in source.keys() & OPTIONS.keys()}
+    found = validate_options(found, route) if found else {}
+    if chat:
+        found[CHAT_KEY] = True
+    return json.dumps(found, sort_keys=True, separators=(",", ":")) if found else ""
+
+
+def unused_keys(obj: dict, template_fields) -> list[str]:
+    """The keys of a plain row that are neither request options, its prompt or conversation,
+    nor fields the --template uses: what would go nowhere (a misspelt option)."""
+    return [k for k in obj if k not in OPTIONS and k not in _RESERVED and k not in template_fields]
+
+
+def row_models(overrides: list[str]) -> list[str]:
+    """The models rows name of their own (``model``), each once, in first-use order."""
+    models = {}
+    for key in dict.fromkeys(overrides):
+        if '"model":' in key:
+            models.setdefault(json.loads(key).get("model"), None)
+    return [m for m in models if m]
 
 
 def _parse_batch_row(obj: dict) -> tuple[dict, bool]:
@@ -201,6 +234,7 @@ def _filler(template: str | None):
         except KeyError as exc:
             raise ValueError(f"this row has no field {{{exc.args[0]}}} for the template") from None
 
+    apply.fields = frozenset(placeholders(template))  # the row fields it uses (others go nowhere)
     return apply
 
 
@@ -313,6 +347,8 @@ class Part:
     error: tuple[int, str] | None = None
     bad_unicode: int = -1  # the first row whose prompt holds a lone surrogate, -1 if none
     encoded: bytes = b""  # the prompts' UTF-8, NUL between them (lone surrogates passed)
+    #: keys of plain rows that go nowhere (neither options nor fields the template uses): rows that carry each
+    unused: dict = field(default_factory=dict)
 
 
 def _parse_jsonl(path: str, text: str, first_lineno: int, fill, part: Part) -> None:
@@ -339,7 +375,11 @@ def _parse_jsonl(path: str, text: str, first_lineno: int, fill, part: Part) -> N
             if not plain:  # batch rows, sampling overrides, extra fields, a map template, or an error
                 try:
                     prompt, source, chat = _row_request(obj, cid, fill)
-                    over = _row_overrides(source, chat)
+                    over = _row_overrides(source, chat, body=source is not obj,
+                                          template_fields=getattr(fill, "fields", ()))
+                    if source is obj:
+                        for key in unused_keys(obj, getattr(fill, "fields", ())):
+                            part.unused[key] = part.unused.get(key, 0) + 1
                 except ValueError as exc:
                     raise InputError(f"{path}:{lineno}: {exc}") from None
                 if source is obj and n_keys > ("prompt" in obj) + ("messages" in obj) + (cid is not None):
@@ -490,8 +530,12 @@ def merge_parts(path: str, parts: list[Part]) -> PromptSet:
     fields = None
     if any(p.fields is not None for p in parts):
         fields = _concat([p.fields if p.fields is not None else [{}] * len(p.prompts) for p in parts])
+    unused: dict = {}
+    for p in parts:
+        for key, count in p.unused.items():
+            unused[key] = unused.get(key, 0) + count
     return PromptSet(path, _concat([p.prompts for p in parts]), custom_ids,
-                     _concat([p.overrides for p in parts]), fields)
+                     _concat([p.overrides for p in parts]), fields, unused=unused)
 
 
 def input_suffix(path: str) -> str:

@@ -72,6 +72,7 @@ def build_report(path, errors_shown: int = 5, chunk_rows: int | None = None) -> 
     return {
         "file": info.path,
         "model": a.get("model"),
+        "rows_per_model": rows_per_model(ranks),
         "mpiswarm_version": a.get("mpiswarm_version"),
         "created": a.get("created"),
         "attempt": a.get("attempt"),
@@ -127,6 +128,16 @@ def _ratio(x) -> str:
     return "-" if x is None else f"{x:.2f}"
 
 
+def rows_per_model(ranks: dict) -> dict:
+    """Rows by the model they were sent to (a row's own ``model``, else --model), over every
+    rank (``ranks/extra``'s ``rows_per_model``)."""
+    total: dict = {}
+    for extra in ranks.get("extra", []):
+        for model, count in ((extra or {}).get("rows_per_model") or {}).items():
+            total[model] = total.get(model, 0) + count
+    return total
+
+
 def format_report(r: dict, all_ranks: bool = False) -> str:
     """The human-readable form of :func:`build_report`'s data."""
     p = r["prompts"]
@@ -134,6 +145,8 @@ def format_report(r: dict, all_ranks: bool = False) -> str:
     lines = [f"mpiswarm result file {r['file']}"]
     lines.append(f"  model        {r['model']} (api {params.get('api', '?')}), {r['n_ranks']} ranks, "
                  f"mpiswarm {r['mpiswarm_version']}, created {r['created']}")
+    if len(r["rows_per_model"]) > 1 or set(r["rows_per_model"]) - {r["model"]}:
+        lines.append("  models       " + ", ".join(f"{m} {_num(k)} rows" for m, k in r["rows_per_model"].items()))
     attempt = r["attempt"]
     if attempt:
         lines.append(f"  attempt      {attempt} (resumed; {_num(r['n_resumed'])} prompts answered by earlier attempts)")

@@ -164,7 +164,7 @@ def pack_part(part: Part, digests: list[bytes]) -> bytes:
     has_overrides = ok and any(part.overrides)
     over_buffer, over_lengths = join_strings(part.overrides) if has_overrides else (b"", np.zeros(0, np.int64))
     id_buffer, id_lengths = join_strings(part.ids)
-    meta = pickle.dumps((part.error, part.bad_unicode, digests, part.fields if ok else None),
+    meta = pickle.dumps((part.error, part.bad_unicode, digests, part.fields if ok else None, part.unused),
                         protocol=pickle.HIGHEST_PROTOCOL)
     encoded = part.encoded if ok else b""  # already packed as _pack_column does: NUL-separated
     head = _HEAD.pack(n_rows, len(part.ids), has_overrides, len(encoded), len(over_buffer), len(id_buffer),
@@ -190,7 +190,7 @@ def unpack_part(message) -> tuple[Part, list[bytes]]:
         columns.append(split_strings(message[at:at + nbytes], lengths))
         at += nbytes
     prompts, overrides, ids = columns
-    error, bad_unicode, digests, fields = pickle.loads(message[at:at + meta_bytes])
+    error, bad_unicode, digests, fields, unused = pickle.loads(message[at:at + meta_bytes])
     part = Part(prompts, overrides if has_overrides else [""] * n_rows, id_rows, ids, id_lines, fields, error,
-                bad_unicode)
+                bad_unicode, unused=unused)
     return part, digests

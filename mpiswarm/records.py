@@ -70,11 +70,18 @@ class ResultColumns:
         self.http_status[rows] = status
         self.latency_s[rows] = latency_s
 
+    def set_optional(self, name: str, flat: int, text: str) -> None:
+        """Entry ``flat`` (``row * n + j``) of the optional choice column ``name``; the column
+        appears on first use."""
+        column = getattr(self, name)
+        if column is None:
+            column = [""] * len(self.completion)
+            setattr(self, name, column)
+        column[flat] = text
+
     def set_reasoning(self, flat: int, text: str) -> None:
         """The reasoning of entry ``flat`` (``row * n + j``); the column appears on first use."""
-        if self.reasoning is None:
-            self.reasoning = [""] * len(self.completion)
-        self.reasoning[flat] = text
+        self.set_optional("reasoning", flat, text)
 
     def answered(self, rows) -> None:
         """Mark local ``rows`` (a list, or a range: one slice) answered (their texts are already

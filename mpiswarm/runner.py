@@ -32,7 +32,7 @@ from .ensemble import EnsemblePlan, expand
 from .errors import ErrorKind
 from .exitcodes import EXIT_ENDPOINT_DOWN, EXIT_OK, EXIT_PROMPTS_FAILED, EXIT_RESUME
 from .gather import gather_stats
-from .inputs import InputError, PromptSet, check_row_sampling
+from .inputs import InputError, PromptSet, check_row_sampling, row_models
 from .layout import Layout, WriteFailed, layout_for
 from .lock import OutputLock
 from .metrics import engine_deltas
@@ -63,6 +63,7 @@ class Plan:
     attempt: int
     n_rows: int
     n_finished: int  # rows finished by earlier attempts
+    models: list = field(default_factory=list)  # the models rows name of their own (over --model)
 
 
 def _prepare_on_root(config: RunConfig, comm, held: ExitStack | None = None) -> tuple[
@@ -98,7 +99,13 @@ def _prepare_on_root(config: RunConfig, comm, held: ExitStack | None = None) -> 
                                        prompt_format=config.prompts.prompt_format)
     if root:
         try:
-            check_row_sampling(prompt_set, config.prompts.sampling)  # each row as sent, as vLLM would take it
+            # each row as sent, on its route, as vLLM would take it
+            check_row_sampling(prompt_set, config.prompts.sampling, config.client.api)
+            if prompt_set.unused:  # a misspelt option would go nowhere: said once, before anything is sent
+                print(f"mpiswarm: warning: {config.input}: keys that are neither vLLM request options nor fields "
+                      "the --template uses are not sent: " + ", ".join(
+                          f"'{k}' ({n:,} rows)" for k, n in sorted(prompt_set.unused.items())), file=sys.stderr,
+                      flush=True)
             if config.schedule.repeat:
                 prompt_set, ensemble = expand(prompt_set, _mpi.rank_and_size(comm)[1], config.schedule.repeat,
                                               config.prompts.sampling.get("seed") or 0)
@@ -108,7 +115,8 @@ def _prepare_on_root(config: RunConfig, comm, held: ExitStack | None = None) -> 
                                 n_rows=len(prompt_set), n=n, fingerprint=fingerprint(options), options=options)
             run_dir, manifest, resumed = open_run_dir(config.output.path, manifest, config.output.restart)
             finished = load_finished(run_dir, n) if resumed else ResultColumns.pending(np.zeros(0, np.int64), n, 0)
-            plan = Plan(entries, n, run_dir, manifest.attempt, len(prompt_set), len(finished))
+            plan = Plan(entries, n, run_dir, manifest.attempt, len(prompt_set), len(finished),
+                        row_models(prompt_set.overrides))
         except InputError as exc:
             error = str(exc)
     error, plan = _mpi.bcast((error, plan), comm)
@@ -126,7 +134,7 @@ def _endpoint_url(config: RunConfig, entries, comm) -> str:
     )
 
 
-async def _check_endpoint(url: str, config: RunConfig) -> tuple[str | None, int, dict | None, bool]:
+async def _check_endpoint(url: str, config: RunConfig, models: list) -> tuple[str | None, int, dict | None, bool]:
     """(why the endpoint is unusable or None, its max_model_len, its /metrics before the run,
     whether it serves /v1/chat/completions/batch). Unusable: not healthy before the deadline,
     or healthy but not serving ``--model`` (a vLLM endpoint would answer every call 404: fail
@@ -137,9 +145,10 @@ async def _check_endpoint(url: str, config: RunConfig) -> tuple[str | None, int,
         except EndpointUnavailable as exc:
             return str(exc), -1, None, False
         cards = await client.model_cards()
-        why = model_problem(cards, config.client.model)
-        if why:
-            return why, -1, None, False
+        for model in dict.fromkeys([config.client.model, *models]):  # --model, and every row's own
+            why = model_problem(cards, model, "--model" if model == config.client.model else "the rows' model")
+            if why:
+                return why, -1, None, False
         return (None, card_max_model_len(cards or [], config.client.model), await client.metrics(),
                 await client.has_chat_batch())
 
@@ -315,7 +324,7 @@ def _check_endpoints(job: Job) -> bool:
     config, comm, plan = job.config, job.comm, job.plan
     job.url = _endpoint_url(config, plan.entries, comm)
     stats = job.stats = RankStats(rank=job.rank, host=_mpi.hostname(), endpoint=job.url)
-    why, stats.max_model_len, job.metrics_before, chat_batch = asyncio.run(_check_endpoint(job.url, config))
+    why, stats.max_model_len, job.metrics_before, chat_batch = asyncio.run(_check_endpoint(job.url, config, plan.models))
     reports = job.reports = _mpi.allgather((job.rank, stats.host, job.url, why), comm)
     # chat rows go in lists where every healthy endpoint serves the batch route (a failed-over
     # call may reach any of them); else one call a conversation
@@ -381,6 +390,7 @@ def _send(job: Job) -> None:
     stats.n_prompts = int(results.done.sum())
     stats.n_ok = int(results.ok.sum())
     stats.extra["dead_endpoints"] = job.dead
+    stats.extra["rows_per_model"] = _rows_per_model(chunks, config.client.model)
     # A stopped job (SIGTERM at the walltime: PBS kills it a few seconds later) does not wait on
     # its endpoint's /metrics: a server being stopped beside it may hold the connection open.
     if job.metrics_before is not None and job.stop.reason is None:
@@ -452,6 +462,16 @@ def _write(job: Job) -> int:
     if root:
         code = _finish(job, layout, complete, reduction, all_stats, stop_reasons)
     return _mpi.bcast(code, comm)
+
+
+def _rows_per_model(chunks: list, default: str) -> dict:
+    """Rows this rank held, by the model they name (``--model`` for rows that name none)."""
+    counts: dict = {}
+    for chunk in chunks:
+        for key in chunk.overrides:
+            model = (json.loads(key).get("model") if '"model":' in key else None) or default
+            counts[model] = counts.get(model, 0) + 1
+    return counts
 
 
 def _record_times(job: Job, write_s: float, reduce_s: float, reduced: bool) -> None:

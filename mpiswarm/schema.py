@@ -14,6 +14,7 @@ are stored by the one NUL rule (:func:`mpiswarm.codec.storable`).
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 
@@ -45,6 +46,7 @@ class Column:
     reduce_as: str | None = None
     enum: type | None = None
     null: object = None  # the value that means "unknown", exported as null (NaN: any NaN)
+    json: bool = False  # a string column holding JSON ('' for none): exported as the value it encodes
     doc: str = ""
 
     @property
@@ -73,6 +75,8 @@ RESULT_COLUMNS: tuple[Column, ...] = (
                "bad_reply, not_answered, …; '' if ok)"),
     Column("http_status", "int16", fill=-1, reduce_as="http_status", null=-1,
            doc="the HTTP status of the failed call (-1: none, or answered)"),
+    Column("chat", "bool", fill=False,
+           doc="sent to a chat route (/v1/chat/completions or its /batch): a chat row, or any row under --api chat"),
     Column("done", "bool", fill=False, stored=False,
            doc="finished for good: answered, or failed in a way a retry cannot fix (checkpoints)"),
     Column("rank", "int32", fill=-1, reduce_as="rank", doc="the rank that served the row"),
@@ -82,6 +86,10 @@ RESULT_COLUMNS: tuple[Column, ...] = (
            doc="seconds of the HTTP call that carried the row (NaN: never sent)"),
     Column("reasoning", STR, CHOICE, fill="", optional=True,
            doc="a reasoning model's reasoning (chat), shaped like completion; only when some row has one"),
+    Column("logprobs", STR, CHOICE, fill="", optional=True, json=True,
+           doc="the choice's logprobs as the server returned them, as JSON ('' where none was asked): "
+               "completions {tokens, token_logprobs, top_logprobs, text_offset}, chat {content: [{token, "
+               "logprob, bytes, top_logprobs}]}; shaped like completion; only when some row asked for them"),
 )
 
 #: The columns that come from the input row, stored beside the results.
@@ -126,7 +134,10 @@ def labels(column: Column, values: np.ndarray) -> np.ndarray:
 
 
 def plain(column: Column, value):
-    """One entry of ``column`` as a plain Python value, None where it means "unknown"."""
+    """One entry of ``column`` as a plain Python value, None where it means "unknown" (a JSON
+    column: the value it encodes, None for '')."""
+    if column.json:
+        return json.loads(value) if value else None
     if column.is_string or column.enum is not None:
         return value
     if column.dtype == "bool":

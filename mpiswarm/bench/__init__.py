@@ -7,3 +7,39 @@
 
 They measure the package's internals, so they live in it; nothing here is imported by a run.
 """
+
+import os
+import shlex
+import signal
+import subprocess
+import time
+
+#: the checkout this package lives in (docs/ is written there); children import this package from it
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def child_env() -> dict:
+    """The environment of a benchmark's children: this package importable, loopback not proxied."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(x for x in (ROOT, env.get("PYTHONPATH")) if x)
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        env.pop(var, None)
+    return env
+
+
+def run_bounded(cmd: list[str], timeout: float, env: dict | None = None, ok=(0,)) -> tuple[float, str, str]:
+    """Run ``cmd`` in a session of its own with a deadline (killed with its process group past
+    it); ``(wall seconds, stdout, stderr)``; RuntimeError for an exit code not in ``ok``."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env or child_env(), start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise RuntimeError(f"{shlex.join(cmd)}: no end within {timeout:.0f} s (killed)") from None
+    if proc.returncode not in ok:
+        raise RuntimeError(f"{shlex.join(cmd)}: exit {proc.returncode}\n{err[-3000:]}")
+    return time.perf_counter() - started, out, err

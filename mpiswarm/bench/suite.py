@@ -49,8 +49,8 @@ import tempfile
 import time
 import urllib.request
 
-#: the checkout this package lives in (docs/ is written there); children import this package from it
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from . import ROOT, child_env, run_bounded
+
 MODEL = "sim-model"
 SECTIONS = ("cpu", "batch", "concurrency", "makespan", "gather", "scaling", "model")
 
@@ -65,13 +65,6 @@ AURORA_SWARM_POOL_US = 42.0  # µs per prompt of Aurora-Swarm's VLLMPool alone, 
 
 
 # ============================================================================ helpers
-def child_env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(x for x in (ROOT, env.get("PYTHONPATH")) if x)
-    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
-    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        env.pop(var, None)
-    return env
 
 
 def log(message: str) -> None:
@@ -142,18 +135,7 @@ def run_job(n_ranks: int, args: list, timeout: float) -> dict:
     cmd = mpiswarm_command(n_ranks, [str(a) for a in args])
     ticks = cpu_ticks()
     load = os.getloadavg()[0]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise RuntimeError(f"{shlex.join(cmd)}: no end within {timeout:.0f} s (killed)")
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise RuntimeError(f"{shlex.join(cmd)}: exit {proc.returncode}\n{err[-3000:]}")
+    wall, out, _ = run_bounded(cmd, timeout)
     return {"cmd": cmd, "outside_wall_s": wall, "stdout": out, "machine_busy": machine_busy(ticks, cpu_ticks()),
             "load_before": load}
 
@@ -406,8 +388,8 @@ def bench_concurrency(a, work: str) -> dict:
     ts, max_tokens, n_seq = 16.0, 8, 5
     levels = [5, 10, 50]
     repeat = 1 if a.quick else 2
-    variants = {"--api chat --concurrency C (as documented)": ["--api", "chat"],
-                "--api chat --concurrency C --batch-size 1": ["--api", "chat", "--batch-size", "1"]}
+    variants = {"--api chat --concurrency C (as documented)": ["--api", "chat", "--chat-route", "single"],
+                "--api chat --concurrency C --batch-size 1": ["--api", "chat", "--chat-route", "single", "--batch-size", "1"]}
     sim = start_sim(["--time-scale", ts])
     rows = []
 
@@ -428,7 +410,7 @@ def bench_concurrency(a, work: str) -> dict:
 
     try:
         # the reference: the same kind of request, one at a time (5 in a row)
-        ref = measure(1, n_seq, "one at a time (--api chat --concurrency 1)", ["--api", "chat", "--batch-size", "1"])
+        ref = measure(1, n_seq, "one at a time (--api chat --concurrency 1)", ["--api", "chat", "--chat-route", "single", "--batch-size", "1"])
         rows.append(ref)
         for c in levels:
             for name, extra in variants.items():

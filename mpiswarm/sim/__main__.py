@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     g("--max-prompts-per-call", type=int, default=d.max_prompts_per_call, metavar="N",
       help="a longer prompt list is 400, as vLLM's VLLM_MAX_COMPLETION_PROMPTS; 0: no cap (older vLLM); "
            "default %(default)s")
+    g("--no-chat-batch", dest="chat_batch", action="store_false",
+      help="no POST /v1/chat/completions/batch (404, as vLLM before 0.32 and llama.cpp)")
     g("--context-check", choices=CONTEXT_CHECKS, default=d.context_check,
       help="prompt: the prompt alone must fit, max_tokens clamped (vLLM 0.32); total: prompt + max_tokens "
            "must fit (older vLLM, 'you requested N tokens'); default %(default)s")
@@ -125,6 +127,7 @@ def config_from_args(ns: argparse.Namespace) -> SimConfig:
         reasoning=ns.reasoning, reasoning_field=ns.reasoning_field,
         lora_modules=tuple(ns.lora_modules), skip_model_name_validation=ns.skip_model_name_validation,
         nul_answers=ns.nul_answers, error_shape=ns.error_shape, max_prompts_per_call=ns.max_prompts_per_call,
+        chat_batch=ns.chat_batch,
         context_check=ns.context_check, answer_bytes=ns.answer_bytes,
     )
 

@@ -18,6 +18,7 @@ Time model (continuous batching)
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -124,6 +125,7 @@ class SimConfig:
     max_prompts_per_call: int = DEFAULT_MAX_PROMPTS  # longer prompt lists are 400; 0: no cap (older vLLM)
     context_check: str = "prompt"  # prompt (vLLM 0.32) or total (older vLLM): see CONTEXT_CHECKS
     nul_answers: bool = False  # every answer holds a U+0000, as real models' sometimes do (see expected_completion)
+    chat_batch: bool = True  # serve POST /v1/chat/completions/batch (vLLM >= 0.32); False: 404, as older servers
     answer_bytes: int = 0  # answers repeated to at least this many UTF-8 bytes (long answers; see expected_completion)
 
     def __post_init__(self) -> None:
@@ -250,6 +252,105 @@ def expected_completion(
     if nul:
         text = text.replace(" ", "\x00", 1) if " " in text else text + "\x00"
     return text, finish, n_tokens
+
+
+def structured_spec(body: dict) -> tuple[str, object] | None:
+    """The structured output a request asks for, as ``(kind, spec)``: vLLM's
+    ``structured_outputs`` (``choice``, ``json``, ``json_object``, ``regex``, ``grammar``) or
+    OpenAI's ``response_format`` (``json_object``; ``json_schema`` as ``json``); None for free text."""
+    spec = body.get("structured_outputs")
+    if isinstance(spec, dict):
+        for kind in ("choice", "json", "json_object", "regex", "grammar"):
+            if spec.get(kind) not in (None, False):
+                return kind, spec[kind]
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict):
+        if fmt.get("type") == "json_object":
+            return "json_object", True
+        if fmt.get("type") == "json_schema":
+            return "json", (fmt.get("json_schema") or {}).get("schema") or {}
+    return None
+
+
+def structured_answer(kind: str, spec, prompt: str, j: int = 0) -> str:
+    """The simulator's answer held to a structured output: one of the ``choice``s, a JSON
+    document valid for the ``json`` schema (objects with their required and listed properties,
+    strings, numbers, integers, booleans, null, arrays, enums and consts; ``$ref``, ``anyOf``
+    and the like take their first branch), ``{}`` for ``json_object``; deterministic per
+    prompt and choice. ``regex`` and ``grammar`` are not simulated (ValueError: the server
+    answers 400 saying so)."""
+    digest = hashlib.blake2b(f"{j}:{prompt}".encode("utf-8", "surrogatepass"), digest_size=16).digest()
+    if kind == "choice":
+        return str(spec[digest[0] % len(spec)])
+    if kind == "json_object":
+        return "{}"
+    if kind == "json":
+        schema = json.loads(spec) if isinstance(spec, str) else spec
+        return json.dumps(_from_schema(schema, digest, 0), ensure_ascii=False, separators=(",", ":"))
+    raise ValueError(f"the simulator does not generate '{kind}' structured outputs (choice, json, json_object)")
+
+
+def _from_schema(schema, digest: bytes, depth: int):
+    """A value valid for ``schema`` (a small JSON Schema subset, see :func:`structured_answer`)."""
+    if not isinstance(schema, dict) or depth > 8:
+        return None
+    pick = digest[depth % len(digest)]
+    if "const" in schema:
+        return schema["const"]
+    if "enum" in schema:
+        return schema["enum"][pick % len(schema["enum"])]
+    for branch in ("anyOf", "oneOf", "allOf"):
+        if schema.get(branch):
+            return _from_schema(schema[branch][0], digest, depth + 1)
+    kind = schema.get("type", "object" if "properties" in schema else "string")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object":
+        properties = schema.get("properties") or {}
+        return {name: _from_schema(sub, digest, depth + 1) for name, sub in properties.items()}
+    if kind == "array":
+        count = max(int(schema.get("minItems", 1)), 1)
+        return [_from_schema(schema.get("items") or {}, digest, depth + 1) for _ in range(count)]
+    if kind == "integer":
+        low = int(schema.get("minimum", 0))
+        return low + pick % max(1, int(schema.get("maximum", low + 100)) - low + 1)
+    if kind == "number":
+        return float(schema.get("minimum", 0)) + pick / 4
+    if kind == "boolean":
+        return bool(pick & 1)
+    if kind == "null":
+        return None
+    return WORDS[pick % len(WORDS)]
+
+
+def expected_logprobs(text: str, chat: bool, top: int) -> dict:
+    """The simulator's logprobs of an answer ``text``, in vLLM 0.32's shapes: its tokens are
+    its words (after the first, with their leading space), each with a logprob and the ``top``
+    most likely (itself first, then other words, each less likely). Completions (``logprobs:
+    top``): ``{text_offset, token_logprobs, tokens, top_logprobs}`` with ``max(top, 1)``
+    entries a token, as vLLM gives the sampled token with the top ones; chat (``logprobs:
+    true, top_logprobs: top``): ``{content: [{token, logprob, bytes, top_logprobs}]}``. The same
+    text gives the same logprobs, alone or in a list."""
+    words = text.split(" ") if text else []
+    tokens = [w if i == 0 else " " + w for i, w in enumerate(words)]
+    offsets, at = [], 0
+    for token in tokens:
+        offsets.append(at)
+        at += len(token)
+    chosen, tops = [], []
+    for position, token in enumerate(tokens):
+        digest = hashlib.blake2b(f"{position}:{token}".encode("utf-8", "surrogatepass"), digest_size=8).digest()
+        logprob = -round(0.25 + digest[0] / 64, 4)
+        others = [" " + WORDS[b] for b in digest[1:] if " " + WORDS[b] != token]
+        chosen.append(logprob)
+        tops.append([(token, logprob)] + [(alt, round(logprob - 0.5 * (k + 1), 4)) for k, alt in enumerate(others)])
+    if chat:
+        def entry(token, logprob):
+            return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8", "replace"))}
+        return {"content": [{**entry(t, lp), "top_logprobs": [entry(a, b) for a, b in top_k[:top]]}
+                            for t, lp, top_k in zip(tokens, chosen, tops)]}
+    return {"text_offset": offsets, "token_logprobs": chosen, "tokens": tokens,
+            "top_logprobs": [dict(top_k[:max(top, 1)]) for top_k in tops]}
 
 
 def _completion(prompt: str, seed: int | None, j: int, max_tokens: int | None,

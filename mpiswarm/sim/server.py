@@ -34,11 +34,16 @@ from pathlib import Path
 from aiohttp import web
 
 from .faults import CRASHED, STARTING, FaultPolicy, spoil_reply
+from ..options import CHAT, COMPLETIONS, OPTIONS
+from ..options import validate as validate_options
 from .model import (
     BAD_REPLY_KINDS,
     SimConfig,
     context_error,
     count_tokens,
+    expected_logprobs,
+    structured_answer,
+    structured_spec,
     prompt_context_error,
     sampling_error,
     chat_prompt,
@@ -451,6 +456,8 @@ class Endpoint:
         app = web.Application(client_max_size=CLIENT_MAX_SIZE)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/chat/completions", self.chat_completions)
+        if self.config.chat_batch:  # vLLM >= 0.32; older servers (and llama.cpp) answer 404
+            app.router.add_post("/v1/chat/completions/batch", self.chat_completions_batch)
         app.router.add_get("/v1/models", self.models)
         app.router.add_post("/tokenize", self.tokenize)
         app.router.add_get("/health", self.health)
@@ -559,6 +566,11 @@ class Endpoint:
         """``POST /v1/chat/completions``; the prompt is ``chat_prompt(messages)``."""
         return await self._serve_call(request, self._answer_chat)
 
+    async def chat_completions_batch(self, request: web.Request) -> web.StreamResponse:
+        """``POST /v1/chat/completions/batch`` (vLLM 0.32: ``BatchChatCompletionRequest``):
+        ``messages`` a list of conversations, one choice a conversation, ``n`` must be 1."""
+        return await self._serve_call(request, self._answer_chat_batch)
+
     async def _serve_call(self, request: web.Request, answer) -> web.StreamResponse:
         """Faults first, then parse the body and answer it."""
         self.stats.http_requests += 1
@@ -628,18 +640,10 @@ class Endpoint:
             raise BadRequest(f"prompt list length {len(prompts)} exceeds the maximum allowed count of {cap}. "
                              "To increase this limit, set the VLLM_MAX_COMPLETION_PROMPTS environment variable. "
                              "(parameter=prompt)", param="prompt")
-        max_tokens = _int_param(body, "max_tokens", 16)
-        n, seed, stop = _sampling_params(body)
-        model = self._check_model(body)
-        self.metrics.prompts_received += len(prompts)
-        prompt_tokens = [count_tokens(p) for p in prompts]
-        limits = self._fit(prompts, prompt_tokens, max_tokens, body, n, stop)
-        nul = self.config.nul_answers
-        answers = [expected_completion(p, seed=seed, j=j, max_tokens=limit, stop=stop, nul=nul,
-                                       min_bytes=self.config.answer_bytes)
-                   for p, limit in zip(prompts, limits) for j in range(n)]
-        await self._generate(prompt_tokens, answers, n, started)
-        choices = [{"index": k, "text": text, "logprobs": None, "finish_reason": finish,
+        model, prompt_tokens, answers = await self._sample(prompts, body, _int_param(body, "max_tokens", 16), started)
+        top = body.get("logprobs")
+        choices = [{"index": k, "text": text, "finish_reason": finish,
+                    "logprobs": None if top is None else expected_logprobs(text, False, int(top)),
                     "stop_reason": None, "token_ids": None, "prompt_logprobs": None, "prompt_token_ids": None,
                     "routed_experts": None} for k, (text, finish, _) in enumerate(answers)]
         return self._reply("cmpl-", "text_completion", model, choices, prompt_tokens, answers)
@@ -669,31 +673,69 @@ class Endpoint:
         return limits
 
     async def _answer_chat(self, body: dict, started: float) -> web.Response:
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages or not all(
-                isinstance(m, dict) for m in messages):
-            raise BadRequest("messages must be a non-empty list of message objects.")
+        return await self._answer_conversations([_conversation(body.get("messages"))], body, started)
+
+    async def _answer_chat_batch(self, body: dict, started: float) -> web.Response:
+        conversations = body.get("messages")
+        if not isinstance(conversations, list) or not conversations:
+            raise BadRequest("1 validation error: messages: List should have at least 1 item after validation",
+                             param="body.messages")
+        n = body.get("n", 1)
+        if n is not None and n != 1:  # BatchChatCompletionRequest.check_batch_mode
+            raise BadRequest(f"Batch chat completions do not support `n > 1`. Please set `n` to 1. "
+                             f"(parameter=n, value={n})", param="n")
+        return await self._answer_conversations([_conversation(c) for c in conversations], body, started)
+
+    async def _answer_conversations(self, conversations: list[list], body: dict, started: float) -> web.Response:
+        """One choice a conversation (``n`` of them for one), each the answer it gets alone."""
         try:
-            prompt = chat_prompt(messages)
+            prompts = [chat_prompt(messages) for messages in conversations]
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
         max_tokens = _int_param(body, "max_completion_tokens", None)
-        if max_tokens is None:
+        if max_tokens is None:  # without a limit, like vLLM: whatever the context leaves
             max_tokens = _int_param(body, "max_tokens", None)
+        model, prompt_tokens, answers = await self._sample(prompts, body, max_tokens, started, CHAT)
+        top = body.get("top_logprobs") or 0
+        choices = [{"index": k, "message": self._message(text), "finish_reason": finish,
+                    "logprobs": expected_logprobs(text, True, int(top)) if body.get("logprobs") else None,
+                    "stop_reason": None, "token_ids": None, "routed_experts": None}
+                   for k, (text, finish, _) in enumerate(answers)]
+        return self._reply("chatcmpl-", "chat.completion", model, choices, prompt_tokens, answers)
+
+    async def _sample(self, prompts: list[str], body: dict, max_tokens: int | None, started: float,
+                      route: str = COMPLETIONS):
+        """``(model, prompt tokens, answers)`` of a call, in vLLM 0.32's order of checks (the
+        options beyond the six the simulator words as vLLM does, by the table of
+        :mod:`mpiswarm.options`; the model, each prompt's length, each prompt's sampling), its
+        time spent."""
+        others = {k: body[k] for k in body.keys() & OPTIONS.keys() if k not in _WORDED_OPTIONS}
+        try:
+            validate_options(others, route)
+        except ValueError as exc:
+            raise BadRequest(str(exc), param=next(iter(others), None)) from None
         n, seed, stop = _sampling_params(body)
         model = self._check_model(body)
-        self.metrics.prompts_received += 1
-        prompt_tokens = [count_tokens(prompt)]
-        # Without a limit, like vLLM: whatever the context leaves.
-        (limit,) = self._fit([prompt], prompt_tokens, max_tokens, body, n, stop)
-        answers = [expected_completion(prompt, seed=seed, j=j, max_tokens=limit, stop=stop,
-                                       nul=self.config.nul_answers, min_bytes=self.config.answer_bytes)
-                   for j in range(n)]
+        self.metrics.prompts_received += len(prompts)
+        prompt_tokens = [count_tokens(p) for p in prompts]
+        limits = self._fit(prompts, prompt_tokens, max_tokens, body, n, stop)
+        answers = self._answers(prompts, limits, body, n, seed, stop)
         await self._generate(prompt_tokens, answers, n, started)
-        choices = [{"index": j, "message": self._message(text), "logprobs": None, "finish_reason": finish,
-                    "stop_reason": None, "token_ids": None, "routed_experts": None}
-                   for j, (text, finish, _) in enumerate(answers)]
-        return self._reply("chatcmpl-", "chat.completion", model, choices, prompt_tokens, answers)
+        return model, prompt_tokens, answers
+
+    def _answers(self, prompts: list[str], limits: list[int], body: dict, n: int, seed, stop) -> list[tuple]:
+        """``(text, finish_reason, tokens)`` of every choice (``n`` a prompt): the model's
+        answer, or one held to the structured output the request asks for."""
+        structured = structured_spec(body)
+        if structured is not None:
+            try:
+                texts = [structured_answer(*structured, p, j) for p in prompts for j in range(n)]
+            except ValueError as exc:
+                raise BadRequest(str(exc), param="structured_outputs") from None
+            return [(text, "stop", max(1, count_tokens(text))) for text in texts]
+        return [expected_completion(p, seed=seed, j=j, max_tokens=limit, stop=stop, nul=self.config.nul_answers,
+                                    min_bytes=self.config.answer_bytes)
+                for p, limit in zip(prompts, limits) for j in range(n)]
 
     def _message(self, text: str) -> dict:
         """A chat answer's message (vLLM 0.32's ``ChatMessage`` fields), with a reasoning
@@ -755,6 +797,17 @@ class Endpoint:
             payload.update(prompt_logprobs=None, prompt_token_ids=None, prompt_text=None)
         payload.update(kv_transfer_params=None, ec_transfer_params=None, metrics=None)
         return web.Response(body=_dumps(payload).encode("utf-8"), content_type="application/json")
+
+
+#: options the simulator checks itself, with vLLM's own words (sampling_error, the model check)
+_WORDED_OPTIONS = frozenset(("max_tokens", "n", "seed", "temperature", "top_p", "stop", "model"))
+
+
+def _conversation(messages) -> list:
+    """One conversation of a request, or the 400 vLLM answers."""
+    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+        raise BadRequest("messages must be a non-empty list of message objects.")
+    return messages
 
 
 def _int_param(body: dict, key: str, default: int | None) -> int | None:

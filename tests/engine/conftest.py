@@ -41,18 +41,15 @@ test's own thread (as the fixtures do), not from a short-lived helper thread.
 
 from __future__ import annotations
 
-import contextlib
-import sys
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
+from ..prepared import Prepared
 from .servers import BATCH_INVARIANT_ARGS, ServerFactory, ServerGroup, start_servers
 
-# tools/ is put on sys.path by servers.py
-import llama_server  # tools/llama_server.py
-import tiny_gguf  # tools/tiny_gguf.py
+from mpiswarm.engines import llama_server, tiny_gguf
 
 
 @pytest.hookimpl(tryfirst=True)  # before ``-m`` selection looks at the marks
@@ -67,51 +64,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 # --------------------------------------------------------------------------- fixtures
 
 
-def _prepare_binary(config: pytest.Config) -> tuple[str, str]:
+def _make_binary(log) -> tuple[str, str]:
     """Get the binary, with build progress on the terminal: ("ok", path), ("skip", why)
     or ("error", why)."""
-    capture = config.pluginmanager.getplugin("capturemanager")
-    guard = capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()
-
-    def log(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
-
     try:
-        with guard:
-            return "ok", str(llama_server.ensure_llama_server(log=log))
+        return "ok", str(llama_server.ensure_llama_server(log=log))
     except llama_server.MissingToolchainError as exc:
         return "skip", f"real-engine tier skipped: {exc}"
     except llama_server.LlamaServerBuildError as exc:
         return "error", str(exc)
 
 
-_BINARY_OUTCOME = pytest.StashKey[tuple[str, str]]()
+_BINARY = Prepared("engine", _make_binary)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Build llama-server before the first engine test runs, if any was selected.
-
-    A cold build takes minutes: done here, it does not count against the per-test
-    timeout (pytest-timeout includes fixture setup).
-    """
-    config = session.config
-    if config.option.collectonly or _BINARY_OUTCOME in config.stash:
-        return
-    if any(item.get_closest_marker("engine") for item in session.items):
-        config.stash[_BINARY_OUTCOME] = _prepare_binary(config)
+    """Build llama-server before the first engine test runs, if any was selected."""
+    _BINARY.on_collection_finish(session)
 
 
 @pytest.fixture(scope="session")
 def llama_server_bin(pytestconfig: pytest.Config) -> Path:
     """The llama-server binary; built and cached on first use (progress on the terminal)."""
-    if _BINARY_OUTCOME not in pytestconfig.stash:
-        pytestconfig.stash[_BINARY_OUTCOME] = _prepare_binary(pytestconfig)
-    status, detail = pytestconfig.stash[_BINARY_OUTCOME]
-    if status == "skip":
-        pytest.skip(detail)
-    if status == "error":
-        pytest.fail(detail, pytrace=False)
-    return Path(detail)
+    return _BINARY.path(pytestconfig)
 
 
 @pytest.fixture(scope="session")

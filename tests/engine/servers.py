@@ -30,20 +30,13 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ClassVar, Iterator, Sequence
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TOOLS_DIR = str(REPO_ROOT / "tools")
-if TOOLS_DIR not in sys.path:
-    sys.path.insert(0, TOOLS_DIR)
+from mpiswarm.engines import tiny_gguf
+from mpiswarm.engines.process import HOST, ServerProcess, http_status
 
-import tiny_gguf  # noqa: E402  (tools/tiny_gguf.py)
-
-HOST = "127.0.0.1"
 ENDPOINT_TEMPLATE = f"http://{HOST}:{{port}}/v1"
 
 #: Defaults of the servers started here.
@@ -67,30 +60,8 @@ _PR_SET_PDEATHSIG = 1
 
 
 @dataclass
-class LlamaServer:
+class LlamaServer(ServerProcess):
     """One running ``llama-server`` process."""
-
-    port: int
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    argv: tuple[str, ...]
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
-    def root_url(self) -> str:
-        """``http://127.0.0.1:P``, for llama-server's own routes such as ``/health``."""
-        return f"http://{HOST}:{self.port}"
-
-    @property
-    def base_url(self) -> str:
-        """``http://127.0.0.1:P/v1``, the OpenAI-compatible base URL."""
-        return ENDPOINT_TEMPLATE.format(port=self.port)
-
-    def is_running(self) -> bool:
-        return self.process.poll() is None
 
     def log_text(self) -> str:
         try:
@@ -263,17 +234,6 @@ def server_argv(binary: Path, model: Path, port: int, *, slots: int = DEFAULT_SL
     ]
 
 
-def _http_status(url: str, timeout: float) -> int | None:
-    """HTTP status of a GET, or None when nothing answers."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except (urllib.error.URLError, OSError):
-        return None
-
-
 class StartupError(RuntimeError):
     """A server did not become healthy."""
 
@@ -293,7 +253,7 @@ def _wait_healthy(servers: Sequence[LlamaServer], deadline: float) -> None:
                 raise StartupError(server, f"exited with status {server.process.returncode}"
                                            " during startup")
             if (server.has_bound_its_port()
-                    and _http_status(server.root_url + "/health", timeout=2.0) == 200):
+                    and http_status(server.root_url + "/health", timeout=2.0) == 200):
                 pending.remove(server)
         if not pending:
             return

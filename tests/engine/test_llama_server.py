@@ -82,9 +82,9 @@ from typing import Any
 
 import pytest
 
-import llama_server  # tools/, put on sys.path by conftest.py
+from mpiswarm.engines import llama_server
 from ..conftest import process_table
-import tiny_gguf
+from mpiswarm.engines import tiny_gguf
 
 TIMEOUT = 60.0
 PROMPTS = [

@@ -40,7 +40,7 @@ from mpiswarm.store import read_results
 from ..conftest import run_mpiswarm, write_jsonl
 from .servers import LlamaServer, ServerGroup
 
-import tiny_gguf  # tools/, put on sys.path by servers.py
+from mpiswarm.engines import tiny_gguf
 
 #: llama-server ignores the request's model name; mpiswarm sends it anyway.
 MODEL = "tiny"

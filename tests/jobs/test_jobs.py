@@ -291,14 +291,84 @@ def test_a_server_that_dies_during_the_run_is_reported(tmp_path, jobs):
     server = (f"if [ {{tile}} = 0 ]; then exec {SIM} --port {{port}} --time-scale 1 --max-num-seqs 4; "
               f"else exec timeout 8 {SIM} --port {{port}} --time-scale 1 --max-num-seqs 4; fi")
     env = job_env(tmp_path, nodes=["localhost"], ppn=2, base=base, rows=rows, server=server,
-                  MPISWARM_EXTRA_ARGS=f"--max-tokens {MAX_TOKENS} --batch-size 8")
+                  MPISWARM_SERVER_RESTARTS=0, MPISWARM_EXTRA_ARGS=f"--max-tokens {MAX_TOKENS} --batch-size 8")
     job = jobs(BATCH, tmp_path, env)
     res = job.finish(timeout=200)
     assert res.returncode in (0, EXIT_UNHEALTHY), res.stdout + res.stderr
+    assert "mpiswarm-server: restarted" not in res.stderr  # MPISWARM_SERVER_RESTARTS=0
     assert "servers lost during the job" in res.stderr
     assert f"mpiswarm-server: died localhost {base + 1}: exited with code 124 while serving" in res.stderr
     if res.returncode == 0:
         assert_answers(tmp_path / "out.h5", rows, ranks=2)
+    assert_nothing_left(job, [base, base + 1])
+
+
+def tile_1_dies_mid_run(tmp_path: Path, *, then: str) -> str:
+    """MPISWARM_SERVER for two tiles: tile 0 a slow simulated server; tile 1 the same, which its
+    wrapper kills (exit 9) once mpiswarm has written some answered rows, so it dies while serving;
+    started again (a marker file tells), tile 1 runs THEN instead."""
+    slow = f"{SIM} --port {{port}} --time-scale 1 --max-num-seqs 4"
+    marker, run = tmp_path / "tile1-started", tmp_path / "out.h5.run"
+    return (f"if [ {{tile}} = 0 ]; then exec {slow}; fi; if [ -e {marker} ]; then {then}; fi; touch {marker}; "
+            f"{slow} & p=$!; until [ \"$(cat {run}/* 2>/dev/null | wc -c)\" -gt 2000 ]; do sleep 0.2; done; "
+            "kill $p; wait $p; exit 9")
+
+
+def test_a_server_that_exits_is_restarted_and_its_endpoint_used_again(tmp_path, jobs):
+    """Issue 16, item 6: tile 1's server exits while serving; lib.sh starts it again (the default
+    MPISWARM_SERVER_RESTARTS=2, one needed), logs it in the server's log and the launcher's report,
+    and mpiswarm, looking at dead endpoints every second, sends to it again: every row right."""
+    rows = make_rows(800)
+    base = find_free_port_block(2)
+    server = tile_1_dies_mid_run(tmp_path, then=f"exec {SIM} --port {{port}} --time-scale 1 --max-num-seqs 4")
+    env = job_env(tmp_path, nodes=["localhost"], ppn=2, base=base, rows=rows, server=server,
+                  MPISWARM_EXTRA_ARGS=f"--max-tokens {MAX_TOKENS} --batch-size 8 --revive-interval 1")
+    job = jobs(BATCH, tmp_path, env)
+    res = job.finish(timeout=200)
+    assert res.returncode == 0, res.stdout + res.stderr
+    port = base + 1
+    restarted = re.findall(rf"^mpiswarm-server: restarted localhost {port} pid (\d+) \(restart (\d) of 2\): "
+                           "it exited with code 9 while serving$", res.stderr, re.M)
+    assert [k for _, k in restarted] == ["1"], res.stderr  # in the job's list of servers lost
+    assert "servers lost during the job" in res.stderr and "mpiswarm-server: died" not in res.stderr
+    launcher = (tmp_path / "logs" / "launcher-localhost.log").read_text()
+    assert re.search(rf"^mpiswarm-server: up localhost {port} after \d+ s \(restart 1 of 2\)$", launcher, re.M)
+    assert launcher.count(f"mpiswarm-server: ready localhost {port}") == 1  # said once, at the start
+    log = (tmp_path / "logs" / f"server-localhost-{port}.log").read_text()
+    assert re.search(r"^# mpiswarm: \d{4}-\d\d-\d\d \d\d:\d\d:\d\d restart 1 of 2$", log, re.M)
+    assert log.count(f"mpiswarm.sim listening on http://127.0.0.1:{port}/v1") == 2  # appended, not replaced
+    assert (tmp_path / "logs" / f"server-localhost-{port}.pid").read_text().split() == [restarted[0][0]]
+    assert_answers(tmp_path / "out.h5", rows, ranks=2)
+    ranks = read_results(tmp_path / "out.h5")["ranks"]
+    assert ranks["n_endpoint_lost"][1] >= 1 and ranks["n_endpoint_back"][1] >= 1
+    assert_nothing_left(job, [base, base + 1])
+
+
+def test_a_server_that_keeps_exiting_is_restarted_n_times_then_reported_died(tmp_path, jobs):
+    """Restarts are bounded: tile 1 dies while serving, then exits at once each time it is started
+    again; with MPISWARM_SERVER_RESTARTS=2 it is started exactly twice more, then reported died,
+    and mpiswarm finishes on tile 0."""
+    rows = make_rows(800)
+    base = find_free_port_block(2)
+    env = job_env(tmp_path, nodes=["localhost"], ppn=2, base=base, rows=rows,
+                  server=tile_1_dies_mid_run(tmp_path, then="echo 'no device' >&2; exit 7"),
+                  MPISWARM_SERVER_RESTARTS=2, MPISWARM_EXTRA_ARGS=f"--max-tokens {MAX_TOKENS} --batch-size 8")
+    job = jobs(BATCH, tmp_path, env)
+    res = job.finish(timeout=200)
+    assert res.returncode == 0, res.stdout + res.stderr
+    port = base + 1
+    launcher = (tmp_path / "logs" / "launcher-localhost.log").read_text()
+    restarts = re.findall(rf"^mpiswarm-server: restarted localhost {port} pid \d+ \(restart (\d) of 2\): "
+                          r"it exited with code (\d+) while serving$", launcher, re.M)
+    assert restarts == [("1", "9"), ("2", "7")], launcher
+    died = re.findall(rf"^mpiswarm-server: died localhost {port}: (.*)$", launcher, re.M)
+    assert died == ["exited with code 7 while serving (after 2 restart(s), MPISWARM_SERVER_RESTARTS=2)"]
+    assert f"mpiswarm-server: died localhost {port}: exited with code 7" in res.stderr  # the list of servers lost
+    assert "restarted" not in launcher.split(f"mpiswarm-server: died localhost {port}")[1]
+    log = (tmp_path / "logs" / f"server-localhost-{port}.log").read_text()
+    assert re.findall(r"^# mpiswarm: .* (restart \d of 2)$", log, re.M) == ["restart 1 of 2", "restart 2 of 2"]
+    assert log.count("\nno device\n") == 2  # each start's output appended
+    assert_answers(tmp_path / "out.h5", rows, ranks=2)
     assert_nothing_left(job, [base, base + 1])
 
 
@@ -375,6 +445,7 @@ def test_scaling_study_goes_on_without_a_node_whose_servers_fail(tmp_path, jobs)
 @pytest.mark.parametrize("settings, message", [
     ({"MPISWARM_INPUT": "missing.jsonl"}, "MPISWARM_INPUT: no readable file missing.jsonl"),
     ({"MPISWARM_PPN": "0"}, "MPISWARM_PPN must be an integer >= 1, got '0'"),
+    ({"MPISWARM_SERVER_RESTARTS": "-1"}, "MPISWARM_SERVER_RESTARTS must be an integer >= 0, got '-1'"),
     ({"PBS_NODEFILE": ""}, "PBS_NODEFILE is not set"),
     ({"MPISWARM_EXTRA_ARGS": "--stop 'unbalanced"}, "unbalanced quotes in: --stop 'unbalanced"),
     ({"MPISWARM_NODE_COUNTS": "1 4"}, "MPISWARM_NODE_COUNTS: 4 nodes, but the job has 1"),

@@ -762,3 +762,37 @@ def test_version_flags_on_the_command_line():
     d = config_from_args(build_parser().parse_args([]))
     assert (d.error_shape, d.max_prompts_per_call, d.context_check, d.reasoning_field) == (
         "nested", 1024, "prompt", "reasoning")
+
+
+def test_structured_outputs_and_logprobs_as_vllm_shapes_them():
+    """A choice row answers one of its choices, a JSON-schema row a document valid for its
+    schema, json_object an object; logprobs the same alone as in a list."""
+    import urllib.request
+
+    from mpiswarm.sim import expected_logprobs
+
+    def post(url, body):
+        req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.load(resp)
+
+    schema = {"type": "object", "properties": {"gene": {"type": "string"}, "score": {"type": "integer", "minimum": 1,
+              "maximum": 5}, "tags": {"type": "array", "items": {"enum": ["a", "b"]}}}, "required": ["gene", "score"]}
+    with run_in_thread(SimConfig(time_scale=0)) as s:
+        base = s.urls[0]
+        got = post(base + "/completions", {"model": "sim-model", "prompt": ["p1", "p2", "p3"],
+                                           "structured_outputs": {"choice": ["yes", "no", "maybe"]}})
+        assert all(c["text"] in ("yes", "no", "maybe") and c["finish_reason"] == "stop" for c in got["choices"])
+        got = post(base + "/chat/completions", {"model": "sim-model", "messages": [{"role": "user", "content": "x"}],
+                                                "response_format": {"type": "json_schema",
+                                                                    "json_schema": {"name": "g", "schema": schema}}})
+        doc = json.loads(got["choices"][0]["message"]["content"])
+        assert isinstance(doc["gene"], str) and 1 <= doc["score"] <= 5 and set(doc["tags"]) <= {"a", "b"}
+        got = post(base + "/completions", {"model": "sim-model", "prompt": "x", "response_format": {"type": "json_object"}})
+        assert isinstance(json.loads(got["choices"][0]["text"]), dict)
+        one = post(base + "/completions", {"model": "sim-model", "prompt": "alpha", "max_tokens": 5, "logprobs": 3})
+        listed = post(base + "/completions", {"model": "sim-model", "prompt": ["beta", "alpha"], "max_tokens": 5,
+                                              "logprobs": 3})
+        assert listed["choices"][1]["logprobs"] == one["choices"][0]["logprobs"] == expected_logprobs(
+            one["choices"][0]["text"], False, 3)
+        assert all(len(top) == 3 for top in one["choices"][0]["logprobs"]["top_logprobs"])

@@ -139,11 +139,11 @@ def test_csv_round_trips_through_the_csv_module(results, tmp_path, name):
     n = data["completion"].shape[1] if data["completion"].ndim == 2 else 1
     head = records[0]
     if n == 1:
-        assert head == ["custom_id", "prompt", "completion", "finish_reason", "ok", "error", "error_kind", "http_status",
+        assert head == ["custom_id", "prompt", "completion", "finish_reason", "ok", "error", "error_kind", "http_status", "chat",
                         "rank", "prompt_tokens", "completion_tokens", "latency_s"]
     else:
         assert head == ["custom_id", "prompt", "completion_0", "completion_1", "finish_reason_0", "finish_reason_1",
-                        "ok", "error", "error_kind", "http_status", "rank", "prompt_tokens", "completion_tokens",
+                        "ok", "error", "error_kind", "http_status", "chat", "rank", "prompt_tokens", "completion_tokens",
                         "latency_s"]
     body = records[1:]
     assert len(body) == len(run.rows)

@@ -18,7 +18,7 @@ def test_frame_columns_equal_the_datasets(results):
         data = read_dict(path)
         assert isinstance(df, pd.DataFrame)
         assert list(df.columns) == ["custom_id", "prompt", "completion", "finish_reason", "ok", "error", "error_kind",
-                                    "http_status", "rank", "prompt_tokens", "completion_tokens", "latency_s"]
+                                    "http_status", "chat", "rank", "prompt_tokens", "completion_tokens", "latency_s"]
         assert len(df) == len(results[name].rows) and list(df.index) == list(range(len(df)))
         for column in ("custom_id", "prompt", "error", "rank", "prompt_tokens", "completion_tokens"):
             assert df[column].tolist() == data[column].tolist(), column

@@ -76,8 +76,9 @@ def test_route_of_a_call():
     assert route("completions", False, {CHAT_KEY: True}) == CHAT
     assert route("chat", True, {"max_tokens": 4}) == CHAT_BATCH
     assert route("chat", True, {"n": 2}) == CHAT  # the batch route answers one choice a conversation
-    assert route("chat", True, {"min_tokens": 2}) == CHAT  # a field the batch route would ignore
-    assert batchable({"temperature": 0, "structured_outputs": {"choice": ["a"]}}) and not batchable({"ignore_eos": True})
+    assert route("chat", True, {"min_tokens": 2}) == CHAT_BATCH  # the batch route hands it to each conversation
+    assert batchable({"temperature": 0, "structured_outputs": {"choice": ["a"]}, "ignore_eos": True})
+    assert not batchable({"n": 3})
     assert ClientOptions(model="m", api="chat").calls_in_flight() == 128
     assert ClientOptions(model="m", api="chat", chat_batch=True).calls_in_flight() == 8
     assert conversation("hi", False) == [{"role": "user", "content": "hi"}]

@@ -39,7 +39,7 @@ def test_openai_batch_rows(tmp_path):
     ps = read_prompts(path)
     assert ps.prompts == ["hello", "bye"]
     assert ps.custom_ids == ["r1", "r2"]
-    assert json.loads(ps.overrides[0]) == {"max_tokens": 7, "temperature": 0}
+    assert json.loads(ps.overrides[0]) == {"max_tokens": 7, "temperature": 0, "model": "m"}  # a row's model is its own
     assert ps.overrides[1] == ""
 
 

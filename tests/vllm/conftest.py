@@ -26,21 +26,16 @@ healthy when returned, and are stopped by the PID of the process group they were
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TOOLS_DIR = str(REPO_ROOT / "tools")
-if TOOLS_DIR not in sys.path:
-    sys.path.insert(0, TOOLS_DIR)
+from mpiswarm.engines import TINY_HF_SCRIPT, vllm_server
 
-import vllm_server  # noqa: E402  (tools/vllm_server.py)
+from ..prepared import Prepared
 
 SKIP_ENV_VAR = "MPISWARM_SKIP_VLLM"
 MODEL_SEED = 0
@@ -59,49 +54,34 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.timeout(TEST_TIMEOUT))
 
 
-_OUTCOME = pytest.StashKey[tuple[str, str]]()
-
-
-def _prepare(config: pytest.Config) -> tuple[str, str]:
+def _make_python(log) -> tuple[str, str]:
     """("ok", python) / ("skip", why) / ("error", why), with install progress on the terminal."""
     if os.environ.get(SKIP_ENV_VAR):
         return "skip", f"real-vLLM tier skipped: ${SKIP_ENV_VAR} is set"
-    capture = config.pluginmanager.getplugin("capturemanager")
-    guard = capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()
     try:
-        with guard:
-            return "ok", str(vllm_server.ensure_vllm_python(
-                log=lambda message: print(message, file=sys.stderr, flush=True)))
+        return "ok", str(vllm_server.ensure_vllm_python(log=log))
     except vllm_server.VllmUnavailableError as exc:
         return "error", str(exc)
 
 
+_PYTHON = Prepared("vllm", _make_python)
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Install vLLM (once per machine) before the first test of the tier, if any was selected."""
-    config = session.config
-    if config.option.collectonly or _OUTCOME in config.stash:
-        return
-    if any(item.get_closest_marker("vllm") for item in session.items):
-        config.stash[_OUTCOME] = _prepare(config)
+    _PYTHON.on_collection_finish(session)
 
 
 @pytest.fixture(scope="session")
 def vllm_python(pytestconfig: pytest.Config) -> Path:
-    if _OUTCOME not in pytestconfig.stash:
-        pytestconfig.stash[_OUTCOME] = _prepare(pytestconfig)
-    status, detail = pytestconfig.stash[_OUTCOME]
-    if status == "skip":
-        pytest.skip(detail)
-    if status == "error":
-        pytest.fail(detail, pytrace=False)
-    return Path(detail)
+    return _PYTHON.path(pytestconfig)
 
 
 @pytest.fixture(scope="session")
 def tiny_hf_model(vllm_python: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny Hugging Face llama (seed 0), made by the vLLM environment's Python."""
     target = tmp_path_factory.mktemp("hf-model") / "tiny"
-    made = subprocess.run([str(vllm_python), str(REPO_ROOT / "tools" / "tiny_hf.py"), str(target),
+    made = subprocess.run([str(vllm_python), str(TINY_HF_SCRIPT), str(target),
                            "--seed", str(MODEL_SEED)], capture_output=True, text=True, timeout=300)
     if made.returncode != 0:
         pytest.fail(f"tools/tiny_hf.py failed:\n{made.stderr[-3000:]}", pytrace=False)

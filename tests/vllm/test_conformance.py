@@ -42,6 +42,20 @@ CASES: list[tuple[str, str, dict[str, Any] | None]] = [
                                    {"role": "user", "content": "hello"}], "max_tokens": 4}),
     ("chat-unknown-model", "/v1/chat/completions",
      {"model": "llama-wrong", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}),
+    ("chat-batch", "/v1/chat/completions/batch",
+     {"model": MODEL, "messages": [[{"role": "user", "content": "hello"}],
+                                   [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "yo"}]],
+      "max_tokens": 4}),
+    ("chat-batch-n2", "/v1/chat/completions/batch",
+     {"model": MODEL, "messages": [[{"role": "user", "content": "hello"}]], "max_tokens": 4, "n": 2}),
+    ("completions-logprobs", "/v1/completions",
+     {"model": MODEL, "prompt": ["one", "two words"], "max_tokens": 3, "logprobs": 2, "temperature": 0}),
+    ("completions-logprobs-0", "/v1/completions", {"model": MODEL, "prompt": "one", "max_tokens": 2, "logprobs": 0}),
+    ("chat-logprobs", "/v1/chat/completions",
+     {"model": MODEL, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 3, "logprobs": True,
+      "top_logprobs": 2}),
+    ("chat-batch-logprobs", "/v1/chat/completions/batch",
+     {"model": MODEL, "messages": [[{"role": "user", "content": "hello"}]], "max_tokens": 3, "logprobs": True}),
     ("models", "/v1/models", None),
     ("tokenize", "/tokenize", {"model": MODEL, "prompt": "hello world"}),
     ("tokenize-unknown-model", "/tokenize", {"model": "llama-wrong", "prompt": "hello"}),
@@ -81,10 +95,23 @@ def shape(path: str, status: int, payload: Any) -> dict[str, Any]:
     # finish_reason is the model's doing (the tiny model never stops, the simulator's answers
     # do), so only its kind is compared.
     out["finish_kinds"] = all(choice["finish_reason"] in ("stop", "length") for choice in payload["choices"])
-    if path == "/v1/chat/completions":
+    out["logprobs"] = [logprobs_shape(choice.get("logprobs")) for choice in payload["choices"]]
+    if path.startswith("/v1/chat/completions"):
         out["message_keys"] = sorted({key for choice in payload["choices"] for key in choice["message"]})
         out["roles"] = [choice["message"]["role"] for choice in payload["choices"]]
     return out
+
+
+def logprobs_shape(logprobs: Any) -> Any:
+    """A choice's logprobs as far as they must agree: the keys, the number of tokens and of
+    alternatives a token (the texts and values are the model's)."""
+    if logprobs is None:
+        return None
+    if "content" in logprobs:  # chat
+        return {"keys": keys(logprobs), "entry_keys": sorted({k for e in logprobs["content"] for k in e}),
+                "tokens": len(logprobs["content"]), "top": [len(e["top_logprobs"]) for e in logprobs["content"]]}
+    return {"keys": keys(logprobs), "tokens": len(logprobs["tokens"]),
+            "top": [len(t) for t in logprobs["top_logprobs"]], "offsets": len(logprobs["text_offset"])}
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import pytest
 
 from mpiswarm.store import read_results
 
-from ..conftest import run_mpiswarm, write_jsonl
+from ..conftest import run_mpiswarm
 from .test_vllm_runs import (MODEL, RUN_TIMEOUT, alone, choices, completion_calls, make_rows,
                              metrics, run_args)
 

@@ -36,7 +36,7 @@ MODEL = "tiny"
 MAX_MODEL_LEN = 1024  # the fixture's --max-model-len
 RUN_TIMEOUT = 180.0
 HTTP_TIMEOUT = 120.0
-CORPUS = Path(__file__).resolve().parents[2] / "tools" / "tiny_corpus.txt"
+CORPUS = Path(__file__).resolve().parents[2] / "mpiswarm" / "engines" / "tiny_corpus.txt"
 
 UNICODE_PROMPTS = ["Zürich in the sun ☀", "東京の天気は?", "Москва зимой", "a party 🎉 with friends",
                    "café au lait, naïve résumé", "Ελλάδα and its islands", "the number π is"]
@@ -238,7 +238,8 @@ def test_n2_with_a_seed_and_per_row_overrides(tmp_path: Path, vllm) -> None:
 def test_chat_api_every_row_equals_the_servers_own_chat_answer(tmp_path: Path, vllm) -> None:
     rows = make_rows(40)
     res = run_mpiswarm(4, run_args(vllm, rows, tmp_path, "--api", "chat", "--max-tokens", 8,
-                                   "--temperature", 0, "--concurrency", 8), timeout=RUN_TIMEOUT)
+                                   "--temperature", 0, "--concurrency", 8, "--chat-route", "single"),
+                       timeout=RUN_TIMEOUT)  # one call a row: each row's own usage
     assert res.returncode == 0, res.stdout + res.stderr
     data = read_results(tmp_path / "out.h5")
     assert data["ok"].all()
@@ -248,6 +249,35 @@ def test_chat_api_every_row_equals_the_servers_own_chat_answer(tmp_path: Path, v
         assert data["completion"][i] != ""  # the tiny model's chat answers are not empty
         assert data["prompt_tokens"][i] == single["usage"]["prompt_tokens"]
         assert data["completion_tokens"][i] == single["usage"]["completion_tokens"] == 8
+
+
+def test_chat_rows_through_the_batch_route_equal_each_conversation_alone(tmp_path: Path, vllm) -> None:
+    """A file mixing conversations (system + user), OpenAI Batch chat requests and prompts:
+    the chat rows go in lists to vLLM's /v1/chat/completions/batch and each answer equals
+    what /v1/chat/completions answers that conversation alone."""
+    lines = make_rows(36)
+    rows = []
+    for i, line in enumerate(lines):
+        conversation = [{"role": "system", "content": "You are brief."}, {"role": "user", "content": line["prompt"]}]
+        if i % 3 == 0:
+            rows.append({"custom_id": f"p{i}", "prompt": line["prompt"]})
+        elif i % 3 == 1:
+            rows.append({"custom_id": f"c{i}", "messages": conversation})
+        else:
+            rows.append({"custom_id": f"b{i}", "url": "/v1/chat/completions",
+                         "body": {"model": MODEL, "messages": conversation[1:]}})
+    res = run_mpiswarm(4, run_args(vllm, rows, tmp_path, "--max-tokens", 8, "--temperature", 0), timeout=RUN_TIMEOUT)
+    assert res.returncode == 0, res.stdout + res.stderr
+    data = read_results(tmp_path / "out.h5")
+    assert data["ok"].all() and data["ranks"]["n_chat_batch_calls"].sum() > 0 and data["ranks"]["n_chat_calls"].sum() == 0
+    for i, row in enumerate(rows):
+        source = row.get("body", row)
+        params = {"max_tokens": 8, "temperature": 0}
+        if "messages" in source:
+            single = post_ok(vllm.base_url + "/chat/completions", {"model": MODEL, "messages": source["messages"], **params})
+            assert [(data["completion"][i], data["finish_reason"][i])] == choices(single, chat=True), f"row {i}"
+        else:
+            assert [(data["completion"][i], data["finish_reason"][i])] == choices(alone(vllm, source["prompt"], params))
 
 
 def test_prompt_format_of_the_models_chat_template_answers_as_chat_does(tmp_path: Path, vllm) -> None:
