@@ -23,6 +23,8 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from .pattern import grammar_example, regex_example
+
 MAX_WORDS = 48
 """Longest natural answer, in words (tokens)."""
 
@@ -277,8 +279,9 @@ def structured_answer(kind: str, spec, prompt: str, j: int = 0) -> str:
     document valid for the ``json`` schema (objects with their required and listed properties,
     strings, numbers, integers, booleans, null, arrays, enums and consts; ``$ref``, ``anyOf``
     and the like take their first branch), ``{}`` for ``json_object``; deterministic per
-    prompt and choice. ``regex`` and ``grammar`` are not simulated (ValueError: the server
-    answers 400 saying so)."""
+    prompt and choice; for ``regex`` and ``grammar`` a string they match, of the subsets
+    :mod:`mpiswarm.sim.pattern` generates (ValueError naming what it does not: the server answers
+    400 saying so)."""
     digest = hashlib.blake2b(f"{j}:{prompt}".encode("utf-8", "surrogatepass"), digest_size=16).digest()
     if kind == "choice":
         return str(spec[digest[0] % len(spec)])
@@ -287,7 +290,11 @@ def structured_answer(kind: str, spec, prompt: str, j: int = 0) -> str:
     if kind == "json":
         schema = json.loads(spec) if isinstance(spec, str) else spec
         return json.dumps(_from_schema(schema, digest, 0), ensure_ascii=False, separators=(",", ":"))
-    raise ValueError(f"the simulator does not generate '{kind}' structured outputs (choice, json, json_object)")
+    if kind == "regex":
+        return regex_example(spec, digest)
+    if kind == "grammar":
+        return grammar_example(spec, digest)
+    raise ValueError(f"the simulator does not generate '{kind}' structured outputs")
 
 
 def _from_schema(schema, digest: bytes, depth: int):

@@ -35,7 +35,7 @@ from aiohttp import web
 
 from .faults import CRASHED, STARTING, FaultPolicy, spoil_reply
 from ..options import CHAT, COMPLETIONS, OPTIONS
-from ..options import validate as validate_options
+from .refusals import option_refusal, validation_error
 from .model import (
     BAD_REPLY_KINDS,
     SimConfig,
@@ -677,9 +677,7 @@ class Endpoint:
 
     async def _answer_chat_batch(self, body: dict, started: float) -> web.Response:
         conversations = body.get("messages")
-        if not isinstance(conversations, list) or not conversations:
-            raise BadRequest("1 validation error: messages: List should have at least 1 item after validation",
-                             param="body.messages")
+        _check_conversations(conversations)
         n = body.get("n", 1)
         if n is not None and n != 1:  # BatchChatCompletionRequest.check_batch_mode
             raise BadRequest(f"Batch chat completions do not support `n > 1`. Please set `n` to 1. "
@@ -709,11 +707,10 @@ class Endpoint:
         options beyond the six the simulator words as vLLM does, by the table of
         :mod:`mpiswarm.options`; the model, each prompt's length, each prompt's sampling), its
         time spent."""
-        others = {k: body[k] for k in body.keys() & OPTIONS.keys() if k not in _WORDED_OPTIONS}
-        try:
-            validate_options(others, route)
-        except ValueError as exc:
-            raise BadRequest(str(exc), param=next(iter(others), None)) from None
+        others = {k: v for k, v in body.items() if k in OPTIONS and k not in _WORDED_OPTIONS}
+        refused = option_refusal(others, route)
+        if refused is not None:
+            raise BadRequest(str(refused), param=refused.param, err_type=refused.err_type)
         n, seed, stop = _sampling_params(body)
         model = self._check_model(body)
         self.metrics.prompts_received += len(prompts)
@@ -801,6 +798,26 @@ class Endpoint:
 
 #: options the simulator checks itself, with vLLM's own words (sampling_error, the model check)
 _WORDED_OPTIONS = frozenset(("max_tokens", "n", "seed", "temperature", "top_p", "stop", "model"))
+
+
+def _check_conversations(conversations) -> None:
+    """The 400 vLLM 0.32 answers when the batch route's ``messages`` is not a non-empty list of
+    non-empty lists (``BatchChatCompletionRequest.messages``, its pydantic ``min_length=1``)."""
+    def refuse(loc: str, value) -> None:
+        if value is None:
+            refused = validation_error(loc, "missing", "Field required", {})
+        elif isinstance(value, list):
+            refused = validation_error(loc, "too_short", "List should have at least 1 item after validation, not 0",
+                                       value, {"field_type": "List", "min_length": 1, "actual_length": 0})
+        else:
+            refused = validation_error(loc, "list_type", "Input should be a valid list", value)
+        raise BadRequest(str(refused), param=refused.param, err_type=refused.err_type)
+
+    if not isinstance(conversations, list) or not conversations:
+        refuse("body.messages", conversations)
+    for i, conversation in enumerate(conversations):
+        if not isinstance(conversation, list) or not conversation:
+            refuse(f"body.messages.{i}", conversation)
 
 
 def _conversation(messages) -> list:
