@@ -125,4 +125,6 @@ def _range_param(key: str, value, route: str) -> str | None:
     if key == "structured_outputs" and route != CHAT and isinstance(value, dict) and sum(
             value.get(k) is not None for k in ("json", "regex", "choice")) > 1:
         return key  # CompletionRequest.check_structured_outputs_count names it; the chat request's does not
+    if key == "top_logprobs" and value >= -1:
+        return "logprobs"  # over --max-logprobs: SamplingParams._validate_logprobs names its logprobs
     return RANGE_PARAMS.get(key)

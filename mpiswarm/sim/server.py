@@ -38,6 +38,7 @@ from ..options import CHAT, COMPLETIONS, OPTIONS
 from .refusals import option_refusal, validation_error
 from .model import (
     BAD_REPLY_KINDS,
+    SAMPLING_EPS,
     SimConfig,
     context_error,
     count_tokens,
@@ -643,7 +644,7 @@ class Endpoint:
         model, prompt_tokens, answers = await self._sample(prompts, body, _int_param(body, "max_tokens", 16), started)
         top = body.get("logprobs")
         choices = [{"index": k, "text": text, "finish_reason": finish,
-                    "logprobs": None if top is None else expected_logprobs(text, False, int(top)),
+                    "logprobs": None if top is None else expected_logprobs(text, False, int(top), _greedy(body)),
                     "stop_reason": None, "token_ids": None, "prompt_logprobs": None, "prompt_token_ids": None,
                     "routed_experts": None} for k, (text, finish, _) in enumerate(answers)]
         return self._reply("cmpl-", "text_completion", model, choices, prompt_tokens, answers)
@@ -667,7 +668,7 @@ class Endpoint:
             limits = [length - t if max_tokens is None else min(max_tokens, length - t) for t in prompt_tokens]
         temperature, top_p = _number_param(body, "temperature"), _number_param(body, "top_p")
         for limit in limits:
-            refused = sampling_error(n, temperature, top_p, limit, stop)
+            refused = sampling_error(n, temperature, top_p, limit, stop, _int_param(body, "min_tokens", 0))
             if refused is not None:
                 raise BadRequest(*refused)
         return limits
@@ -696,7 +697,7 @@ class Endpoint:
         model, prompt_tokens, answers = await self._sample(prompts, body, max_tokens, started, CHAT)
         top = body.get("top_logprobs") or 0
         choices = [{"index": k, "message": self._message(text), "finish_reason": finish,
-                    "logprobs": expected_logprobs(text, True, int(top)) if body.get("logprobs") else None,
+                    "logprobs": expected_logprobs(text, True, int(top), _greedy(body)) if body.get("logprobs") else None,
                     "stop_reason": None, "token_ids": None, "routed_experts": None}
                    for k, (text, finish, _) in enumerate(answers)]
         return self._reply("chatcmpl-", "chat.completion", model, choices, prompt_tokens, answers)
@@ -818,6 +819,12 @@ def _check_conversations(conversations) -> None:
     for i, conversation in enumerate(conversations):
         if not isinstance(conversation, list) or not conversation:
             refuse(f"body.messages.{i}", conversation)
+
+
+def _greedy(body: dict) -> bool:
+    """Whether a request samples greedily (temperature 0; the default is 1.0 on both routes)."""
+    temperature = body.get("temperature")
+    return temperature is not None and temperature < SAMPLING_EPS
 
 
 def _conversation(messages) -> list:

@@ -58,7 +58,8 @@ REFUSED = [  # (route, options, vLLM's type, vLLM's param)
     ("/completions", {"structured_outputs": {"choice": []}}, "BadRequestError", None),
     ("/completions", {"response_format": {"type": "json_schema"}}, "BadRequestError", "response_format"),
     ("/chat/completions", {"logprobs": False, "top_logprobs": 2}, "BadRequestError", "top_logprobs"),
-    ("/chat/completions", {"logprobs": True, "top_logprobs": 21}, "BadRequestError", "top_logprobs"),
+    # over --max-logprobs: vLLM names its SamplingParams.logprobs
+    ("/chat/completions", {"logprobs": True, "top_logprobs": 21}, "BadRequestError", "logprobs"),
     ("/chat/completions", {"logprobs": "x"}, "Bad Request", "body.logprobs"),
     ("/chat/completions/batch", {"top_k": -2}, "BadRequestError", None),
 ]
@@ -175,3 +176,36 @@ def test_an_adapter_is_answered_under_its_name_an_unknown_model_is_404(sim):
     assert status == 404 and payload["error"] == {
         "message": f"The model `nope` does not exist. Valid aliases: {MODEL}.", "type": "NotFoundError",
         "param": "model", "code": 404}
+
+
+# --------------------------------------------------------------------------- logprobs and min_tokens
+
+
+@pytest.mark.parametrize("temperature, k, per_token", [(0, 2, 2), (0, 0, 1), (0.8, 2, 3), (None, 0, 1)])
+def test_completions_logprobs_count_the_sampled_token_as_vllm_does(sim, temperature, k, per_token):
+    """Greedy, the sampled token is among the top k (k entries); sampled, it comes with them
+    (k + 1); with k 0 it comes alone."""
+    body = {"model": MODEL, "prompt": "alpha", "max_tokens": 4, "logprobs": k, "seed": 1}
+    if temperature is not None:
+        body["temperature"] = temperature
+    _, payload = post(sim + "/completions", body)
+    logprobs = payload["choices"][0]["logprobs"]
+    assert [len(t) for t in logprobs["top_logprobs"]] == [per_token] * len(logprobs["tokens"])
+    assert "".join(logprobs["tokens"]) == payload["choices"][0]["text"]
+    for token, logprob, top in zip(logprobs["tokens"], logprobs["token_logprobs"], logprobs["top_logprobs"]):
+        assert top[token] == logprob and (max(top.values()) == logprob) == (temperature == 0 or k == 0)
+
+
+def test_chat_logprobs_give_top_logprobs_entries_a_token(sim):
+    _, payload = post(sim + "/chat/completions", {"model": MODEL, "messages": USER, "max_tokens": 4,
+                                                  "logprobs": True, "top_logprobs": 3})
+    content = payload["choices"][0]["logprobs"]["content"]
+    assert all(len(e["top_logprobs"]) == 3 and e["bytes"] == list(e["token"].encode()) for e in content)
+    assert "".join(e["token"] for e in content) == payload["choices"][0]["message"]["content"]
+
+
+def test_min_tokens_over_max_tokens_is_refused_with_vllms_words(sim):
+    status, payload = post(sim + "/completions", {"model": MODEL, "prompt": "x", "max_tokens": 3, "min_tokens": 4})
+    assert status == 400 and payload["error"]["message"] == "min_tokens must be less than or equal to max_tokens=3, got 4."
+    status, payload = post(sim + "/completions", {"model": MODEL, "prompt": "x", "min_tokens": 17})  # default 16
+    assert status == 400 and "max_tokens=16" in payload["error"]["message"]
