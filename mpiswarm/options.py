@@ -312,19 +312,28 @@ def validate(options: dict, route: str, name: Name = quoted) -> dict:
         raise ValueError(f"unknown route {route!r}: one of {', '.join(ROUTES)}")
     out = {}
     for key, value in options.items():
-        option = OPTIONS.get(key)
-        if option is None:
-            raise ValueError(f"unknown option {name(key)}; known: {', '.join(known(route))}")
-        if route not in option.routes:
-            raise ValueError(f"{name(key)} is not an option of {ROUTES[route]} (only of "
-                             f"{', '.join(ROUTES[r] for r in option.routes)})")
-        if value is None:
-            continue
-        out[key] = option.check(value, name(key), route)
+        checked = check_option(key, value, route, name)
+        if checked is not None:
+            out[key] = checked
     why = conflict(out, route, name)
     if why:
         raise ValueError(why)
     return out
+
+
+def check_option(key: str, value, route: str, name: Name = quoted):
+    """``value`` of option ``key`` alone (not against the others: :func:`conflict`), checked as
+    vLLM checks it on ``route``; returns it as sent (None as it is). ValueError: one line naming
+    the key (an unknown key, or one ``route`` does not take, included)."""
+    if route not in ROUTES:
+        raise ValueError(f"unknown route {route!r}: one of {', '.join(ROUTES)}")
+    option = OPTIONS.get(key)
+    if option is None:
+        raise ValueError(f"unknown option {name(key)}; known: {', '.join(known(route))}")
+    if route not in option.routes:
+        raise ValueError(f"{name(key)} is not an option of {ROUTES[route]} (only of "
+                         f"{', '.join(ROUTES[r] for r in option.routes)})")
+    return None if value is None else option.check(value, name(key), route)
 
 
 def greedy_conflict(params: dict, name: Name = quoted) -> str | None:

@@ -23,6 +23,8 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from .pattern import grammar_example, regex_example
+
 MAX_WORDS = 48
 """Longest natural answer, in words (tokens)."""
 
@@ -277,8 +279,9 @@ def structured_answer(kind: str, spec, prompt: str, j: int = 0) -> str:
     document valid for the ``json`` schema (objects with their required and listed properties,
     strings, numbers, integers, booleans, null, arrays, enums and consts; ``$ref``, ``anyOf``
     and the like take their first branch), ``{}`` for ``json_object``; deterministic per
-    prompt and choice. ``regex`` and ``grammar`` are not simulated (ValueError: the server
-    answers 400 saying so)."""
+    prompt and choice; for ``regex`` and ``grammar`` a string they match, of the subsets
+    :mod:`mpiswarm.sim.pattern` generates (ValueError naming what it does not: the server answers
+    400 saying so)."""
     digest = hashlib.blake2b(f"{j}:{prompt}".encode("utf-8", "surrogatepass"), digest_size=16).digest()
     if kind == "choice":
         return str(spec[digest[0] % len(spec)])
@@ -287,7 +290,11 @@ def structured_answer(kind: str, spec, prompt: str, j: int = 0) -> str:
     if kind == "json":
         schema = json.loads(spec) if isinstance(spec, str) else spec
         return json.dumps(_from_schema(schema, digest, 0), ensure_ascii=False, separators=(",", ":"))
-    raise ValueError(f"the simulator does not generate '{kind}' structured outputs (choice, json, json_object)")
+    if kind == "regex":
+        return regex_example(spec, digest)
+    if kind == "grammar":
+        return grammar_example(spec, digest)
+    raise ValueError(f"the simulator does not generate '{kind}' structured outputs")
 
 
 def _from_schema(schema, digest: bytes, depth: int):
@@ -323,34 +330,45 @@ def _from_schema(schema, digest: bytes, depth: int):
     return WORDS[pick % len(WORDS)]
 
 
-def expected_logprobs(text: str, chat: bool, top: int) -> dict:
+def expected_logprobs(text: str, chat: bool, top: int, greedy: bool = True) -> dict:
     """The simulator's logprobs of an answer ``text``, in vLLM 0.32's shapes: its tokens are
     its words (after the first, with their leading space), each with a logprob and the ``top``
-    most likely (itself first, then other words, each less likely). Completions (``logprobs:
-    top``): ``{text_offset, token_logprobs, tokens, top_logprobs}`` with ``max(top, 1)``
-    entries a token, as vLLM gives the sampled token with the top ones; chat (``logprobs:
-    true, top_logprobs: top``): ``{content: [{token, logprob, bytes, top_logprobs}]}``. The same
-    text gives the same logprobs, alone or in a list."""
+    most likely other words. Greedy (temperature 0), the chosen token is the most likely; sampled,
+    the ``top`` alternatives are each more likely than it, as a model's usually are.
+
+    As vLLM gives them (``entrypoints/openai/*/serving.py``; the engine puts the sampled token
+    first, then the top ones): completions (``logprobs: top``) ``{text_offset, token_logprobs,
+    tokens, top_logprobs}``, each ``top_logprobs`` entry the sampled token with the ``top`` most
+    likely — ``top`` entries greedy (it is one of them), ``top + 1`` sampled, 1 for ``top`` 0;
+    chat (``logprobs: true, top_logprobs: top``) ``{content: [{token, logprob, bytes,
+    top_logprobs}]}`` with the first ``top`` of those. The same text gives the same logprobs,
+    alone or in a list."""
     words = text.split(" ") if text else []
     tokens = [w if i == 0 else " " + w for i, w in enumerate(words)]
     offsets, at = [], 0
     for token in tokens:
         offsets.append(at)
         at += len(token)
-    chosen, tops = [], []
+    chosen, ranked = [], []
     for position, token in enumerate(tokens):
         digest = hashlib.blake2b(f"{position}:{token}".encode("utf-8", "surrogatepass"), digest_size=8).digest()
         logprob = -round(0.25 + digest[0] / 64, 4)
-        others = [" " + WORDS[b] for b in digest[1:] if " " + WORDS[b] != token]
+        others = list(dict.fromkeys(" " + WORDS[b] for b in digest[1:] if " " + WORDS[b] != token))
+        if greedy:  # the sampled token first, as the most likely, then the others below it
+            ranking = [(token, logprob)] + [(alt, round(logprob - 0.5 * (k + 1), 4)) for k, alt in enumerate(others)]
+        else:  # the sampled token first, then the most likely, all above it
+            ranking = [(token, logprob)] + [(alt, round(logprob + 0.5 * (len(others) - k) / len(others), 4))
+                                            for k, alt in enumerate(others)]
         chosen.append(logprob)
-        tops.append([(token, logprob)] + [(alt, round(logprob - 0.5 * (k + 1), 4)) for k, alt in enumerate(others)])
+        ranked.append(ranking)
     if chat:
         def entry(token, logprob):
             return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8", "replace"))}
-        return {"content": [{**entry(t, lp), "top_logprobs": [entry(a, b) for a, b in top_k[:top]]}
-                            for t, lp, top_k in zip(tokens, chosen, tops)]}
+        return {"content": [{**entry(t, lp), "top_logprobs": [entry(a, b) for a, b in ranking[:top]]}
+                            for t, lp, ranking in zip(tokens, chosen, ranked)]}
+    count = max(top, 1) if greedy else top + 1
     return {"text_offset": offsets, "token_logprobs": chosen, "tokens": tokens,
-            "top_logprobs": [dict(top_k[:max(top, 1)]) for top_k in tops]}
+            "top_logprobs": [dict(ranking[:count]) for ranking in ranked]}
 
 
 def _completion(prompt: str, seed: int | None, j: int, max_tokens: int | None,
@@ -408,7 +426,7 @@ def prompt_context_error(text: str, max_model_len: int) -> tuple[str, str] | Non
 
 
 def sampling_error(n: int, temperature: float | None, top_p: float | None, max_tokens: int,
-                   stop: Sequence[str]) -> tuple[str, str | None] | None:
+                   stop: Sequence[str], min_tokens: int = 0) -> tuple[str, str | None] | None:
     """``(message, param)`` of the 400 vLLM 0.32 answers for these sampling values, else None.
 
     The checks and their order are ``SamplingParams._verify_args`` then
@@ -439,6 +457,8 @@ def sampling_error(n: int, temperature: float | None, top_p: float | None, max_t
         return named(f"top_p must be in (0, 1], got {p}.", "top_p", p)
     if max_tokens < 1:
         return named(f"max_tokens must be at least 1, got {max_tokens}.", "max_tokens", max_tokens)
+    if min_tokens > max_tokens:  # against max_tokens as the context clamped it
+        return f"min_tokens must be less than or equal to max_tokens={max_tokens}, got {min_tokens}.", None
     if any(not s for s in stop):
         return "stop cannot contain an empty string.", None
     if t < SAMPLING_EPS and n > 1:

@@ -35,9 +35,10 @@ from aiohttp import web
 
 from .faults import CRASHED, STARTING, FaultPolicy, spoil_reply
 from ..options import CHAT, COMPLETIONS, OPTIONS
-from ..options import validate as validate_options
+from .refusals import option_refusal, validation_error
 from .model import (
     BAD_REPLY_KINDS,
+    SAMPLING_EPS,
     SimConfig,
     context_error,
     count_tokens,
@@ -643,7 +644,7 @@ class Endpoint:
         model, prompt_tokens, answers = await self._sample(prompts, body, _int_param(body, "max_tokens", 16), started)
         top = body.get("logprobs")
         choices = [{"index": k, "text": text, "finish_reason": finish,
-                    "logprobs": None if top is None else expected_logprobs(text, False, int(top)),
+                    "logprobs": None if top is None else expected_logprobs(text, False, int(top), _greedy(body)),
                     "stop_reason": None, "token_ids": None, "prompt_logprobs": None, "prompt_token_ids": None,
                     "routed_experts": None} for k, (text, finish, _) in enumerate(answers)]
         return self._reply("cmpl-", "text_completion", model, choices, prompt_tokens, answers)
@@ -667,7 +668,7 @@ class Endpoint:
             limits = [length - t if max_tokens is None else min(max_tokens, length - t) for t in prompt_tokens]
         temperature, top_p = _number_param(body, "temperature"), _number_param(body, "top_p")
         for limit in limits:
-            refused = sampling_error(n, temperature, top_p, limit, stop)
+            refused = sampling_error(n, temperature, top_p, limit, stop, _int_param(body, "min_tokens", 0))
             if refused is not None:
                 raise BadRequest(*refused)
         return limits
@@ -677,9 +678,7 @@ class Endpoint:
 
     async def _answer_chat_batch(self, body: dict, started: float) -> web.Response:
         conversations = body.get("messages")
-        if not isinstance(conversations, list) or not conversations:
-            raise BadRequest("1 validation error: messages: List should have at least 1 item after validation",
-                             param="body.messages")
+        _check_conversations(conversations)
         n = body.get("n", 1)
         if n is not None and n != 1:  # BatchChatCompletionRequest.check_batch_mode
             raise BadRequest(f"Batch chat completions do not support `n > 1`. Please set `n` to 1. "
@@ -698,7 +697,7 @@ class Endpoint:
         model, prompt_tokens, answers = await self._sample(prompts, body, max_tokens, started, CHAT)
         top = body.get("top_logprobs") or 0
         choices = [{"index": k, "message": self._message(text), "finish_reason": finish,
-                    "logprobs": expected_logprobs(text, True, int(top)) if body.get("logprobs") else None,
+                    "logprobs": expected_logprobs(text, True, int(top), _greedy(body)) if body.get("logprobs") else None,
                     "stop_reason": None, "token_ids": None, "routed_experts": None}
                    for k, (text, finish, _) in enumerate(answers)]
         return self._reply("chatcmpl-", "chat.completion", model, choices, prompt_tokens, answers)
@@ -709,11 +708,10 @@ class Endpoint:
         options beyond the six the simulator words as vLLM does, by the table of
         :mod:`mpiswarm.options`; the model, each prompt's length, each prompt's sampling), its
         time spent."""
-        others = {k: body[k] for k in body.keys() & OPTIONS.keys() if k not in _WORDED_OPTIONS}
-        try:
-            validate_options(others, route)
-        except ValueError as exc:
-            raise BadRequest(str(exc), param=next(iter(others), None)) from None
+        others = {k: v for k, v in body.items() if k in OPTIONS and k not in _WORDED_OPTIONS}
+        refused = option_refusal(others, route)
+        if refused is not None:
+            raise BadRequest(str(refused), param=refused.param, err_type=refused.err_type)
         n, seed, stop = _sampling_params(body)
         model = self._check_model(body)
         self.metrics.prompts_received += len(prompts)
@@ -801,6 +799,32 @@ class Endpoint:
 
 #: options the simulator checks itself, with vLLM's own words (sampling_error, the model check)
 _WORDED_OPTIONS = frozenset(("max_tokens", "n", "seed", "temperature", "top_p", "stop", "model"))
+
+
+def _check_conversations(conversations) -> None:
+    """The 400 vLLM 0.32 answers when the batch route's ``messages`` is not a non-empty list of
+    non-empty lists (``BatchChatCompletionRequest.messages``, its pydantic ``min_length=1``)."""
+    def refuse(loc: str, value) -> None:
+        if value is None:
+            refused = validation_error(loc, "missing", "Field required", {})
+        elif isinstance(value, list):
+            refused = validation_error(loc, "too_short", "List should have at least 1 item after validation, not 0",
+                                       value, {"field_type": "List", "min_length": 1, "actual_length": 0})
+        else:
+            refused = validation_error(loc, "list_type", "Input should be a valid list", value)
+        raise BadRequest(str(refused), param=refused.param, err_type=refused.err_type)
+
+    if not isinstance(conversations, list) or not conversations:
+        refuse("body.messages", conversations)
+    for i, conversation in enumerate(conversations):
+        if not isinstance(conversation, list) or not conversation:
+            refuse(f"body.messages.{i}", conversation)
+
+
+def _greedy(body: dict) -> bool:
+    """Whether a request samples greedily (temperature 0; the default is 1.0 on both routes)."""
+    temperature = body.get("temperature")
+    return temperature is not None and temperature < SAMPLING_EPS
 
 
 def _conversation(messages) -> list:

@@ -794,5 +794,6 @@ def test_structured_outputs_and_logprobs_as_vllm_shapes_them():
         listed = post(base + "/completions", {"model": "sim-model", "prompt": ["beta", "alpha"], "max_tokens": 5,
                                               "logprobs": 3})
         assert listed["choices"][1]["logprobs"] == one["choices"][0]["logprobs"] == expected_logprobs(
-            one["choices"][0]["text"], False, 3)
-        assert all(len(top) == 3 for top in one["choices"][0]["logprobs"]["top_logprobs"])
+            one["choices"][0]["text"], False, 3, greedy=False)
+        # sampled (temperature 1): vLLM gives the sampled token and the 3 most likely
+        assert all(len(top) == 4 for top in one["choices"][0]["logprobs"]["top_logprobs"])
