@@ -5,7 +5,8 @@ network).
 routes that take it (:data:`COMPLETIONS` ``/v1/completions``, :data:`CHAT`
 ``/v1/chat/completions``, whose batch route takes the same fields). :func:`validate` checks a
 row's options (or the command line's) as vLLM would, before anything is sent, and returns them
-normalised (``None`` dropped, ``stop`` as a list). Every error is a ValueError of one short
+normalised (``None`` dropped, ``stop`` as a list); :func:`check_option` checks one option alone,
+without the rules between options (:func:`conflict`). Every error is a ValueError of one short
 line naming the option as ``name(key)`` names it: :func:`quoted` (``'top_p'``, a row) or
 :func:`option_name` (``--top-p``, the command line).
 

