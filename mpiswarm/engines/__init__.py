@@ -7,7 +7,11 @@ packages): one module a concept, none imported by a run.
   environment's Python as a file: it imports nothing of this package); :mod:`.tiny_lora` — a
   random-weight LoRA adapter for it, written by hand as PEFT saves one (likewise);
 * :mod:`.llama_server` — llama.cpp's ``llama-server`` built from source into a cache;
-* :mod:`.tiny_gguf` — a tiny random-weight GGUF model for it (needs ``gguf``, a test extra).
+* :mod:`.tiny_gguf` — a tiny random-weight GGUF model for it (needs ``gguf``, a test extra, only
+  to write one);
+* :mod:`.cache` — the cache both engines are made into, its lock, the log of the steps;
+* :mod:`.process` — what any server process we start shares: free ports, a session of its own,
+  ``/health`` against a deadline, a stop by the PID of its process group.
 
 ``tools/`` holds their command lines.
 """
@@ -17,3 +21,5 @@ from pathlib import Path
 #: (they import nothing of this package)
 TINY_HF_SCRIPT = Path(__file__).resolve().parent / "tiny_hf.py"
 TINY_LORA_SCRIPT = Path(__file__).resolve().parent / "tiny_lora.py"
+#: the text the tiny model's tokenizer is trained on (package data), also the tests' prompts
+TINY_CORPUS = Path(__file__).resolve().parent / "tiny_corpus.txt"

@@ -33,18 +33,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import hashlib
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tarfile
 import tempfile
 import time
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, Sequence
+from typing import Sequence
+
+from mpiswarm.engines.cache import BuildLog, Log, cache_root, exclusive_lock, stamp
 
 #: The pinned llama-cpp-python release whose sdist vendors llama.cpp.
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
@@ -72,11 +72,6 @@ BUILD_TARGET = "llama-server"
 BINARY_NAME = "llama-server"
 BUILD_LOG = "build.log"
 
-#: Seconds between progress lines while a long step runs.
-HEARTBEAT_SECONDS = 30.0
-
-Log = Callable[[str], None]
-
 
 class LlamaServerBuildError(RuntimeError):
     """Getting a usable llama-server failed; the message is one line saying why."""
@@ -91,12 +86,6 @@ class MissingToolchainError(LlamaServerBuildError):
             "cannot build llama-server: missing " + ", ".join(self.missing)
             + " (install them, or set LLAMA_SERVER to an existing llama-server binary)"
         )
-
-
-def cache_root() -> Path:
-    """The mpiswarm cache directory: ``$MPISWARM_CACHE`` or ``~/.cache/mpiswarm``."""
-    configured = os.environ.get("MPISWARM_CACHE")
-    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "mpiswarm"
 
 
 def install_dir() -> Path:
@@ -170,7 +159,8 @@ def ensure_llama_server(log: Log = print, jobs: int | None = None) -> Path:
     except OSError as exc:
         raise LlamaServerBuildError(
             f"cannot use the cache directory {target.parent}: {exc}") from exc
-    with lock_file, _exclusive_lock(lock_file, log):
+    waiting = _stamp(f"another process is building llama-server; waiting for {lock_path}")
+    with lock_file, exclusive_lock(lock_file, log, waiting):
         # Another process may have finished the build while we waited for the lock.
         if _is_executable_file(target):
             log(_stamp(f"llama-server was built by another process: {target}"))
@@ -183,96 +173,8 @@ def ensure_llama_server(log: Log = print, jobs: int | None = None) -> Path:
     return target
 
 
-@contextlib.contextmanager
-def _exclusive_lock(lock_file: BinaryIO, log: Log) -> Iterator[None]:
-    """Hold an exclusive flock on ``lock_file``, saying so when it has to wait."""
-    try:
-        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        log(_stamp(f"another process is building llama-server; waiting for {lock_file.name}"))
-        fcntl.flock(lock_file, fcntl.LOCK_EX)
-    try:
-        yield
-    finally:
-        fcntl.flock(lock_file, fcntl.LOCK_UN)
-
-
 def _stamp(message: str) -> str:
-    return f"[{time.strftime('%H:%M:%S')}] llama-server: {message}"
-
-
-class _Builder:
-    """Runs the build steps, sending their output to one log file."""
-
-    def __init__(self, log_path: Path, log: Log) -> None:
-        self.log_path = log_path
-        self.log = log
-
-    def note(self, message: str) -> None:
-        self.log(_stamp(message))
-        with open(self.log_path, "a", encoding="utf-8") as fh:
-            fh.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
-
-    def fail(self, step: str, detail: str) -> LlamaServerBuildError:
-        self._echo_log_tail()
-        return LlamaServerBuildError(
-            f"llama-server build failed at step '{step}': {detail}; full log: {self.log_path}"
-        )
-
-    def run(self, step: str, argv: Sequence[str], cwd: Path | None = None,
-            env: dict[str, str] | None = None) -> None:
-        """Run one step's command, logging its output; raise on a non-zero exit."""
-        self.note(f"{step}: {' '.join(argv)}")
-        started = time.monotonic()
-        with open(self.log_path, "ab") as out:
-            try:
-                # Own process group, so an interrupted step is ended with all its
-                # children (make, compilers), not just the top command.
-                proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                        stdout=out, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
-            except OSError as exc:
-                raise self.fail(step, f"cannot run {argv[0]}: {exc}") from exc
-            try:
-                while True:
-                    try:
-                        returncode = proc.wait(timeout=HEARTBEAT_SECONDS)
-                        break
-                    except subprocess.TimeoutExpired:
-                        elapsed = time.monotonic() - started
-                        self.log(_stamp(f"{step}: still running after {elapsed:.0f} s"
-                                        f" ({self._last_progress_line()})"))
-            finally:
-                if proc.poll() is None:  # interrupted: do not leave the step running
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-        if returncode != 0:
-            raise self.fail(step, f"command exited with status {returncode}")
-        self.note(f"{step}: done in {time.monotonic() - started:.1f} s")
-
-    def _last_progress_line(self) -> str:
-        for line in reversed(self._tail(40)):
-            line = line.strip()
-            if line:
-                return line[:120]
-        return "no output yet"
-
-    def _tail(self, count: int) -> list[str]:
-        try:
-            with open(self.log_path, "rb") as fh:
-                fh.seek(0, os.SEEK_END)
-                fh.seek(max(0, fh.tell() - 16384))
-                return fh.read().decode("utf-8", "replace").splitlines()[-count:]
-        except OSError:
-            return []
-
-    def _echo_log_tail(self) -> None:
-        lines = self._tail(25)
-        if lines:
-            self.log(_stamp(f"last lines of {self.log_path}:"))
-            for line in lines:
-                self.log("    " + line)
+    return stamp("llama-server", message)
 
 
 def _build_and_install(target: Path, jobs: int, log: Log) -> None:
@@ -280,7 +182,7 @@ def _build_and_install(target: Path, jobs: int, log: Log) -> None:
     log_path.write_text(
         f"llama-server build: llama-cpp-python {LLAMA_CPP_PYTHON_VERSION}, "
         f"target {target}, jobs {jobs}\n", encoding="utf-8")
-    builder = _Builder(log_path, log)
+    builder = BuildLog(log_path, log, "llama-server", "llama-server build", LlamaServerBuildError)
     started = time.monotonic()
     builder.note(f"building llama-server from llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} "
                  f"with {jobs} job(s); this takes several minutes; log: {log_path}")
@@ -303,7 +205,7 @@ def _build_and_install(target: Path, jobs: int, log: Log) -> None:
     builder.note(f"installed {target} (total {time.monotonic() - started:.0f} s)")
 
 
-def _download_sdist(builder: _Builder, dest: Path) -> Path:
+def _download_sdist(builder: BuildLog, dest: Path) -> Path:
     dest.mkdir()
     requirement = f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}"
     builder.run("download", [sys.executable, "-m", "pip", "download", "--no-deps",
@@ -323,7 +225,7 @@ def _download_sdist(builder: _Builder, dest: Path) -> Path:
     return found[0]
 
 
-def _extract(builder: _Builder, sdist: Path, dest: Path) -> Path:
+def _extract(builder: BuildLog, sdist: Path, dest: Path) -> Path:
     builder.note(f"extract: {sdist.name}")
     dest.mkdir()
     try:
@@ -341,7 +243,7 @@ def _extract(builder: _Builder, sdist: Path, dest: Path) -> Path:
     return source
 
 
-def _install_atomically(builder: _Builder, built: Path, target: Path) -> None:
+def _install_atomically(builder: BuildLog, built: Path, target: Path) -> None:
     builder.note(f"install: {target}")
     staging = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:

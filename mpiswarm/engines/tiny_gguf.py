@@ -43,7 +43,8 @@ from typing import Sequence
 
 import numpy as np
 
-import gguf
+# ``gguf`` (a test extra) is imported where a model is built, so that the constants here
+# (CONTEXT_LENGTH, CHAT_TEMPLATE, ...) import without it.
 
 ARCH = "llama"
 N_LAYERS = 2
@@ -114,6 +115,8 @@ def build_vocab() -> tuple[list[str], list[float], list[int]]:
     all their prefixes (so SentencePiece-style merging can reach every piece).
     Scores rise with piece length, so longer pieces win merges.
     """
+    import gguf
+
     tokens: list[str] = []
     scores: list[float] = []
     types: list[int] = []
@@ -149,6 +152,8 @@ def build_vocab() -> tuple[list[str], list[float], list[int]]:
 
 def _output_bias(tokens: Sequence[str], types: Sequence[int]) -> np.ndarray:
     """Per-token weight on the bias channel of the output matrix."""
+    import gguf
+
     whole_words = {SPACE + word for word in WORDS}
     bias = np.zeros(len(tokens), dtype=np.float32)
     for i, (piece, kind) in enumerate(zip(tokens, types)):
@@ -201,6 +206,8 @@ def _tensors(rng: np.random.Generator, tokens: Sequence[str],
 
 def write_tiny_model(path: os.PathLike[str] | str, seed: int = 0) -> Path:
     """Write the tiny model to ``path`` atomically and return ``path`` as a Path."""
+    import gguf
+
     target = Path(path)
     tokens, scores, types = build_vocab()
     tensors = _tensors(np.random.default_rng(seed), tokens, types)

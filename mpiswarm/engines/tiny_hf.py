@@ -31,19 +31,20 @@ has all three: ``tools/vllm_server.py python``).
 
 Command line::
 
-    python tools/tiny_hf.py OUT_DIR [--seed S]
+    VLLM_PYTHON mpiswarm/engines/tiny_hf.py OUT_DIR [--seed S]     (or tools/tiny_hf.py)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 CORPUS = Path(__file__).resolve().parent / "tiny_corpus.txt"
 
@@ -137,14 +138,29 @@ def build_model(tokenizer, seed: int):  # -> transformers.LlamaForCausalLM
     return model.to(torch.bfloat16)
 
 
-def write_tiny_model(path: os.PathLike[str] | str, seed: int = 0) -> Path:
-    """Write the model directory to ``path`` atomically (replacing one there) and return it."""
-    from transformers import PreTrainedTokenizerFast
-
+@contextlib.contextmanager
+def atomic_directory(path: os.PathLike[str] | str) -> Iterator[Path]:
+    """A new directory to fill, in the same directory as ``path``, that becomes ``path``
+    (replacing one there) when the block ends without an error, and is removed otherwise."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
+        yield work
+        os.chmod(work, 0o755)  # mkdtemp makes it private
+        if target.exists():
+            shutil.rmtree(target)
+        os.rename(work, target)
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def write_tiny_model(path: os.PathLike[str] | str, seed: int = 0) -> Path:
+    """Write the model directory to ``path`` atomically (replacing one there) and return it."""
+    from transformers import PreTrainedTokenizerFast
+
+    with atomic_directory(path) as work:
         tokenizer = train_tokenizer(seed)
         fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=BOS, eos_token=EOS,
                                        additional_special_tokens=list(ROLE_TOKENS))
@@ -156,14 +172,7 @@ def write_tiny_model(path: os.PathLike[str] | str, seed: int = 0) -> Path:
             json.dump({"bos_token_id": tokenizer.token_to_id(BOS),
                        "eos_token_id": tokenizer.token_to_id(EOS)}, fh)
         (work / "mpiswarm-tiny.json").write_text(json.dumps({"seed": seed}), encoding="utf-8")
-        os.chmod(work, 0o755)  # mkdtemp makes it private
-        if target.exists():
-            shutil.rmtree(target)
-        os.rename(work, target)
-    finally:
-        if work.exists():
-            shutil.rmtree(work, ignore_errors=True)
-    return target
+    return Path(path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -29,15 +29,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
-# Run as a file by the vLLM environment's Python: its directory (this package's engines/) is
-# sys.path[0], so tiny_hf is importable as it is, without this package.
-from tiny_hf import BIAS_CHANNEL  # the channel no layer may write
+try:  # imported as mpiswarm.engines.tiny_lora
+    from .tiny_hf import BIAS_CHANNEL, atomic_directory  # BIAS_CHANNEL: the channel no layer may write
+except ImportError:  # run as a file by the vLLM environment's Python, which has not this package:
+    # the file's directory (this package's engines/) is sys.path[0], so tiny_hf imports as it is
+    from tiny_hf import BIAS_CHANNEL, atomic_directory
 
 RANK = 8
 ALPHA = 16
@@ -85,10 +85,7 @@ def write_tiny_lora(base: os.PathLike[str] | str, path: os.PathLike[str] | str, 
     from safetensors.torch import save_file
 
     config = json.loads((Path(base) / "config.json").read_text(encoding="utf-8"))
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_directory(path) as work:
         save_file(adapter_tensors(config, seed, rank), str(work / "adapter_model.safetensors"),
                   metadata={"format": "pt"})
         adapter_config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": ALPHA,
@@ -100,14 +97,7 @@ def write_tiny_lora(base: os.PathLike[str] | str, path: os.PathLike[str] | str, 
                                                   encoding="utf-8")
         (work / "mpiswarm-tiny-lora.json").write_text(json.dumps({"seed": seed, "rank": rank}),
                                                       encoding="utf-8")
-        os.chmod(work, 0o755)  # mkdtemp makes it private
-        if target.exists():
-            shutil.rmtree(target)
-        os.rename(work, target)
-    finally:
-        if work.exists():
-            shutil.rmtree(work, ignore_errors=True)
-    return target
+    return Path(path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

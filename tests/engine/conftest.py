@@ -4,12 +4,12 @@ Fixtures (all tests in ``tests/engine/`` are marked ``engine``):
 
 ``llama_server_bin`` (session)
     Path of ``llama-server``: ``$LLAMA_SERVER``, the cache, or a build from source
-    (several minutes, once per machine; see ``tools/llama_server.py``).  The build
+    (several minutes, once per machine; see ``mpiswarm.engines.llama_server``).  The build
     runs when collection finishes, before the first engine test, so that it does
     not count against a test's timeout.  Skips the tests that need it when CMake
     or a C/C++ compiler is missing; a failed build is an error of each of them.
 ``tiny_model`` (session)
-    Path of the tiny random-weight GGUF model (``tools/tiny_gguf.py``, seed 0).
+    Path of the tiny random-weight GGUF model (``mpiswarm.engines.tiny_gguf``, seed 0).
 ``llama_endpoints`` (session)
     A :class:`ServerGroup` of 4 servers on 4 consecutive loopback ports, shared by
     the session.  Do not stop or reconfigure these; start your own for that.
@@ -52,15 +52,6 @@ from .servers import BATCH_INVARIANT_ARGS, ServerFactory, ServerGroup, start_ser
 from mpiswarm.engines import llama_server, tiny_gguf
 
 
-@pytest.hookimpl(tryfirst=True)  # before ``-m`` selection looks at the marks
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark every test of this directory ``engine``."""
-    here = Path(__file__).resolve().parent
-    for item in items:
-        if here in item.path.resolve().parents:
-            item.add_marker(pytest.mark.engine)
-
-
 # --------------------------------------------------------------------------- fixtures
 
 
@@ -75,12 +66,9 @@ def _make_binary(log) -> tuple[str, str]:
         return "error", str(exc)
 
 
-_BINARY = Prepared("engine", _make_binary)
-
-
-def pytest_collection_finish(session: pytest.Session) -> None:
-    """Build llama-server before the first engine test runs, if any was selected."""
-    _BINARY.on_collection_finish(session)
+# Every test here is marked ``engine``; llama-server is built before the first one, if any was selected.
+_BINARY = Prepared("engine", _make_binary, Path(__file__).parent)
+pytest_collection_modifyitems, pytest_collection_finish = _BINARY.hooks()
 
 
 @pytest.fixture(scope="session")

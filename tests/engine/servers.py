@@ -1,41 +1,32 @@
 """Running llama.cpp's ``llama-server`` for tests: groups of servers on consecutive
 loopback ports, started healthy and always stopped by PID.
 
-Importable without pytest (``from tests.engine.servers import start_servers``), so
-tools and other tiers can reuse it; ``conftest.py`` builds its fixtures on it.
+``conftest.py`` builds its fixtures on it.  A :class:`ServerGroup` gives ``base_port``,
+``ports``, ``base_urls`` (``http://127.0.0.1:P/v1``) and ``endpoint_template``
+(``http://127.0.0.1:{port}/v1``), matching mpiswarm's ``--endpoint TEMPLATE --base-port P``
+convention.  A :class:`ServerFactory` starts groups on demand and stops all of them in
+:meth:`ServerFactory.stop_all`.
 
-A :class:`ServerGroup` gives ``base_port``, ``ports``, ``base_urls``
-(``http://127.0.0.1:P/v1``) and ``endpoint_template``
-(``http://127.0.0.1:{port}/v1``), matching mpiswarm's
-``--endpoint TEMPLATE --base-port P`` convention.  A :class:`ServerFactory`
-starts groups on demand and stops all of them in :meth:`ServerFactory.stop_all`.
-
-Servers listen on 127.0.0.1 only, log to a file, are ready (``/health`` 200)
-when returned, and are always stopped by PID (SIGTERM, then SIGKILL after a
-bound), also when the startup itself fails.  As a last resort they are asked
-(Linux ``PR_SET_PDEATHSIG``) to get SIGTERM if the process that started them
-dies without stopping them; that signal comes when the *thread* that started a
-server ends, so start servers from a long-lived thread (the test's own), not
-from a short-lived helper thread.
+The process plumbing — free port blocks, a session of its own and SIGTERM should the starting
+thread die, ``/health`` polled against a deadline, SIGTERM then SIGKILL by the PID of its
+process group — is :mod:`mpiswarm.engines.process`, shared with the vLLM tier; this module
+holds what is llama-server's: its command line, its environment and its readiness (it must
+have logged that it listens on its port before its ``/health`` is trusted).
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
-import random
-import signal
-import socket
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ClassVar, Iterator, Sequence
+from typing import ClassVar, Iterator, Sequence
 
 from mpiswarm.engines import tiny_gguf
-from mpiswarm.engines.process import HOST, ServerProcess, http_status
+from mpiswarm.engines.process import (HOST, ServerProcess, ServerStartupError, find_free_port_block,
+                                      spawn, stop_all, wait_healthy)
+
+__all__ = ["BATCH_INVARIANT_ARGS", "LlamaServer", "ServerFactory", "ServerGroup", "StartupError",
+           "find_free_port_block", "server_argv", "start_servers", "stop_all"]
 
 ENDPOINT_TEMPLATE = f"http://{HOST}:{{port}}/v1"
 
@@ -56,44 +47,32 @@ PORT_BLOCK_ATTEMPTS = 20  # port blocks tried before giving up
 #: answer in 500 still did.
 BATCH_INVARIANT_ARGS = ("--flash-attn", "off")
 
-_PR_SET_PDEATHSIG = 1
+
+class StartupError(ServerStartupError):
+    """A server did not become healthy (``bind_failed``: it lost its port to another process)."""
+
+    def __init__(self, server: ServerProcess, reason: str) -> None:
+        self.bind_failed = "couldn't bind" in server.log_text()
+        super().__init__(server, reason)
 
 
 @dataclass
 class LlamaServer(ServerProcess):
     """One running ``llama-server`` process."""
 
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(encoding="utf-8", errors="replace")
-        except OSError as exc:
-            return f"<cannot read {self.log_path}: {exc}>"
-
-    def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:])
+    label: ClassVar[str] = "llama-server"
+    startup_error: ClassVar[type[ServerStartupError]] = StartupError
+    startup_timeout: ClassVar[float] = STARTUP_TIMEOUT
+    stop_timeout: ClassVar[float] = STOP_TIMEOUT
+    poll_interval: ClassVar[float] = 0.1
 
     def has_bound_its_port(self) -> bool:
         """Whether the server logged that it listens on its port.  Checked before
         trusting ``/health``, which another process on the port could answer."""
         return f"listening on http://{HOST}:{self.port}" in self.log_text()
 
-    def stop(self, timeout: float = STOP_TIMEOUT) -> int:
-        """Stop the server (SIGTERM, SIGKILL after ``timeout`` s), reap it, return its status."""
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        return self.process.wait()
-
-    def kill(self) -> int:
-        """Kill the server at once (SIGKILL), e.g. to simulate a crashed endpoint."""
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.kill()
-        return self.process.wait()
+    def is_ready(self) -> bool:
+        return self.has_bound_its_port() and super().is_ready()
 
 
 @dataclass
@@ -127,77 +106,6 @@ class ServerGroup:
 
     def stop(self) -> None:
         stop_all(self.servers)
-
-
-def stop_all(servers: Sequence[LlamaServer]) -> None:
-    """Stop servers: SIGTERM to all first, so they shut down in parallel, then reap each."""
-    for server in servers:
-        if server.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                server.process.send_signal(signal.SIGTERM)
-    for server in servers:
-        server.stop()
-
-
-def _ephemeral_port_range() -> tuple[int, int]:
-    try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999  # Linux's default
-
-
-def _candidate_range(count: int) -> tuple[int, int]:
-    """Ports to draw blocks from: outside the kernel's ephemeral range when possible,
-    so outgoing connections do not take them between the probe and the bind."""
-    low, high = _ephemeral_port_range()
-    if low - 10000 >= 1000 + count:
-        return 10000, low - count
-    if 65535 - high >= 1000 + count:
-        return high + 1, 65536 - count
-    return 1024, 65536 - count
-
-
-def _port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((HOST, port))
-        except OSError:
-            return False
-    return True
-
-
-def find_free_port_block(count: int, rng: random.Random | None = None,
-                         attempts: int = 200) -> int:
-    """Return a port P such that P .. P+count-1 are all free on 127.0.0.1 right now."""
-    if count < 1:
-        raise ValueError("count must be at least 1")
-    rng = rng or random.Random()
-    first, last = _candidate_range(count)
-    for _ in range(attempts):
-        base = rng.randrange(first, last)
-        if all(_port_is_free(base + offset) for offset in range(count)):
-            return base
-    raise RuntimeError(f"found no {count} consecutive free ports on {HOST} in {attempts} tries")
-
-
-def _load_prctl() -> Callable[..., int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-# Resolved in the parent, so the child after fork calls it without loading anything.
-_PRCTL = _load_prctl()
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM when the thread that started it dies."""
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _server_env() -> dict[str, str]:
@@ -234,34 +142,6 @@ def server_argv(binary: Path, model: Path, port: int, *, slots: int = DEFAULT_SL
     ]
 
 
-class StartupError(RuntimeError):
-    """A server did not become healthy."""
-
-    def __init__(self, server: LlamaServer, reason: str) -> None:
-        self.server = server
-        self.bind_failed = "couldn't bind" in server.log_text()
-        super().__init__(f"llama-server on port {server.port} (pid {server.pid}) {reason}; "
-                         f"log {server.log_path}:\n{server.log_tail()}")
-
-
-def _wait_healthy(servers: Sequence[LlamaServer], deadline: float) -> None:
-    """Poll ``/health`` of every server until each answers 200, or raise StartupError."""
-    pending = list(servers)
-    while pending:
-        for server in list(pending):
-            if not server.is_running():
-                raise StartupError(server, f"exited with status {server.process.returncode}"
-                                           " during startup")
-            if (server.has_bound_its_port()
-                    and http_status(server.root_url + "/health", timeout=2.0) == 200):
-                pending.remove(server)
-        if not pending:
-            return
-        if time.monotonic() > deadline:
-            raise StartupError(pending[0], f"was not healthy within {STARTUP_TIMEOUT:.0f} s")
-        time.sleep(0.1)  # poll interval of the bounded loop above
-
-
 def start_servers(binary: Path, model: Path, log_dir: Path, count: int = DEFAULT_COUNT,
                   **options: object) -> ServerGroup:
     """Start ``count`` servers on consecutive free ports and wait until all are healthy.
@@ -279,13 +159,9 @@ def start_servers(binary: Path, model: Path, log_dir: Path, count: int = DEFAULT
             for port in range(base, base + count):
                 argv = server_argv(binary, model, port, **options)  # type: ignore[arg-type]
                 log_path = log_dir / f"llama-server-{port}.log"
-                with open(log_path, "wb") as log_file:
-                    process = subprocess.Popen(
-                        argv, stdin=subprocess.DEVNULL, stdout=log_file,
-                        stderr=subprocess.STDOUT, env=_server_env(),
-                        preexec_fn=_die_with_parent if _PRCTL is not None else None)
+                process = spawn(argv, log_path, _server_env())
                 servers.append(LlamaServer(port, process, log_path, tuple(argv)))
-            _wait_healthy(servers, time.monotonic() + STARTUP_TIMEOUT)
+            wait_healthy(servers)
             return ServerGroup(tuple(servers))
         except StartupError as exc:
             stop_all(servers)

@@ -82,9 +82,10 @@ from typing import Any
 
 import pytest
 
-from mpiswarm.engines import llama_server
+from mpiswarm.engines import llama_server, tiny_gguf
+
 from ..conftest import process_table
-from mpiswarm.engines import tiny_gguf
+from ..engines_common import MODEL, request
 
 TIMEOUT = 60.0
 PROMPTS = [
@@ -111,23 +112,10 @@ PROMPTS = [
 ]
 
 
-def request(method: str, url: str, body: Any = None) -> tuple[int, Any]:
-    """Send a JSON request; return (HTTP status, decoded JSON body)."""
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=TIMEOUT) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, json.loads(exc.read() or b"null")
-
-
 def complete(base_url: str, prompt: str | list[str], **params: Any) -> dict[str, Any]:
     """POST /v1/completions (greedy, 8 tokens unless overridden); assert HTTP 200."""
-    body = {"model": "tiny", "prompt": prompt, "max_tokens": 8, "temperature": 0, **params}
-    status, payload = request("POST", base_url + "/completions", body)
+    body = {"model": MODEL, "prompt": prompt, "max_tokens": 8, "temperature": 0, **params}
+    status, payload = request(base_url + "/completions", body)
     assert status == 200, payload
     return payload
 
@@ -159,7 +147,7 @@ def test_tiny_model_is_deterministic_small_and_fast(tmp_path: Path) -> None:
 
 
 def test_tiny_model_tokenizes_english_into_word_pieces(llama_endpoints) -> None:
-    status, body = request("POST", llama_endpoints[0].root_url + "/tokenize", {
+    status, body = request(llama_endpoints[0].root_url + "/tokenize", {
         "content": "The quick brown fox jumps over the lazy dog. What is the capital of France?",
         "with_pieces": True,
     })
@@ -175,11 +163,11 @@ def test_tiny_model_tokenizes_english_into_word_pieces(llama_endpoints) -> None:
 
 def test_health_of_every_server(llama_endpoints) -> None:
     for server in llama_endpoints:
-        assert request("GET", server.root_url + "/health") == (200, {"status": "ok"})
+        assert request(server.root_url + "/health") == (200, {"status": "ok"})
 
 
 def test_models_card(llama_endpoints, tiny_model: Path) -> None:
-    status, body = request("GET", llama_endpoints[0].base_url + "/models")
+    status, body = request(llama_endpoints[0].base_url + "/models")
     assert status == 200
     assert body["object"] == "list"
     [card] = body["data"]
@@ -260,7 +248,7 @@ def test_overlong_prompt_fails_the_whole_list(llama_endpoints) -> None:
     base_url = llama_endpoints[0].base_url
     body = {"model": "tiny", "prompt": ["Hello", overlong_prompt(), "The dog"],
             "max_tokens": 4, "temperature": 0}
-    status, payload = request("POST", base_url + "/completions", body)
+    status, payload = request(base_url + "/completions", body)
 
     assert status == 400
     n_prompt = tiny_gguf.CONTEXT_LENGTH + 89
@@ -277,7 +265,7 @@ def test_overlong_prompt_fails_the_whole_list(llama_endpoints) -> None:
 
 
 def test_other_bad_requests_are_400_invalid_request_error(llama_endpoints) -> None:
-    status, payload = request("POST", llama_endpoints[0].base_url + "/completions",
+    status, payload = request(llama_endpoints[0].base_url + "/completions",
                               {"model": "tiny", "prompt": [], "max_tokens": 4})
     assert status == 400
     assert payload["error"]["code"] == 400
@@ -306,7 +294,7 @@ def test_max_tokens(llama_endpoints) -> None:
     zero = complete(base_url, "Tell me about the war.", max_tokens=0)
     assert zero["usage"]["completion_tokens"] == 1  # vLLM rejects max_tokens=0
 
-    status, unbounded = request("POST", base_url + "/completions",
+    status, unbounded = request(base_url + "/completions",
                                 {"prompt": "Tell me about the war.", "temperature": 0})
     assert status == 200
     usage = unbounded["usage"]
@@ -346,7 +334,7 @@ def test_without_seed_the_servers_seed_is_used(llama_endpoints) -> None:
     assert unseeded[0] == unseeded[1] == texts(complete(base_url, PROMPTS[:4], seed=server_seed,
                                                         **params))
     greedy = texts(complete(base_url, PROMPTS[:4]))
-    status, default_temp = request("POST", base_url + "/completions",
+    status, default_temp = request(base_url + "/completions",
                                    {"prompt": PROMPTS[:4], "max_tokens": 8})
     assert status == 200 and texts(default_temp) == greedy  # the server's --temp 0
 
@@ -394,13 +382,13 @@ def test_chat_completion_applies_the_models_template(llama_endpoints) -> None:
     server = llama_endpoints[0]
     messages = [{"role": "system", "content": "Be brief."},
                 {"role": "user", "content": "What is the capital of France?"}]
-    status, rendered = request("POST", server.root_url + "/apply-template", {"messages": messages})
+    status, rendered = request(server.root_url + "/apply-template", {"messages": messages})
     assert status == 200
     assert rendered["prompt"] == ("<|system|>\nBe brief.<|end|>\n"
                                   "<|user|>\nWhat is the capital of France?<|end|>\n"
                                   "<|assistant|>\n")
 
-    status, chat = request("POST", server.base_url + "/chat/completions", {
+    status, chat = request(server.base_url + "/chat/completions", {
         "model": "tiny", "messages": messages, "max_tokens": 8, "temperature": 0})
     assert status == 200, chat
     assert chat["object"] == "chat.completion"
@@ -421,12 +409,12 @@ def test_factory_starts_servers_on_consecutive_ports_and_stops_them(llama_server
     assert group.base_urls == [group.endpoint_template.format(port=port) for port in group.ports]
     assert all(server.argv[server.argv.index("--host") + 1] == "127.0.0.1" for server in group)
 
-    status, body = request("GET", group[1].base_url + "/models")
+    status, body = request(group[1].base_url + "/models")
     assert status == 200 and body["data"][0]["meta"]["n_ctx"] == tiny_gguf.CONTEXT_LENGTH
 
     group[0].kill()  # a crashed endpoint; the other one keeps serving
     assert not group[0].is_running()
-    assert request("GET", group[1].root_url + "/health") == (200, {"status": "ok"})
+    assert request(group[1].root_url + "/health") == (200, {"status": "ok"})
 
     group.stop()
     assert all(server.process.returncode is not None for server in group)
@@ -482,7 +470,7 @@ def test_a_port_lost_to_another_process_is_retried_elsewhere(llama_servers, monk
         group = llama_servers(1)
     assert offered[0] == taken and len(offered) == 2
     assert group.base_port == offered[1]
-    assert request("GET", group[0].root_url + "/health") == (200, {"status": "ok"})
+    assert request(group[0].root_url + "/health") == (200, {"status": "ok"})
 
 
 # --------------------------------------------------------------------------- the build tool

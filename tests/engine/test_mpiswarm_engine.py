@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import json
 import re
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -37,17 +35,14 @@ import pytest
 from mpiswarm.partition import contiguous_bounds
 from mpiswarm.store import read_results
 
-from ..conftest import run_mpiswarm, write_jsonl
-from .servers import LlamaServer, ServerGroup
-
 from mpiswarm.engines import tiny_gguf
 
-#: llama-server ignores the request's model name; mpiswarm sends it anyway.
-MODEL = "tiny"
+from ..conftest import run_mpiswarm, write_jsonl
+from ..engines_common import MODEL, alone, choices, custom_ids, get_ok
+from .servers import LlamaServer, ServerGroup
+
 #: Deadline of one ``mpiexec … mpiswarm run`` (a warm run takes a few seconds).
 RUN_TIMEOUT = 90.0
-#: Deadline of one HTTP request of the tests themselves.
-HTTP_TIMEOUT = 30.0
 #: Calls in flight per rank when a rank makes several calls: no more than the
 #: fixtures' ``--threads-http 2`` (see the module docstring).
 CONCURRENCY = 2
@@ -93,40 +88,6 @@ def overrides(row: dict[str, Any]) -> dict[str, Any]:
             if key in ("max_tokens", "temperature", "top_p", "seed", "stop", "n")}
 
 
-def custom_ids(rows: list[dict[str, Any]]) -> list[str]:
-    return [row.get("custom_id", str(i)) for i, row in enumerate(rows)]
-
-
-def post(url: str, body: dict[str, Any]) -> dict[str, Any]:
-    """POST JSON, return the decoded answer; fail the test on any HTTP error."""
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=HTTP_TIMEOUT) as response:
-            return json.load(response)
-    except urllib.error.HTTPError as exc:
-        with exc:
-            pytest.fail(f"POST {url} -> HTTP {exc.code}: {exc.read()[:500]!r}")
-
-
-def get(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT) as response:
-        return json.load(response)
-
-
-def alone(server: LlamaServer, prompt: str, params: dict[str, Any]) -> dict[str, Any]:
-    """The server's ``/v1/completions`` answer to ``prompt`` sent alone."""
-    return post(server.base_url + "/completions", {"model": MODEL, "prompt": prompt, **params})
-
-
-def choices(payload: dict[str, Any], key: str = "text") -> list[tuple[str, str]]:
-    """(text, finish_reason) of every choice, by ``index``."""
-    ordered = sorted(payload["choices"], key=lambda choice: choice["index"])
-    assert [choice["index"] for choice in ordered] == list(range(len(ordered)))
-    return [((choice["message"]["content"] if key == "message" else choice["text"]),
-             choice["finish_reason"]) for choice in ordered]
-
-
 def endpoint_args(group: ServerGroup) -> list[Any]:
     return ["--model", MODEL, "--endpoint", group.endpoint_template, "--base-port", group.base_port]
 
@@ -138,7 +99,7 @@ def expected_ranks(n_rows: int, n_ranks: int) -> list[int]:
 
 def slot_context(server: LlamaServer) -> int:
     """A slot's context size, from ``/v1/models`` (llama-server: ``meta.n_ctx``)."""
-    [card] = get(server.base_url + "/models")["data"]
+    [card] = get_ok(server.base_url + "/models")["data"]
     return int(card["meta"]["n_ctx"])
 
 
@@ -338,10 +299,8 @@ def test_chat_api_every_row_equals_the_servers_own_chat_answer(tmp_path: Path,
     assert data["ok"].all() and data["rank"].tolist() == expected_ranks(n_rows, n_ranks)
     for i, row in enumerate(rows):
         server = exact_endpoints[int(data["rank"][i])]
-        single = post(server.base_url + "/chat/completions", {
-            "model": MODEL, "messages": [{"role": "user", "content": row["prompt"]}],
-            "max_tokens": max_tokens, "temperature": 0, "n": 1})
-        assert [(data["completion"][i], data["finish_reason"][i])] == choices(single, "message"), \
+        single = alone(server, row["prompt"], {"max_tokens": max_tokens, "temperature": 0, "n": 1}, chat=True)
+        assert [(data["completion"][i], data["finish_reason"][i])] == choices(single, chat=True), \
             f"row {i}"
         # One prompt a call: the usage is the row's own.
         assert data["prompt_tokens"][i] == single["usage"]["prompt_tokens"]
@@ -352,7 +311,7 @@ def test_chat_api_every_row_equals_the_servers_own_chat_answer(tmp_path: Path,
 
 
 def test_prompt_format_makes_completion_lists_answer_as_chat_does(tmp_path: Path, exact_endpoints) -> None:
-    """``--prompt-format`` set to the model's own chat template (tools/tiny_gguf.py's): batched
+    """``--prompt-format`` set to the model's own chat template (mpiswarm/engines/tiny_gguf.py's): batched
     ``/v1/completions`` lists get, row by row, the answer the server's chat endpoint gives."""
     n_ranks, n_rows, max_tokens = 2, 24, 8
     rows = make_rows(n_rows)
@@ -368,10 +327,8 @@ def test_prompt_format_makes_completion_lists_answer_as_chat_does(tmp_path: Path
     assert data["ranks"]["n_calls"].tolist() == [1] * n_ranks  # one list a rank, not a call a prompt
     for i, row in enumerate(rows):
         server = exact_endpoints[int(data["rank"][i])]
-        single = post(server.base_url + "/chat/completions", {
-            "model": MODEL, "messages": [{"role": "user", "content": row["prompt"]}],
-            "max_tokens": max_tokens, "temperature": 0, "n": 1})
-        assert [(data["completion"][i], data["finish_reason"][i])] == choices(single, "message"), f"row {i}"
+        single = alone(server, row["prompt"], {"max_tokens": max_tokens, "temperature": 0, "n": 1}, chat=True)
+        assert [(data["completion"][i], data["finish_reason"][i])] == choices(single, chat=True), f"row {i}"
 
 
 # --------------------------------------------------------------------------- 4. over-long prompts

