@@ -112,32 +112,46 @@ def place_completions(data: dict, rows, n: int, results: ResultColumns, latency_
     (an index repeated, out of range or not an integer, no ``text``) spoils its row and, after
     the good ones are placed, raises :class:`BadReply` (``placed=True``).
     """
+    choices = _choices(data)
+    if n == 1 == results.n and isinstance(rows, range):
+        return _place_contiguous(choices, data, rows, results, latency_s)
+    return _place_by_index(choices, data, rows, n, results, latency_s, "text", _place_text)
+
+
+def _place_text(choice: dict, flat: int, results: ResultColumns) -> bool:
+    """A completions choice's answer into entry ``flat``; False when it carries no text."""
+    text = choice.get("text")
+    if not isinstance(text, str):
+        return False
+    results.completion[flat] = text
+    results.finish_reason[flat] = choice.get("finish_reason") or ""
+    if choice.get("logprobs") is not None:
+        _set_logprobs(results, flat, choice["logprobs"])
+    return True
+
+
+def _place_by_index(choices: list, data: dict, rows, n: int, results: ResultColumns, latency_s: float,
+                    what: str, place) -> int:
+    """Place each choice by ``index = i * n + j`` (prompt or conversation *i*, choice *j*) with
+    ``place(choice, flat, results)`` (False: the choice carries no ``what``); see
+    :func:`place_completions` for what becomes of rows without all their choices."""
     k = len(rows)
     n_out = results.n
-    completion, finish = results.completion, results.finish_reason
-    choices = _choices(data)
-    if n == 1 == n_out and isinstance(rows, range):
-        return _place_contiguous(choices, data, rows, results, latency_s)
     seen = bytearray(k * n)
     spoiled: dict[int, str] = {}  # prompt i -> why its answer cannot be trusted
     problem = None
     for choice in choices:
-        idx, text = (choice.get("index"), choice.get("text")) if isinstance(choice, dict) else (None, None)
+        idx = choice.get("index") if isinstance(choice, dict) else None
         if not isinstance(idx, int) or not 0 <= idx < k * n:
             problem = problem or f"choice index {idx!r} out of range for {k} prompts x n={n}"
             continue
         i, j = divmod(idx, n)
-        if seen[idx] or not isinstance(text, str):
-            why = f"choice index {idx} repeated" if seen[idx] else f"choice {idx} carried no text"
+        if seen[idx] or not place(choice, rows[i] * n_out + j, results):
+            why = f"choice index {idx} repeated" if seen[idx] else f"choice {idx} carried no {what}"
             spoiled.setdefault(i, why)
             problem = problem or why
             continue
         seen[idx] = 1
-        flat = rows[i] * n_out + j
-        completion[flat] = text
-        finish[flat] = choice.get("finish_reason") or ""
-        if choice.get("logprobs") is not None:
-            _set_logprobs(results, flat, choice["logprobs"])
     return _settle(data, rows, [i not in spoiled and all(seen[i * n:i * n + n]) for i in range(k)], spoiled,
                    problem, results, latency_s)
 
@@ -232,25 +246,16 @@ def place_chat_batch(data: dict, rows, results: ResultColumns, latency_s: float)
     ``index`` i answers conversation i (``rows[i]``), n = 1. As :func:`place_completions`: a
     conversation without a usable choice is failed, not for good, with why, and a choice that
     cannot be placed raises :class:`BadReply` once the good ones are placed."""
-    k, n_out = len(rows), results.n
-    seen = bytearray(k)
-    spoiled: dict[int, str] = {}
-    problem = None
-    for choice in _choices(data):
-        i = choice.get("index") if isinstance(choice, dict) else None
-        message = choice.get("message") if isinstance(choice, dict) else None
-        if not isinstance(i, int) or not 0 <= i < k:
-            problem = problem or f"choice index {i!r} out of range for {k} conversations"
-            continue
-        if seen[i] or not isinstance(message, dict):
-            why = f"choice index {i} repeated" if seen[i] else f"choice {i} carried no message"
-            spoiled.setdefault(i, why)
-            problem = problem or why
-            continue
-        seen[i] = 1
-        _place_message(message, choice, rows[i] * n_out, results)
-    return _settle(data, rows, [bool(seen[i]) and i not in spoiled for i in range(k)], spoiled, problem, results,
-                   latency_s)
+    return _place_by_index(_choices(data), data, rows, 1, results, latency_s, "message", _place_chat_choice)
+
+
+def _place_chat_choice(choice: dict, flat: int, results: ResultColumns) -> bool:
+    """A chat choice's answer into entry ``flat``; False when it carries no message."""
+    message = choice.get("message")
+    if not isinstance(message, dict):
+        return False
+    _place_message(message, choice, flat, results)
+    return True
 
 
 def _place_message(message: dict, choice: dict, flat: int, results: ResultColumns) -> None:
