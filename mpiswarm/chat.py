@@ -19,6 +19,7 @@ CHAT_KEY = "_chat"
 #: roles OpenAI's chat format (and vLLM's ChatCompletionMessageParam) has
 ROLES = frozenset(("system", "developer", "user", "assistant", "tool"))
 
+
 def check_conversation(messages) -> list:
     """``messages`` if it is a conversation vLLM takes: a non-empty list of messages, each an
     object with a known ``role`` and a ``content`` that is a string or a list of text parts

@@ -37,11 +37,12 @@ from .chat import CHAT_KEY, batchable, conversation
 from .client import (BadReply, ClientOptions, EndpointClient, describe_error, model_problem, place_chat,
                      place_chat_batch, place_completions)
 from .errors import CallError, ErrorKind, kind_of
+from .options import CHAT, COMPLETIONS
 from .records import RankStats, ResultColumns
 from .retry import CLIENT_ERROR, TRANSIENT, RetryPolicy, classify
 
-#: the routes a call can take (Dispatcher.route)
-COMPLETIONS, CHAT, CHAT_BATCH = "completions", "chat", "chat_batch"
+#: the routes a call can take (Dispatcher.route): the options table's two, and chat's batch route
+CHAT_BATCH = "chat_batch"
 UNANSWERED_DEAD = "not answered: every endpoint is down (run the same command again to resume)"
 UNANSWERED_STOPPED = "not answered: the job was stopped before this prompt (run the same command again to resume)"
 # errors of one call: the client's, and a reply that does not parse

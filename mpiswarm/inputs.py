@@ -32,7 +32,7 @@ import numpy as np
 from .chat import CHAT_KEY, check_conversation, fill_contents, is_chat
 from .chat import encode as encode_conversation
 from .codec import encodable, first_unencodable
-from .options import CHAT, COMPLETIONS, OPTIONS, greedy_conflict, option_name  # noqa: F401 (re-exported)
+from .options import CHAT, COMPLETIONS, OPTIONS, option_name  # noqa: F401 (option_name re-exported: cli)
 from .options import quoted as _quoted
 from .options import validate as validate_options
 from .rows import RequestRows
@@ -157,12 +157,14 @@ def unused_keys(obj: dict, template_fields) -> list[str]:
     return [k for k in obj if k not in OPTIONS and k not in _RESERVED and k not in template_fields]
 
 
+def row_model(overrides: str) -> str | None:
+    """The model a row names of its own (``model`` in its overrides' canonical JSON), else None."""
+    return json.loads(overrides).get("model") if '"model":' in overrides else None
+
+
 def row_models(overrides: list[str]) -> list[str]:
     """The models rows name of their own (``model``), each once, in first-use order."""
-    models = {}
-    for key in dict.fromkeys(overrides):
-        if '"model":' in key:
-            models.setdefault(json.loads(key).get("model"), None)
+    models = dict.fromkeys(row_model(key) for key in dict.fromkeys(overrides))
     return [m for m in models if m]
 
 

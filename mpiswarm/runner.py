@@ -14,6 +14,7 @@ import os
 import resource
 import sys
 import time
+from collections import Counter
 from contextlib import AsyncExitStack, ExitStack
 from dataclasses import dataclass, field
 
@@ -33,7 +34,7 @@ from .errors import ErrorKind
 from .exitcodes import EXIT_ENDPOINT_DOWN, EXIT_OK, EXIT_PROMPTS_FAILED, EXIT_RESUME
 from .gather import gather_stats
 from .chat import is_chat
-from .inputs import InputError, PromptSet, check_row_sampling, row_models
+from .inputs import InputError, PromptSet, check_row_sampling, row_model, row_models
 from .layout import Layout, WriteFailed, layout_for
 from .lock import OutputLock
 from .metrics import engine_deltas
@@ -221,7 +222,7 @@ def _token_budget(config: RunConfig, reports: list, max_model_len: int, plan: Pl
     if not config.prompts.max_tokens_auto:
         return None
     lengths = _mpi.allgather(max_model_len, comm)
-    known = [(length, url) for length, (_, _, url, why) in zip(lengths, reports) if not why]
+    known = [(length, url) for length, (_, _, url, why, _) in zip(lengths, reports) if not why]
     unknown = [url for length, url in known if length < 1]
     if unknown:
         if _mpi.rank_and_size(comm)[0] == _mpi.ROOT and plan.attempt == 0:
@@ -278,7 +279,7 @@ class Job:
     # health
     url: str = ""
     stats: RankStats | None = None
-    reports: list = field(default_factory=list)  # (rank, host, url, why unusable) of every rank
+    reports: list = field(default_factory=list)  # (rank, host, url, why unusable, serves the batch chat route) of every rank
     metrics_before: dict | None = None
     down_at_start: dict = field(default_factory=dict)
     budget: TokenBudget | None = None
@@ -328,18 +329,20 @@ def _check_endpoints(job: Job) -> bool:
     config, comm, plan = job.config, job.comm, job.plan
     job.url = _endpoint_url(config, plan.entries, comm)
     stats = job.stats = RankStats(rank=job.rank, host=_mpi.hostname(), endpoint=job.url)
-    why, stats.max_model_len, job.metrics_before, chat_batch = asyncio.run(_check_endpoint(job.url, config, plan.models, plan.has_chat))
-    reports = job.reports = _mpi.allgather((job.rank, stats.host, job.url, why), comm)
+    why, stats.max_model_len, job.metrics_before, chat_batch = asyncio.run(
+        _check_endpoint(job.url, config, plan.models, plan.has_chat))
+    # (rank, host, url, why unusable, serves the batch chat route) of every rank
+    reports = job.reports = _mpi.allgather((job.rank, stats.host, job.url, why, chat_batch), comm)
     # chat rows go in lists where every healthy endpoint serves the batch route (a failed-over
-    # call may reach any of them); else one call a conversation
-    lacking = _mpi.allreduce_sum_array(np.array([why is None and not chat_batch], np.int64), comm)[0]
-    if plan.has_chat and config.client.chat_route == "auto" and lacking == 0:
+    # call may reach any of them; it was looked for only if some row is chat and --chat-route
+    # auto); else one call a conversation
+    if any(p[4] for p in reports) and all(p[4] for p in reports if not p[3]):
         config = job.config = dataclasses.replace(config, client=dataclasses.replace(config.client, chat_batch=True))
     problems = [p for p in reports if p[3]]
     healthy = len({p[2] for p in reports if not p[3]})
     needed = len({p[2] for p in reports}) if config.endpoints.min_endpoints is None else config.endpoints.min_endpoints
     if job.root:
-        for r, host, u, reason in problems:
+        for r, host, u, reason, _ in problems:
             print(f"mpiswarm: rank {r} on {host}: endpoint {u} unavailable: {reason}", flush=True)
     if healthy < needed:
         if job.root and plan.attempt == 0:  # nothing was sent: leave nothing behind
@@ -471,10 +474,9 @@ def _write(job: Job) -> int:
 def _rows_per_model(chunks: list, default: str) -> dict:
     """Rows this rank held, by the model they name (``--model`` for rows that name none)."""
     counts: dict = {}
-    for chunk in chunks:
-        for key in chunk.overrides:
-            model = (json.loads(key).get("model") if '"model":' in key else None) or default
-            counts[model] = counts.get(model, 0) + 1
+    for key, rows in Counter(key for chunk in chunks for key in chunk.overrides).items():  # distinct keys: few
+        model = row_model(key) or default
+        counts[model] = counts.get(model, 0) + rows
     return counts
 
 
