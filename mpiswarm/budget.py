@@ -59,7 +59,8 @@ class TokenBudget:
 
     def overrides(self, prompts: list[str], overrides: list[str]) -> list[str]:
         """Each row's sampling overrides (canonical JSON, '' for none) with its ``max_tokens``
-        added; a row that sets its own ``max_tokens`` keeps it."""
+        added; a row that sets its own ``max_tokens`` (or, for chat, ``max_completion_tokens``,
+        which vLLM takes over it) keeps it."""
         made: dict[tuple[str, int], str] = {}
         out = []
         for prompt, over in zip(prompts, overrides):
@@ -68,7 +69,7 @@ class TokenBudget:
             merged = made.get(key)
             if merged is None:
                 decoded = json.loads(over) if over else {}
-                if "max_tokens" not in decoded:
+                if "max_tokens" not in decoded and "max_completion_tokens" not in decoded:
                     decoded["max_tokens"] = budget
                 merged = made[key] = json.dumps(decoded, sort_keys=True, separators=(",", ":"))
             out.append(merged)

@@ -268,6 +268,8 @@ SP = "sampling_params.py SamplingParams._verify_args"
 #: cite where.
 OPTIONS: dict[str, Option] = {o.name: o for o in (
     Option("max_tokens", "integer", ">= 1 (" + SP + ")", BOTH, _int(1)),
+    Option("max_completion_tokens", "integer", ">= 1; on chat it wins over max_tokens "
+           "(ChatCompletionRequest.build_tok_params)", (CHAT,), _int(1)),
     Option("n", "integer", f"in [1, {MAX_N}] (VLLM_MAX_N_SEQUENCES; 1 when greedy)", BOTH, _int(1, MAX_N)),
     Option("seed", "integer", "int64 (the request's Field(ge, le))", BOTH, _int(*SEED_RANGE)),
     Option("temperature", "number", "in [0, 2] (" + SP + ")", BOTH, _number(*TEMPERATURE_RANGE)),
@@ -347,15 +349,24 @@ def greedy_conflict(params: dict, name: Name = quoted) -> str | None:
     return None
 
 
+def output_limit_key(params: dict, route: str) -> str:
+    """The option that bounds the answer's length: on chat ``max_completion_tokens`` when
+    given (vLLM's chat serving takes it over ``max_tokens``), else ``max_tokens``."""
+    if route == CHAT and params.get("max_completion_tokens") is not None:
+        return "max_completion_tokens"
+    return "max_tokens"
+
+
 def conflict(params: dict, route: str, name: Name = quoted) -> str | None:
     """Why vLLM would refuse ``params`` (valid one by one) as a whole on ``route``, else None.
     For the options as sent: a row's over the command line's, ``name`` saying where each is from."""
     why = greedy_conflict(params, name)
     if why:
         return why
-    low, high = params.get("min_tokens"), params.get("max_tokens")
+    limit = output_limit_key(params, route)
+    low, high = params.get("min_tokens"), params.get(limit)
     if low is not None and high is not None and low > high:  # _verify_args
-        return f"{name('min_tokens')} must be at most {name('max_tokens')} ({high}), got {low}"
+        return f"{name('min_tokens')} must be at most {name(limit)} ({high}), got {low}"
     if route == CHAT and params.get("top_logprobs", 0) > 0 and params.get("logprobs") is not True:
         # ChatCompletionRequest.check_logprobs
         return f"{name('top_logprobs')} needs {name('logprobs')} true"

@@ -180,11 +180,11 @@ def test_token_budget_per_prompt():
 
 def test_budget_overrides_merge_and_row_settings_win():
     budget = TokenBudget(max_model_len=100, margin=10)
-    prompts = ["x" * 3, "x" * 3, "x" * 120, "x" * 120, "x" * 300]
-    overrides = ["", '{"seed":1}', "", '{"max_tokens":7}', ""]
+    prompts = ["x" * 3, "x" * 3, "x" * 120, "x" * 120, "x" * 300, "x" * 3]
+    overrides = ["", '{"seed":1}', "", '{"max_tokens":7}', "", '{"max_completion_tokens":5}']
     out = budget.overrides(prompts, overrides)
     assert [json.loads(o) for o in out] == [{"max_tokens": 64}, {"max_tokens": 64, "seed": 1}, {"max_tokens": 48},
-                                            {"max_tokens": 7}, {"max_tokens": 0}]
+                                            {"max_tokens": 7}, {"max_tokens": 0}, {"max_completion_tokens": 5}]
     assert out[0] == '{"max_tokens":64}' and out[1] == '{"max_tokens":64,"seed":1}'  # canonical JSON
 
 
