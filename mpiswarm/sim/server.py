@@ -34,6 +34,7 @@ from pathlib import Path
 from aiohttp import web
 
 from .faults import CRASHED, STARTING, FaultPolicy, spoil_reply
+from ..engines.process import find_free_port_block
 from ..options import CHAT, COMPLETIONS, OPTIONS
 from .refusals import option_refusal, validation_error
 from .model import (
@@ -1014,28 +1015,6 @@ def run_in_thread(config: SimConfig | None = None, count: int = 1, *,
 
 
 # ------------------------------------------------------------------------- processes
-
-
-def find_free_port_block(k: int, host: str = "127.0.0.1", attempts: int = 100) -> int:
-    """A base port ``p`` such that ``p..p+k-1`` can all be bound on ``host`` right now."""
-    for _ in range(attempts):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.bind((host, 0))
-            base = probe.getsockname()[1]
-        if base + k - 1 <= 65535 and _ports_free(host, base, k):
-            return base
-    raise RuntimeError(f"no block of {k} free consecutive ports found on {host}")
-
-
-def _ports_free(host: str, base: int, k: int) -> bool:
-    with contextlib.ExitStack() as stack:
-        for port in range(base, base + k):
-            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            try:
-                sock.bind((host, port))
-            except OSError:
-                return False
-    return True
 
 
 class SimProcess:
