@@ -8,6 +8,7 @@ function of its own; it returns the exit code, the same on every rank. Finished 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -17,6 +18,7 @@ import time
 from collections import Counter
 from contextlib import AsyncExitStack, ExitStack
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -138,6 +140,17 @@ def _endpoint_url(config: RunConfig, entries, comm) -> str:
     )
 
 
+class HealthReport(NamedTuple):
+    """What one rank's health check found, allgathered so every rank knows every endpoint."""
+
+    rank: int
+    host: str
+    url: str
+    why: str | None  # why the endpoint is unusable; None: healthy, serving the model
+    chat_batch: bool  # serves /v1/chat/completions/batch (looked for only when needed)
+    stopped: bool = False  # a stop (signal, --time-limit) came before the check ended
+
+
 async def _check_endpoint(url: str, config: RunConfig, models: list,
                           chat: bool = False) -> tuple[str | None, int, dict | None, bool]:
     """(why the endpoint is unusable or None, its max_model_len, its /metrics before the run,
@@ -156,6 +169,26 @@ async def _check_endpoint(url: str, config: RunConfig, models: list,
                 return why, -1, None, False
         batch = chat and config.client.chat_route == "auto" and await client.has_chat_batch()
         return None, card_max_model_len(cards or [], config.client.model), await client.metrics(), batch
+
+
+async def _check_endpoint_or_stop(stop: StopRequest, *check_args) -> tuple | None:
+    """:func:`_check_endpoint`, cut short by a stop: None when the stop came first. Servers
+    can take minutes to load (``--health-timeout``), and a SIGTERM at the walltime or a Ctrl-C
+    in that wait must end the job now, not once the wait is over."""
+    stopped = stop.event()
+    checking = asyncio.ensure_future(_check_endpoint(*check_args))
+    waiting = asyncio.ensure_future(stopped.wait())
+    try:
+        await asyncio.wait([checking, waiting], return_when=asyncio.FIRST_COMPLETED)
+        if checking.done():
+            return checking.result()
+        checking.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await checking
+        return None
+    finally:
+        waiting.cancel()
+        stop.detach()
 
 
 async def _read_metrics(url: str, config: RunConfig) -> dict | None:
@@ -222,7 +255,7 @@ def _token_budget(config: RunConfig, reports: list, max_model_len: int, plan: Pl
     if not config.prompts.max_tokens_auto:
         return None
     lengths = _mpi.allgather(max_model_len, comm)
-    known = [(length, url) for length, (_, _, url, why, _) in zip(lengths, reports) if not why]
+    known = [(length, report.url) for length, report in zip(lengths, reports) if not report.why]
     unknown = [url for length, url in known if length < 1]
     if unknown:
         if _mpi.rank_and_size(comm)[0] == _mpi.ROOT and plan.attempt == 0:
@@ -279,7 +312,7 @@ class Job:
     # health
     url: str = ""
     stats: RankStats | None = None
-    reports: list = field(default_factory=list)  # (rank, host, url, why unusable, serves the batch chat route) of every rank
+    reports: list = field(default_factory=list)  # every rank's HealthReport
     metrics_before: dict | None = None
     down_at_start: dict = field(default_factory=dict)
     budget: TokenBudget | None = None
@@ -310,8 +343,9 @@ def _run(config: RunConfig, comm, held: ExitStack) -> int:
     job.stop.install()
     job.started = job.clock = _mpi.wtime()
     _read(job, held)
-    if not _check_endpoints(job):
-        return EXIT_ENDPOINT_DOWN
+    code = _check_endpoints(job)
+    if code is not None:
+        return code
     _scatter(job)
     _send(job)
     return _write(job)
@@ -323,35 +357,51 @@ def _read(job: Job, held: ExitStack) -> None:
     job.phase("read")
 
 
-def _check_endpoints(job: Job) -> bool:
+def _check_endpoints(job: Job) -> int | None:
     """Phase health: every rank's endpoint healthy and serving the model (or enough of them,
-    with --min-endpoints); False when the job cannot go on (nothing sent, nothing left behind)."""
+    with --min-endpoints). Returns the exit code when the job cannot go on (nothing sent,
+    nothing left behind): too few endpoints, or a stop during the wait; else None."""
     config, comm, plan = job.config, job.comm, job.plan
     job.url = _endpoint_url(config, plan.entries, comm)
     stats = job.stats = RankStats(rank=job.rank, host=_mpi.hostname(), endpoint=job.url)
-    why, stats.max_model_len, job.metrics_before, chat_batch = asyncio.run(
-        _check_endpoint(job.url, config, plan.models, plan.has_chat))
-    # (rank, host, url, why unusable, serves the batch chat route) of every rank
-    reports = job.reports = _mpi.allgather((job.rank, stats.host, job.url, why, chat_batch), comm)
+    checked = asyncio.run(_check_endpoint_or_stop(job.stop, job.url, config, plan.models, plan.has_chat))
+    why, stats.max_model_len, job.metrics_before, chat_batch = checked or ("stopped", -1, None, False)
+    reports = job.reports = _mpi.allgather(
+        HealthReport(job.rank, stats.host, job.url, why, chat_batch, checked is None), comm)
+    if any(p.stopped for p in reports):
+        return _stopped_before_sending(job)
     # chat rows go in lists where every healthy endpoint serves the batch route (a failed-over
     # call may reach any of them; it was looked for only if some row is chat and --chat-route
     # auto); else one call a conversation
-    if any(p[4] for p in reports) and all(p[4] for p in reports if not p[3]):
+    if any(p.chat_batch for p in reports) and all(p.chat_batch for p in reports if not p.why):
         config = job.config = dataclasses.replace(config, client=dataclasses.replace(config.client, chat_batch=True))
-    problems = [p for p in reports if p[3]]
-    healthy = len({p[2] for p in reports if not p[3]})
-    needed = len({p[2] for p in reports}) if config.endpoints.min_endpoints is None else config.endpoints.min_endpoints
+    problems = [p for p in reports if p.why]
+    healthy = len({p.url for p in reports if not p.why})
+    needed = len({p.url for p in reports}) if config.endpoints.min_endpoints is None else config.endpoints.min_endpoints
     if job.root:
-        for r, host, u, reason, _ in problems:
-            print(f"mpiswarm: rank {r} on {host}: endpoint {u} unavailable: {reason}", flush=True)
+        for p in problems:
+            print(f"mpiswarm: rank {p.rank} on {p.host}: endpoint {p.url} unavailable: {p.why}", flush=True)
     if healthy < needed:
         if job.root and plan.attempt == 0:  # nothing was sent: leave nothing behind
             remove_run_dir(plan.run_dir)
-        return False
-    job.down_at_start = {p[2]: f"not healthy at the start: {p[3]}" for p in problems}
+        return EXIT_ENDPOINT_DOWN
+    job.down_at_start = {p.url: f"not healthy at the start: {p.why}" for p in problems}
     job.budget = _token_budget(config, reports, stats.max_model_len, plan, comm)  # --max-tokens auto
     stats.t_health = job.phase("health")
-    return True
+    return None
+
+
+def _stopped_before_sending(job: Job) -> int:
+    """A stop came while the endpoints were being checked: nothing was sent, so nothing is
+    written; the run directory of a first attempt goes (an earlier attempt's checkpoints stay).
+    Exit :data:`EXIT_RESUME`: the same command runs the job."""
+    if job.root:
+        if job.plan.attempt == 0:
+            remove_run_dir(job.plan.run_dir)
+        why = job.stop.reason or "a stop on another rank"
+        print(f"mpiswarm: {why} while checking the endpoints: nothing was sent; run the same command again "
+              "to run the job", file=sys.stderr, flush=True)
+    return EXIT_RESUME
 
 
 def _scatter(job: Job) -> None:
@@ -386,7 +436,7 @@ def _send(job: Job) -> None:
                                   interval=config.report.progress_interval)
     shard = ShardWriter(shard_path(plan.run_dir, job.rank, plan.attempt))
     t0 = time.perf_counter()
-    job.urls = _ring([p[2] for p in job.reports], job.rank)
+    job.urls = _ring([p.url for p in job.reports], job.rank)
     try:
         chunks, job.dead = asyncio.run(_serve(job.urls, config, job.piece, plan, stats, shard, job.stop, job.pool,
                                               printer, job.comm, job.down_at_start, job.budget))

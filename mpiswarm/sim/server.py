@@ -122,6 +122,7 @@ class Metrics:
         self.http_requests = 0
         self.faults_injected = 0
         self.prompts_received = 0
+        self.health_checks = 0
         self.e2e = Histogram()
         self.queue_time = Histogram()
 
@@ -164,6 +165,8 @@ class Metrics:
                "Prompts in well-formed completion calls, whether answered or not.", self.prompts_received)
         single("mpiswarm_sim:faults_injected_total", "counter",
                "Completion calls given a fault of --error-kinds (bad replies included).", self.faults_injected)
+        single("mpiswarm_sim:health_checks_total", "counter",
+               "GET /health calls, whatever the answer (200 serving, 503 starting or crashed).", self.health_checks)
         out.append("")
         return "\n".join(out)
 
@@ -495,6 +498,7 @@ class Endpoint:
 
     async def health(self, request: web.Request) -> web.Response:
         """``GET /health``: 200 when serving, 503 while slow-starting or after a crash."""
+        self.metrics.health_checks += 1
         return web.Response(status=200 if self.faults.healthy else 503)
 
     def _error(self, status: int, message: str, err_type: str = "BadRequestError", headers: dict | None = None,

@@ -166,6 +166,38 @@ def test_kill_9_at_a_random_moment_then_resume(tmp_path, sim_factory, seed):
     print(f"seed {seed}: killed with {saved} rows saved, {sent_before} sent; resent {resent} prompts")
 
 
+@pytest.mark.parametrize("to", ["session", "mpiexec"])
+def test_sigterm_while_the_endpoints_load_ends_the_job_at_once_and_sends_nothing(tmp_path, sim_factory, to):
+    """Servers take minutes to load (--health-timeout): a SIGTERM (PBS at the walltime, to the
+    whole job; or to mpiexec alone, which passes it on) in that wait ends the job now with exit
+    75 and one line, not once the wait is over; nothing is sent or left behind, and the same
+    command runs the job."""
+    rows = make_rows(30)
+    loading = sim_factory("--count", 2, "--time-scale", 0, "--slow-start", 90)
+    args = job_args(tmp_path, rows, loading, "--health-timeout", 120)
+    job = start_mpiswarm(2, args)
+    deadline = time.monotonic() + 60
+    while not all(sim_counter(u, "mpiswarm_sim:health_checks_total") for u in loading.urls):  # both ranks wait
+        assert job.poll() is None and time.monotonic() < deadline, "the job never reached its health check"
+        time.sleep(0.05)
+    t0 = time.monotonic()
+    (os.killpg if to == "session" else os.kill)(job.pid, signal.SIGTERM)
+    res = finish(job, timeout=60)
+    took = time.monotonic() - t0
+    assert res.returncode == EXIT_RESUME, res.stdout + res.stderr
+    assert took < 15, f"the job took {took:.1f} s to end after SIGTERM"
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert lines == ["mpiswarm: SIGTERM received while checking the endpoints: nothing was sent; "
+                     "run the same command again to run the job"], res.stderr
+    assert sum(sim_counter(u) for u in loading.urls) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]  # no output, run directory or lock
+
+    ready = sim_factory("--count", 2, "--time-scale", 0)
+    res = run_mpiswarm(2, job_args(tmp_path, rows, ready))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert_rows(read_results(tmp_path / "out.h5"), rows, max_tokens=8)
+
+
 def test_sigterm_writes_partial_file_then_resume(tmp_path, sim_factory):
     rows = make_rows(600)
     sim = sim_factory("--count", 2, "--time-scale", 1.0, "--max-num-seqs", 4)
