@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import string
+import urllib.parse
 from dataclasses import dataclass, field
 
 from .inputs import InputError
@@ -26,7 +27,9 @@ class HostEntry:
 
 
 def check_template(template: str) -> None:
-    """Raise :class:`InputError` if ``template`` uses an unknown or malformed placeholder."""
+    """Raise :class:`InputError` if ``template`` uses an unknown or malformed placeholder, or
+    is not one http(s) URL with a host (a list of them, say: one URL serves every rank, with
+    placeholders or ``--hostfile`` for one a rank)."""
     try:
         names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
     except ValueError as exc:
@@ -37,6 +40,17 @@ def check_template(template: str) -> None:
             f"--endpoint {template!r}: unknown placeholder {{{sorted(unknown)[0]}}} "
             f"(known: {', '.join('{%s}' % p for p in sorted(_PLACEHOLDERS))})"
         )
+    url = expand_endpoint(template, rank=0, local_rank=0, host="localhost", base_port=DEFAULT_PORT)
+    if "," in url or any(c.isspace() for c in url):
+        raise InputError(f"--endpoint {template!r}: one URL, not a list: give every rank its own with "
+                         "{port}, {rank} or {host} placeholders, or --hostfile")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 (raises on a port that is not a number in range)
+    except ValueError as exc:
+        raise InputError(f"--endpoint {template!r}: not a URL ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InputError(f"--endpoint {template!r}: not an http(s) URL with a host, e.g. http://127.0.0.1:8000/v1")
 
 
 def expand_endpoint(template: str, *, rank: int, local_rank: int, host: str, base_port: int) -> str:

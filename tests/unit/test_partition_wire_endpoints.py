@@ -1,5 +1,7 @@
 """Partitioning, the string wire format and endpoint resolution (tier 1: no MPI)."""
 import numpy as np
+import re
+
 import pytest
 
 from mpiswarm.endpoints import HostEntry, check_template, endpoint_from_hostfile, expand_endpoint, parse_hostfile
@@ -57,6 +59,15 @@ def test_expand_endpoint_placeholders():
         check_template("http://{node}:8000/v1")
     with pytest.raises(InputError, match="--endpoint"):
         check_template("http://{port:8000/v1")
+    check_template("https://[::1]:{port}/v1")
+    check_template("http://{host}:8000/v1")
+    for bad, why in (("http://127.0.0.1:8000/v1,http://127.0.0.1:8001/v1", "one URL, not a list"),
+                     ("http://a:8000/v1 http://b:8000/v1", "one URL, not a list"),
+                     ("127.0.0.1:8000/v1", "not an http\\(s\\) URL with a host"),
+                     ("http:///v1", "not an http\\(s\\) URL with a host"),
+                     ("http://127.0.0.1:99999/v1", "not a URL \\(Port out of range")):
+        with pytest.raises(InputError, match=f"^--endpoint '{re.escape(bad)}': {why}"):
+            check_template(bad)
 
 
 def test_parse_hostfile(tmp_path):
