@@ -925,6 +925,12 @@ mpiswarm_run() {
     # and, with Copper, imports through its mount (ALCF Copper docs: PYTHONPATH only).
     local -a rank_env=("TMPDIR=$MPISWARM_NODE_TMP")
     [[ -n $MS_PYTHONPATH_PREFIX ]] && rank_env+=("PYTHONPATH=$MS_PYTHONPATH_PREFIX${PYTHONPATH:+:$PYTHONPATH}")
+    # mpiswarm's own exit code, written by rank 0 before any rank exits: once mpiexec has passed
+    # a SIGTERM on, MPICH's Hydra SIGKILLs the ranks still finalising as soon as one exits and
+    # reports signal 9, not the job's 75 (seen with strace; mpiswarm/cli.py EXIT_FILE_VARIABLE)
+    local exit_file="$output.exit"
+    rm -f "$exit_file"
+    rank_env+=("MPISWARM_EXIT_FILE=$exit_file")
     local -a cmd=("${MS_MPIEXEC[@]}" -n $((n * MPISWARM_PPN)) --ppn "$MPISWARM_PPN" --hosts "$hosts"
         "${MS_RUN_OPTS[@]}" env "${rank_env[@]}" "${MS_CMD[@]}" run "$MPISWARM_INPUT" -o "$output" --model "$MPISWARM_MODEL"
         --endpoint 'http://127.0.0.1:{port}/v1' --base-port "$MPISWARM_BASE_PORT" "${MS_EXTRA[@]}" "$@")
@@ -951,6 +957,16 @@ mpiswarm_run() {
     mpiswarm_wait_run "$MS_RUN_PID"
     rc=$?
     MS_RUN_PID=
+    if [[ -s $exit_file ]]; then
+        local said
+        said=$(<"$exit_file")
+        rm -f "$exit_file"
+        if [[ $said =~ ^[0-9]+$ ]] && ((said != rc)); then
+            mpiswarm_log "mpiexec exited $rc where mpiswarm exited $said (the launcher killed ranks that were" \
+                "already done): taking $said"
+            rc=$said
+        fi
+    fi
     return "$rc"
 }
 

@@ -270,6 +270,11 @@ def config_from_args(args):
 
 
 def _run_command(args) -> int:
+    import faulthandler
+
+    from .launch import STACKS_SIGNAL
+
+    faulthandler.register(STACKS_SIGNAL, all_threads=True)  # kill -USR1: where is this rank stuck?
     config = config_from_args(args)  # raises InputError before MPI starts
     from . import runner
 
@@ -293,6 +298,38 @@ def _guarded(command, args) -> int:
 
         _mpi.abort_on_exception(exc)
         raise  # pragma: no cover - Abort does not return
+
+
+#: where rank 0 writes the job's exit code, if set (the job scripts set it): after a signal it
+#: forwarded, MPICH's Hydra reports signal 9 for a rank it SIGKILLed while it was finalising
+#: (:func:`mpiswarm._mpi.exit_together`), whatever code the job ended with
+EXIT_FILE_VARIABLE = "MPISWARM_EXIT_FILE"
+
+
+def entry() -> None:
+    """The ``mpiswarm`` command: :func:`main`, then the process ends with its exit code — for
+    an MPI job, on every rank together (:func:`mpiswarm._mpi.exit_together`), after rank 0 has
+    written it to ``$MPISWARM_EXIT_FILE`` if that is set (before any rank exits)."""
+    code = main()
+    path = os.environ.get(EXIT_FILE_VARIABLE)
+    if path and launcher_rank() == 0:
+        _write_exit_file(path, code)
+    if "mpi4py.MPI" in sys.modules:
+        from . import _mpi
+
+        _mpi.exit_together(code)
+    sys.exit(code)
+
+
+def _write_exit_file(path: str, code: int) -> None:
+    try:
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as fh:
+            fh.write(f"{code}\n")
+        os.replace(tmp, path)  # whole or absent: a reader never sees half a number
+    except OSError as exc:
+        print(f"mpiswarm: cannot write the exit code to {EXIT_FILE_VARIABLE}={path}: {exc.strerror}",
+              file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

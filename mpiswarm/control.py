@@ -186,6 +186,8 @@ class Control:
         #: called with the reason when another rank asked the job to stop (StopRequest.request)
         self.on_stop: Callable[[str], None] = lambda reason: None
         self._told_stop = False
+        self._stop_sent_to: list[int] = []  # root: the ranks it told to stop
+        self._stop_from_root = False  # non-root: rank 0's STOP received
 
     def _pass_stop(self, stop: asyncio.Event | None, reason: str) -> None:
         """This rank's stop to rank 0 (non-root), or rank 0's to every rank not done (root): once."""
@@ -195,12 +197,14 @@ class Control:
         payload = reason.encode("utf-8", "replace")
         for dest in ([0] if self.rank else [r for r in range(1, self.size) if not self.done[r]]):
             self.mailbox.send(dest, TAG_STOP, payload)
+            if not self.rank:
+                self._stop_sent_to.append(dest)
 
     def _stop_received(self, source: int | None = None) -> None:
         while (got := self.mailbox.poll(TAG_STOP, **({} if source is None else {"source": source}))) is not None:
             said = got[1].decode("utf-8", "replace")
             if self.rank:
-                self._told_stop = True  # rank 0 knows: nothing to tell it back
+                self._told_stop = self._stop_from_root = True  # rank 0 knows: nothing to tell it back
                 self.on_stop(said)
             else:
                 self.on_stop(f"{said} (on rank {got[0]})")
@@ -275,6 +279,24 @@ class Control:
             await asyncio.wait([until], timeout=PROGRESS_EVERY_S)
         self.mailbox.send(0, TAG_DONE, _COUNTS.pack(*finished()))
         self.mailbox.flush()
+
+    async def close(self) -> None:
+        """Every rank, after :meth:`serve` or :meth:`report`: receive what is still on its way,
+        so that no message outlives the run (``MPI_Finalize`` fails on a communicator holding
+        unmatched messages). A rank sends its ``STOP`` and its last ``PROGRESS`` before its
+        ``DONE``, so once rank 0 has every ``DONE`` they are here: it drops them (the ``DONE``
+        carried newer counts). Rank 0 may have told a rank to stop that had already left its
+        loop: it says which (one ``Ibcast``), and each such rank takes its ``STOP``."""
+        if self.rank == 0:
+            for tag in (TAG_PROGRESS, TAG_STOP):
+                while self.mailbox.poll(tag) is not None:
+                    pass
+        told = np.zeros(self.size, dtype=np.uint8)
+        told[self._stop_sent_to] = 1
+        await self.mailbox.bcast(told)
+        if self.rank and told[self.rank] and not self._stop_from_root:
+            self.mailbox.receive(0, TAG_STOP)
+            self._stop_from_root = True
 
     async def serve(self, finished: Callable[[], tuple[int, int]], own_work: asyncio.Future, stop: asyncio.Event,
                     on_tick: Callable[[np.ndarray], None] | None = None,

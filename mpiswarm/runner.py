@@ -234,6 +234,7 @@ async def _serve(urls: list[str], config: RunConfig, piece: RequestRows, plan: P
                     printer.close(control.counts)
             else:
                 await control.report(dispatcher.progress, work, event, why)
+            await control.close()
             await work  # its exception, if any, reaches the abort guard
         finally:
             stop.detach()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mpiswarm.launch import mpiswarm_command
+from mpiswarm.launch import dump_stacks, mpiswarm_command
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,9 +37,11 @@ def finish(proc: subprocess.Popen, timeout: float = 120.0) -> subprocess.Complet
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        dump_stacks(proc.pid)  # every rank's Python stacks into its stderr: where it was stuck
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
-        pytest.fail(f"mpiswarm did not finish within {timeout} s\nstdout:\n{out}\nstderr:\n{err}")
+        pytest.fail(f"mpiswarm did not finish within {timeout} s\nstdout:\n{out}\nstderr (with the ranks' "
+                    f"stacks):\n{err}")
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 

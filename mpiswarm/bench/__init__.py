@@ -14,6 +14,8 @@ import signal
 import subprocess
 import time
 
+from ..launch import dump_stacks
+
 #: the checkout this package lives in (docs/ is written there); children import this package from it
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -37,9 +39,11 @@ def run_bounded(cmd: list[str], timeout: float, env: dict | None = None, ok=(0,)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        dump_stacks(proc.pid)  # where it was stuck, into its stderr
         os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise RuntimeError(f"{shlex.join(cmd)}: no end within {timeout:.0f} s (killed)") from None
+        _, err = proc.communicate()
+        raise RuntimeError(f"{shlex.join(cmd)}: no end within {timeout:.0f} s (killed); its stderr, with the "
+                           f"ranks' stacks:\n{err[-6000:]}") from None
     if proc.returncode not in ok:
         raise RuntimeError(f"{shlex.join(cmd)}: exit {proc.returncode}\n{err[-3000:]}")
     return time.perf_counter() - started, out, err

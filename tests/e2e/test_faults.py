@@ -166,6 +166,32 @@ def test_kill_9_at_a_random_moment_then_resume(tmp_path, sim_factory, seed):
     print(f"seed {seed}: killed with {saved} rows saved, {sent_before} sent; resent {resent} prompts")
 
 
+def test_a_job_past_its_deadline_is_killed_with_every_ranks_stacks_in_the_failure(tmp_path, sim_factory):
+    """The harness's side of a hang (issue 16, item 7: one chat job once did not end within 300
+    s and left nothing to say why): before the kill, each rank is asked for its stacks (SIGUSR1,
+    faulthandler), which land in the failure's message."""
+    loading = sim_factory("--count", 2, "--time-scale", 0, "--slow-start", 90)  # holds the job in its health check
+    job = start_mpiswarm(2, job_args(tmp_path, make_rows(10), loading, "--health-timeout", 120))
+    deadline = time.monotonic() + 60
+    while not all(sim_counter(u, "mpiswarm_sim:health_checks_total") for u in loading.urls):
+        assert job.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    with pytest.raises(pytest.fail.Exception) as failed:
+        finish(job, timeout=0.1)
+    text = str(failed.value)
+    assert "mpiswarm did not finish within 0.1 s" in text
+    assert text.count("most recent call first") >= 2, text  # both ranks' threads
+    assert "in _check_endpoints" in text, text  # where they were: the health phase
+
+
+def test_exit_file_holds_the_code_of_a_job_refused_before_mpi_starts(tmp_path, monkeypatch):
+    exit_file = tmp_path / "exit-code"
+    monkeypatch.setenv("MPISWARM_EXIT_FILE", str(exit_file))
+    res = run_mpiswarm(2, ["run", tmp_path / "missing.jsonl", "-o", tmp_path / "out.h5", "--model", "m"])
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert exit_file.read_text() == "2\n" and len(list(tmp_path.iterdir())) == 1  # no temporary file left
+
+
 @pytest.mark.parametrize("to", ["session", "mpiexec"])
 def test_sigterm_while_the_endpoints_load_ends_the_job_at_once_and_sends_nothing(tmp_path, sim_factory, to):
     """Servers take minutes to load (--health-timeout): a SIGTERM (PBS at the walltime, to the
@@ -198,7 +224,9 @@ def test_sigterm_while_the_endpoints_load_ends_the_job_at_once_and_sends_nothing
     assert_rows(read_results(tmp_path / "out.h5"), rows, max_tokens=8)
 
 
-def test_sigterm_writes_partial_file_then_resume(tmp_path, sim_factory):
+def test_sigterm_writes_partial_file_then_resume(tmp_path, sim_factory, monkeypatch):
+    exit_file = tmp_path / "exit-code"
+    monkeypatch.setenv("MPISWARM_EXIT_FILE", str(exit_file))  # rank 0's own code (jobs/lib.sh reads it)
     rows = make_rows(600)
     sim = sim_factory("--count", 2, "--time-scale", 1.0, "--max-num-seqs", 4)
     args = job_args(tmp_path, rows, sim, "--batch-size", 8, "--concurrency", 2)
@@ -214,6 +242,8 @@ def test_sigterm_writes_partial_file_then_resume(tmp_path, sim_factory):
     assert time.monotonic() - t0 < 15
     assert res.returncode == EXIT_RESUME, res.stdout + res.stderr
     assert "SIGTERM received" in res.stdout and "run the same command again to resume" in res.stdout
+    assert "MPI_Finalize failed" not in res.stderr, res.stderr  # no control message left unreceived
+    assert exit_file.read_text() == "75\n"
     data = read_results(tmp_path / "out.h5")
     assert not data["attrs"]["complete"]
     answered = np.flatnonzero(data["ok"])

@@ -182,6 +182,28 @@ def test_batch_job_answers_every_prompt_in_order_and_stops_its_servers(tmp_path,
     assert_nothing_left(job, [base, base + 1])
 
 
+def test_the_job_takes_mpiswarms_own_exit_code_where_mpiexec_reports_another(tmp_path, jobs):
+    """After a SIGTERM it passed on, MPICH's Hydra SIGKILLs the ranks still finalising once the
+    first one exits, and mpiexec reports 9 where the job ended 75. Rank 0 writes its code to
+    MPISWARM_EXIT_FILE before any rank exits; the script takes that one. Here an mpiexec that
+    reports 9 for the mpiswarm run stands in for Hydra (its kill is a race on this machine)."""
+    rows = make_rows(20)
+    base = find_free_port_block(2)
+    env = job_env(tmp_path, nodes=["localhost"], ppn=2, base=base, rows=rows,
+                  server=f"{SIM} --port {{port}} --time-scale 0")
+    wrapper = tmp_path / "mpiexec-reports-9"
+    wrapper.write_text(f"#!/bin/bash\n{env['MPISWARM_MPIEXEC']} \"$@\"\nrc=$?\n"
+                       "[[ \" $* \" == *' run in.jsonl '* ]] && exit 9\nexit $rc\n")
+    wrapper.chmod(0o755)
+    env.update(MPISWARM_MPIEXEC=str(wrapper), MPISWARM_PREFLIGHT="0")  # preflight: "an mpiexec of the system"
+    res = jobs(BATCH, tmp_path, env).finish()
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "mpiexec exited 9 where mpiswarm exited 0" in res.stderr
+    assert "every prompt answered" in res.stderr
+    assert not (tmp_path / "out.h5.exit").exists()
+    assert_answers(tmp_path / "out.h5", rows, ranks=2)
+
+
 def test_batch_job_with_the_virtual_layout_a_part_a_node(tmp_path, jobs):
     """What the README suggests for tens of millions of prompts: the node's first rank writes
     its node's rows to a part file, the output maps it."""
@@ -264,6 +286,7 @@ def test_sigterm_reaches_mpiswarm_which_writes_a_partial_file_then_a_resubmissio
     assert res.returncode == EXIT_RESUME, res.stdout + res.stderr
     assert "SIGTERM received: passing SIGTERM to mpiswarm" in res.stderr
     assert "Submit the same job again" in res.stderr
+    assert not (tmp_path / "out.h5.exit").exists()
     data = read_results(tmp_path / "out.h5")
     assert not data["attrs"]["complete"]
     answered = [i for i in range(len(rows)) if data["ok"][i]]
