@@ -929,7 +929,6 @@ mpiswarm_run() {
     # a SIGTERM on, MPICH's Hydra SIGKILLs the ranks still finalising as soon as one exits and
     # reports signal 9, not the job's 75 (seen with strace; mpiswarm/cli.py EXIT_FILE_VARIABLE)
     local exit_file="$output.exit"
-    rm -f "$exit_file"
     rank_env+=("MPISWARM_EXIT_FILE=$exit_file")
     local -a cmd=("${MS_MPIEXEC[@]}" -n $((n * MPISWARM_PPN)) --ppn "$MPISWARM_PPN" --hosts "$hosts"
         "${MS_RUN_OPTS[@]}" env "${rank_env[@]}" "${MS_CMD[@]}" run "$MPISWARM_INPUT" -o "$output" --model "$MPISWARM_MODEL"
@@ -943,6 +942,7 @@ mpiswarm_run() {
         return "$MPISWARM_JOB_EXIT_RESUME"
     fi
     mpiswarm_show "mpiswarm on $n node(s)" "${cmd[@]}"
+    rm -f "$exit_file"  # an earlier job's
     MS_SIGNALLED=0
     MS_STARTING=1
     "${cmd[@]}" </dev/null &

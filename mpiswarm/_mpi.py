@@ -167,7 +167,6 @@ def exit_together(code: int) -> None:
             last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
             print(f"mpiswarm: {who}: MPI_Finalize failed: {last.strip()}", file=sys.stderr, flush=True)
     ctypes.CDLL(None).exit(code)
-    os._exit(code)  # pragma: no cover - exit does not return
 
 
 def rank_and_size(comm=None) -> tuple[int, int]:

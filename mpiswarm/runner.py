@@ -259,8 +259,7 @@ def _token_budget(config: RunConfig, reports: list, max_model_len: int, plan: Pl
     known = [(length, report.url) for length, report in zip(lengths, reports) if not report.why]
     unknown = [url for length, url in known if length < 1]
     if unknown:
-        if _mpi.rank_and_size(comm)[0] == _mpi.ROOT and plan.attempt == 0:
-            remove_run_dir(plan.run_dir)
+        _leave_nothing_behind(plan, _mpi.rank_and_size(comm)[0] == _mpi.ROOT)
         raise InputError(f"--max-tokens auto: endpoint {unknown[0]} does not advertise max_model_len on "
                          "/v1/models; give --max-tokens a number instead")
     return TokenBudget(min(length for length, _ in known), config.prompts.max_tokens_cap)
@@ -383,8 +382,7 @@ def _check_endpoints(job: Job) -> int | None:
         for p in problems:
             print(f"mpiswarm: rank {p.rank} on {p.host}: endpoint {p.url} unavailable: {p.why}", flush=True)
     if healthy < needed:
-        if job.root and plan.attempt == 0:  # nothing was sent: leave nothing behind
-            remove_run_dir(plan.run_dir)
+        _leave_nothing_behind(plan, job.root)
         return EXIT_ENDPOINT_DOWN
     job.down_at_start = {p.url: f"not healthy at the start: {p.why}" for p in problems}
     job.budget = _token_budget(config, reports, stats.max_model_len, plan, comm)  # --max-tokens auto
@@ -392,13 +390,19 @@ def _check_endpoints(job: Job) -> int | None:
     return None
 
 
+def _leave_nothing_behind(plan: Plan, root: bool) -> None:
+    """Nothing was sent: the root removes the run directory of a first attempt (an earlier
+    attempt's checkpoints stay, for the resume)."""
+    if root and plan.attempt == 0:
+        remove_run_dir(plan.run_dir)
+
+
 def _stopped_before_sending(job: Job) -> int:
     """A stop came while the endpoints were being checked: nothing was sent, so nothing is
     written; the run directory of a first attempt goes (an earlier attempt's checkpoints stay).
     Exit :data:`EXIT_RESUME`: the same command runs the job."""
+    _leave_nothing_behind(job.plan, job.root)
     if job.root:
-        if job.plan.attempt == 0:
-            remove_run_dir(job.plan.run_dir)
         why = job.stop.reason or "a stop on another rank"
         print(f"mpiswarm: {why} while checking the endpoints: nothing was sent; run the same command again "
               "to run the job", file=sys.stderr, flush=True)
