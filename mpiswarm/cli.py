@@ -270,11 +270,6 @@ def config_from_args(args):
 
 
 def _run_command(args) -> int:
-    import faulthandler
-
-    from .launch import STACKS_SIGNAL
-
-    faulthandler.register(STACKS_SIGNAL, all_threads=True)  # kill -USR1: where is this rank stuck?
     config = config_from_args(args)  # raises InputError before MPI starts
     from . import runner
 
@@ -309,7 +304,11 @@ EXIT_FILE_VARIABLE = "MPISWARM_EXIT_FILE"
 def entry() -> None:
     """The ``mpiswarm`` command: :func:`main`, then the process ends with its exit code — for
     an MPI job, on every rank together (:func:`mpiswarm._mpi.exit_together`), after rank 0 has
-    written it to ``$MPISWARM_EXIT_FILE`` if that is set (before any rank exits)."""
+    written it to ``$MPISWARM_EXIT_FILE`` if that is set (before any rank exits).
+    ``kill -USR2`` prints where it is (:mod:`mpiswarm.stacks`)."""
+    from . import stacks
+
+    stacks.install(f"mpiswarm rank {launcher_rank()}")
     code = main()
     path = os.environ.get(EXIT_FILE_VARIABLE)
     if path and launcher_rank() == 0:

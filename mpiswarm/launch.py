@@ -3,14 +3,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import sys
 import time
 from pathlib import Path
 
-#: ``kill -USR1 <rank's pid>`` prints the Python stack of every thread of that rank on its stderr
-#: (``faulthandler``: it works while the rank is inside an MPI call too), and the rank goes on
-STACKS_SIGNAL = signal.SIGUSR1
+from .stacks import SIGNAL as STACKS_SIGNAL
 
 
 def find_mpiexec() -> str:
@@ -46,35 +43,51 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def dump_stacks(pid: int, timeout: float = 2.0) -> int:
-    """Ask every mpiswarm process below ``pid`` (a job we started and are about to kill for
-    overrunning its deadline) for its stacks (:data:`STACKS_SIGNAL`), and wait until each has
-    taken the signal (it is no longer pending: ``faulthandler`` writes at delivery); returns how
-    many were asked. Their stacks go to their stderr, which the caller reads after the kill."""
+def dump_stacks(pid: int, directory: str | os.PathLike, timeout: float = 3.0) -> str:
+    """The stacks of every mpiswarm process below ``pid`` (a job we started, with
+    ``$MPISWARM_STACKS_DIR`` set to ``directory``, and are about to kill for overrunning its
+    deadline): each is sent :data:`STACKS_SIGNAL`, and its answer (:mod:`mpiswarm.stacks`) waited
+    for until ``timeout``, then read from ``directory``. A process stuck inside C (an MPI call)
+    answers with its threads' stacks alone."""
+    directory = Path(directory)
     asked = []
     for child in descendants(pid):
         try:
             cmdline = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"mpiswarm" in cmdline and b"-m" in cmdline:
+        if _is_mpiswarm(cmdline):
+            (directory / f"{child}.tasks").unlink(missing_ok=True)  # an earlier process's, same pid
             try:
                 os.kill(child, STACKS_SIGNAL)
                 asked.append(child)
             except ProcessLookupError:
                 pass
     deadline = time.monotonic() + timeout
-    while any(_pending(child, STACKS_SIGNAL) for child in asked) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return len(asked)
+    # the tasks are written last, by the Python-level handler; a process stuck inside C never
+    # writes them, but its threads are written at delivery, long before the deadline
+    while time.monotonic() < deadline and not all(
+            (directory / f"{child}.tasks").exists() or not _alive(child) for child in asked):
+        time.sleep(0.01)  # another process's answer: nothing to wait on but its file
+    parts = []
+    for child in asked:
+        parts.append(f"--- pid {child} ---")
+        for kind in ("threads", "tasks"):
+            path = directory / f"{child}.{kind}"
+            parts.append(path.read_text(errors="replace").rstrip() if path.exists()
+                         else f"(no {kind}: the process did not answer within {timeout:g} s)")
+    return "\n".join(parts)
 
 
-def _pending(pid: int, sig: int) -> bool:
-    """Whether ``sig`` waits to be delivered to ``pid`` (False once it is gone)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
+def _is_mpiswarm(cmdline: list[bytes]) -> bool:
+    """A Python running ``-m mpiswarm``, ``-m mpiswarm.sim`` or the ``mpiswarm`` script (not
+    ``mpiexec``, whose arguments name it too)."""
+    if not cmdline or not os.path.basename(cmdline[0]).startswith(b"python"):
         return False
-    bit = 1 << (sig - 1)
-    return any(int(line.split()[1], 16) & bit for line in status.splitlines()
-               if line.startswith(("SigPnd:", "ShdPnd:")))
+    if cmdline[1:2] == [b"-m"] and len(cmdline) > 2:
+        return cmdline[2] == b"mpiswarm" or cmdline[2].startswith(b"mpiswarm.")
+    return len(cmdline) > 1 and os.path.basename(cmdline[1]) == b"mpiswarm"
+
+
+def _alive(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()

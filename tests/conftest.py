@@ -1,26 +1,35 @@
 """Shared helpers for the end-to-end tiers: simulated endpoints and mpiexec runs."""
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
+import tempfile
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from mpiswarm.launch import dump_stacks, mpiswarm_command
+from mpiswarm.stacks import DIR_VARIABLE as STACKS_DIR_VARIABLE
 
 REPO = Path(__file__).resolve().parents[1]
+#: where the children's stacks go when a hung job is asked for them (:func:`finish`)
+STACKS_DIR = tempfile.mkdtemp(prefix="mpiswarm-test-stacks-")
+atexit.register(shutil.rmtree, STACKS_DIR, True)
 
 
 def subprocess_env() -> dict:
-    """The environment for child processes: this checkout importable, no proxies for loopback."""
+    """The environment for child processes: this checkout importable, no proxies for loopback,
+    stacks on request into :data:`STACKS_DIR`."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    env[STACKS_DIR_VARIABLE] = STACKS_DIR
     return env
 
 
@@ -37,11 +46,11 @@ def finish(proc: subprocess.Popen, timeout: float = 120.0) -> subprocess.Complet
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        dump_stacks(proc.pid)  # every rank's Python stacks into its stderr: where it was stuck
+        stacks = dump_stacks(proc.pid, STACKS_DIR)  # every rank's threads and tasks: where it was stuck
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
-        pytest.fail(f"mpiswarm did not finish within {timeout} s\nstdout:\n{out}\nstderr (with the ranks' "
-                    f"stacks):\n{err}")
+        pytest.fail(f"mpiswarm did not finish within {timeout} s\nstdout:\n{out}\nstderr:\n{err}\n"
+                    f"the ranks' stacks:\n{stacks}")
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 

@@ -8,21 +8,32 @@
 They measure the package's internals, so they live in it; nothing here is imported by a run.
 """
 
+import atexit
 import os
 import shlex
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 
 from ..launch import dump_stacks
+from ..stacks import DIR_VARIABLE as STACKS_DIR_VARIABLE
 
 #: the checkout this package lives in (docs/ is written there); children import this package from it
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+#: where a job past its deadline writes its ranks' stacks (:func:`run_bounded`)
+STACKS_DIR = tempfile.mkdtemp(prefix="mpiswarm-bench-stacks-")
+atexit.register(shutil.rmtree, STACKS_DIR, True)
+
+
 def child_env() -> dict:
-    """The environment of a benchmark's children: this package importable, loopback not proxied."""
+    """The environment of a benchmark's children: this package importable, loopback not proxied,
+    stacks on request into :data:`STACKS_DIR`."""
     env = dict(os.environ)
+    env[STACKS_DIR_VARIABLE] = STACKS_DIR
     env["PYTHONPATH"] = os.pathsep.join(x for x in (ROOT, env.get("PYTHONPATH")) if x)
     env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
     for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
@@ -34,16 +45,18 @@ def run_bounded(cmd: list[str], timeout: float, env: dict | None = None, ok=(0,)
     """Run ``cmd`` in a session of its own with a deadline (killed with its process group past
     it); ``(wall seconds, stdout, stderr)``; RuntimeError for an exit code not in ``ok``."""
     started = time.perf_counter()
+    env = dict(env or child_env())
+    env.setdefault(STACKS_DIR_VARIABLE, STACKS_DIR)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env or child_env(), start_new_session=True)
+                            env=env, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        dump_stacks(proc.pid)  # where it was stuck, into its stderr
+        stacks = dump_stacks(proc.pid, STACKS_DIR)  # every rank's threads and tasks: where it was stuck
         os.killpg(proc.pid, signal.SIGKILL)
         _, err = proc.communicate()
-        raise RuntimeError(f"{shlex.join(cmd)}: no end within {timeout:.0f} s (killed); its stderr, with the "
-                           f"ranks' stacks:\n{err[-6000:]}") from None
+        raise RuntimeError(f"{shlex.join(cmd)}: no end within {timeout:.0f} s (killed); its stderr:\n"
+                           f"{err[-3000:]}\nthe ranks' stacks:\n{stacks[-12000:]}") from None
     if proc.returncode not in ok:
         raise RuntimeError(f"{shlex.join(cmd)}: exit {proc.returncode}\n{err[-3000:]}")
     return time.perf_counter() - started, out, err

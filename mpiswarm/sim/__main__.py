@@ -9,6 +9,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from .. import stacks
 from ..atomic import write_text_atomically
 from .faults import FAULT_KINDS
 from .model import CONTEXT_CHECKS, ERROR_SHAPES, REASONING_FIELDS, REASONING_MODES, SimConfig
@@ -168,6 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"ports {ns.port}..{ns.port + ns.count - 1} are out of range")
     logging.basicConfig(level=ns.log_level,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    stacks.install("mpiswarm.sim")  # kill -USR2: what its calls wait for
     return asyncio.run(serve(config, ns))
 
 

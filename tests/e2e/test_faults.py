@@ -168,8 +168,8 @@ def test_kill_9_at_a_random_moment_then_resume(tmp_path, sim_factory, seed):
 
 def test_a_job_past_its_deadline_is_killed_with_every_ranks_stacks_in_the_failure(tmp_path, sim_factory):
     """The harness's side of a hang (issue 16, item 7: one chat job once did not end within 300
-    s and left nothing to say why): before the kill, each rank is asked for its stacks (SIGUSR1,
-    faulthandler), which land in the failure's message."""
+    s and left nothing to say why): before the kill, each rank is asked for its stacks (SIGUSR2,
+    faulthandler and its asyncio tasks), which land in the failure's message."""
     loading = sim_factory("--count", 2, "--time-scale", 0, "--slow-start", 90)  # holds the job in its health check
     job = start_mpiswarm(2, job_args(tmp_path, make_rows(10), loading, "--health-timeout", 120))
     deadline = time.monotonic() + 60
@@ -182,6 +182,26 @@ def test_a_job_past_its_deadline_is_killed_with_every_ranks_stacks_in_the_failur
     assert "mpiswarm did not finish within 0.1 s" in text
     assert text.count("most recent call first") >= 2, text  # both ranks' threads
     assert "in _check_endpoints" in text, text  # where they were: the health phase
+    assert "asyncio tasks of mpiswarm rank 0" in text and "asyncio tasks of mpiswarm rank 1" in text, text
+
+
+def test_a_job_stuck_on_a_reply_that_never_comes_says_which_call_each_rank_waits_for(tmp_path, sim_factory):
+    """A rank idle in its event loop shows ``select`` in its thread stack, nothing more: its
+    asyncio tasks, each with its chain of ``await``, say that it waits for one HTTP reply."""
+    holding = sim_factory("--count", 2, "--time-scale", 0, "--error-rate", 1, "--error-kinds", "timeout")
+    job = start_mpiswarm(2, job_args(tmp_path, make_rows(10), holding, "--request-timeout", 300))
+    deadline = time.monotonic() + 60
+    while not all(sim_counter(u) for u in holding.urls):  # a call in flight on each endpoint, held
+        assert job.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    with pytest.raises(pytest.fail.Exception) as failed:
+        finish(job, timeout=0.1)
+    text = str(failed.value)
+    for rank in (0, 1):
+        tasks = text[text.index(f"asyncio tasks of mpiswarm rank {rank}"):]
+        tasks = tasks[: tasks.index("end of the tasks of pid")]
+        assert "in Dispatcher.send" in tasks and "in EndpointClient._post" in tasks, tasks  # one call's reply
+        assert "waiting for <Future pending" in tasks, tasks
 
 
 def test_exit_file_holds_the_code_of_a_job_refused_before_mpi_starts(tmp_path, monkeypatch):

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from mpiswarm.launch import find_mpiexec
+from mpiswarm.launch import dump_stacks, find_mpiexec
 from mpiswarm.sim import expected_completion, find_free_port_block
 from mpiswarm.store import read_results
 
-from ..conftest import REPO, process_table, subprocess_env
+from ..conftest import REPO, STACKS_DIR, process_table, subprocess_env
 from .standins import install_standins, standin_calls, write_model
 
 BATCH = REPO / "jobs" / "aurora_batch.pbs"
@@ -83,9 +83,11 @@ class Job:
         try:
             out, err = self.proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
+            stacks = dump_stacks(self.pid, STACKS_DIR)  # the ranks' threads and tasks: where they were stuck
             self.kill()
             out, err = self.proc.communicate()
-            pytest.fail(f"the job did not finish within {timeout} s\nstdout:\n{out}\nstderr:\n{err}")
+            pytest.fail(f"the job did not finish within {timeout} s\nstdout:\n{out}\nstderr:\n{err}\n"
+                        f"the ranks' stacks:\n{stacks}")
         self.elapsed = time.monotonic() - self.t0
         return subprocess.CompletedProcess(self.proc.args, self.proc.returncode, out, err)
 
