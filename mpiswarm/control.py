@@ -8,7 +8,8 @@ every rank is busy with HTTP. Protocol:
   with the next guided chunk, a "wait" (ask again shortly: the rank holds enough, or the others
   will finish what is left sooner), or an empty chunk when nothing is left (or the job stops);
 * every rank sends ``PROGRESS`` (rows finished, rows answered) about once a second, and ``DONE``
-  when it will send nothing more; rank 0 leaves its loop once every rank is done;
+  when it will send nothing more (with how many ``PROGRESS`` and ``STOP`` it sent, so that rank 0
+  receives every one of them before the end); rank 0 leaves its loop once every rank is done;
 * a rank asked to stop (SIGTERM, ``--time-limit``) tells rank 0 ``STOP``, and rank 0 tells every
   rank not done yet: a signal that reaches one rank late, or only one rank, stops them all
   within a poll.
@@ -36,6 +37,7 @@ ROOT_POLL_S = 0.001
 WORKER_POLL_S = 0.001
 PROGRESS_EVERY_S = 0.25  # also what rank 0's estimate of each rank's rate is made of
 _COUNTS = struct.Struct("<qqd")  # rows finished, rows answered, typical seconds a call takes
+_DONE = struct.Struct("<qqdqq")  # _COUNTS, then the PROGRESS and the STOP messages the rank sent
 WAIT = object()  # "no chunk for you now, ask again"
 _WAIT_MESSAGE = b"W"
 WAIT_S = 0.05
@@ -188,6 +190,10 @@ class Control:
         self._told_stop = False
         self._stop_sent_to: list[int] = []  # root: the ranks it told to stop
         self._stop_from_root = False  # non-root: rank 0's STOP received
+        self._progress_sent = self._stops_sent = 0  # non-root: PROGRESS and STOP sent to rank 0
+        # root: per rank, PROGRESS and STOP messages received, and (from its DONE) how many it sent
+        self._received = np.zeros((size, 2), dtype=np.int64)
+        self._sent = np.zeros((size, 2), dtype=np.int64)
 
     def _pass_stop(self, stop: asyncio.Event | None, reason: str) -> None:
         """This rank's stop to rank 0 (non-root), or rank 0's to every rank not done (root): once."""
@@ -197,7 +203,9 @@ class Control:
         payload = reason.encode("utf-8", "replace")
         for dest in ([0] if self.rank else [r for r in range(1, self.size) if not self.done[r]]):
             self.mailbox.send(dest, TAG_STOP, payload)
-            if not self.rank:
+            if self.rank:
+                self._stops_sent += 1
+            else:
                 self._stop_sent_to.append(dest)
 
     def _stop_received(self, source: int | None = None) -> None:
@@ -207,6 +215,7 @@ class Control:
                 self._told_stop = self._stop_from_root = True  # rank 0 knows: nothing to tell it back
                 self.on_stop(said)
             else:
+                self._received[got[0], 1] += 1
                 self.on_stop(f"{said} (on rank {got[0]})")
 
     # -- work ----------------------------------------------------------------------------
@@ -259,12 +268,14 @@ class Control:
         self.latency[rank] = progress[2]
 
     def _collect(self) -> None:
-        for tag in (TAG_PROGRESS, TAG_DONE):
-            while (got := self.mailbox.poll(tag)) is not None:
-                source, payload = got
-                self._record(source, _COUNTS.unpack(payload))
-                if tag == TAG_DONE:
-                    self.done[source] = True
+        while (got := self.mailbox.poll(TAG_PROGRESS)) is not None:
+            self._received[got[0], 0] += 1
+            self._record(got[0], _COUNTS.unpack(got[1]))
+        while (got := self.mailbox.poll(TAG_DONE)) is not None:
+            source, *counts = got[0], *_DONE.unpack(got[1])
+            self._record(source, counts[:3])
+            self._sent[source] = counts[3:]
+            self.done[source] = True
 
     async def report(self, finished: Callable[[], tuple[int, int]], until: asyncio.Future,
                      stop: asyncio.Event | None = None, reason: Callable[[], str] = lambda: "stopped") -> None:
@@ -276,21 +287,24 @@ class Control:
             if until.done():
                 break
             self.mailbox.send(0, TAG_PROGRESS, _COUNTS.pack(*finished()))
+            self._progress_sent += 1
             await asyncio.wait([until], timeout=PROGRESS_EVERY_S)
-        self.mailbox.send(0, TAG_DONE, _COUNTS.pack(*finished()))
+        self.mailbox.send(0, TAG_DONE, _DONE.pack(*finished(), self._progress_sent, self._stops_sent))
         self.mailbox.flush()
 
     async def close(self) -> None:
         """Every rank, after :meth:`serve` or :meth:`report`: receive what is still on its way,
         so that no message outlives the run (``MPI_Finalize`` fails on a communicator holding
-        unmatched messages). A rank sends its ``STOP`` and its last ``PROGRESS`` before its
-        ``DONE``, so once rank 0 has every ``DONE`` they are here: it drops them (the ``DONE``
-        carried newer counts). Rank 0 may have told a rank to stop that had already left its
-        loop: it says which (one ``Ibcast``), and each such rank takes its ``STOP``."""
+        unmatched messages). A rank's ``DONE`` says how many ``PROGRESS`` and ``STOP`` it sent,
+        and rank 0 receives (and drops: the ``DONE`` carried newer counts) those it has not had
+        yet — waiting for them, since MPI orders messages of one tag, not across tags. Rank 0 may
+        have told a rank to stop that had already left its loop: it says which (one ``Ibcast``),
+        and each such rank takes its ``STOP``."""
         if self.rank == 0:
-            for tag in (TAG_PROGRESS, TAG_STOP):
-                while self.mailbox.poll(tag) is not None:
-                    pass
+            for source, (progress, stops) in enumerate((self._sent - self._received).tolist()):
+                for tag, missing in ((TAG_PROGRESS, progress), (TAG_STOP, stops)):
+                    for _ in range(missing):
+                        self.mailbox.receive(source, tag)
         told = np.zeros(self.size, dtype=np.uint8)
         told[self._stop_sent_to] = 1
         await self.mailbox.bcast(told)
