@@ -8,6 +8,7 @@ control values (counts, status, statistics) are pickled.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import os
 import socket
@@ -141,8 +142,21 @@ def abort_on_exception(exc: BaseException, comm=None) -> None:
     trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     sys.stderr.write(line + trace + line)
     sys.stderr.flush()
+    _unlink_node_segments()
     time.sleep(ABORT_GRACE_S)  # lets the launcher's proxy read the pipe before MPI_Abort tears it down
     comm.Abort(1)
+
+
+def _unlink_node_segments() -> None:
+    """Remove the names of MPICH's shared-memory segments of this node, which an aborted job
+    leaves in ``/dev/shm`` (a few MB of RAM each, until the node is cleaned). Every rank of the
+    node mapped them in ``MPI_Init``: the memory stays theirs until they end."""
+    from .launch import shared_memory_of
+
+    for path in shared_memory_of([os.getpid()]):
+        if path.name.startswith("mpich_shm_"):
+            with contextlib.suppress(OSError):
+                path.unlink()
 
 
 def exit_together(code: int) -> None:

@@ -11,8 +11,6 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-import numpy as np
-
 
 class VoteCounter:
     """Majority votes per input prompt, added up a block of rows at a time (the root sees the

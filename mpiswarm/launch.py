@@ -1,8 +1,11 @@
-"""Starting ``mpiexec`` from Python (demo, tools and tests): which launcher, which command."""
+"""Starting ``mpiexec`` from Python (demo, tools and tests): which launcher, which command; and,
+for the harnesses, the processes below a job, their stacks, and a kill that leaves nothing behind."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -41,6 +44,68 @@ def descendants(pid: int) -> list[int]:
         out += kids
         todo += kids
     return out
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """``/proc/PID/stat`` after the command name (state, ppid, pgrp, …), None once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def job_processes(pid: int) -> list[int]:
+    """The live (not zombie) processes of a job or server we started as ``pid``, in a session of
+    its own: its process group, and every process below it — MPICH's Hydra starts each proxy and
+    each rank in a session of its own, so the group alone misses the ranks, and a server's
+    children leave the tree once their parent has exited."""
+    found = set(descendants(pid)) | {pid}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        fields = _stat_fields(int(stat.parent.name))
+        if fields and int(fields[2]) == pid:
+            found.add(int(stat.parent.name))
+    return sorted(p for p in found if _alive(p))
+
+
+def shared_memory_of(pids) -> set[Path]:
+    """The files in ``/dev/shm`` that the processes ``pids`` have mapped: MPICH's segments
+    (``mpich_shm_*``), vLLM's (``psm_*``, ``sem.*``)."""
+    found = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+                fields = line.split(maxsplit=5)  # address perms offset dev inode [path]
+                if len(fields) == 6 and fields[5].startswith("/dev/shm/") and not fields[5].endswith("(deleted)"):
+                    found.add(Path(fields[5]))
+    return found
+
+
+def kill_job(pid: int, timeout: float = 10.0, segments=()) -> None:
+    """SIGKILL a job or server we started as ``pid`` (:func:`job_processes`: its process group
+    and every process below it, each by its PID) and, once they are gone, remove the
+    ``/dev/shm`` files they had mapped (and ``segments``, found earlier): a killed MPI job
+    leaves MPICH's segments there, a killed vLLM its own."""
+    processes = job_processes(pid)
+    segments = set(segments) | shared_memory_of(processes)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    for each in processes:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(each, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while any(_alive(each) for each in processes) and time.monotonic() < deadline:
+        time.sleep(0.01)  # other processes' deaths (not all our children): nothing to wait on
+    remove_unmapped(segments)
+
+
+def remove_unmapped(segments) -> None:
+    """Remove those of ``segments`` (``/dev/shm`` files) that no live process maps any more."""
+    if not segments:
+        return
+    live = shared_memory_of(int(p.name) for p in Path("/proc").glob("[0-9]*"))
+    for path in set(segments) - live:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
 
 def dump_stacks(pid: int, directory: str | os.PathLike, timeout: float = 3.0) -> str:
@@ -90,4 +155,6 @@ def _is_mpiswarm(cmdline: list[bytes]) -> bool:
 
 
 def _alive(pid: int) -> bool:
-    return Path(f"/proc/{pid}").exists()
+    """Whether ``pid`` runs: it exists and is not a zombie (one nobody reaped is dead all the same)."""
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] != "Z"

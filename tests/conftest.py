@@ -6,7 +6,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import urllib.request
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mpiswarm.launch import dump_stacks, mpiswarm_command
+from mpiswarm.launch import dump_stacks, kill_job, mpiswarm_command, shared_memory_of
 from mpiswarm.stacks import DIR_VARIABLE as STACKS_DIR_VARIABLE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,20 +33,22 @@ def subprocess_env() -> dict:
 
 
 def start_mpiswarm(n_ranks: int, args: list, cwd=None) -> subprocess.Popen:
-    """Start ``mpiexec -n N python -m mpiswarm ARGS`` in a session of its own (so the whole
-    job — mpiexec, its proxies and every rank — can be signalled as one process group)."""
+    """Start ``mpiexec -n N python -m mpiswarm ARGS`` in a session of its own (a SIGTERM to its
+    process group is what PBS sends at the walltime; Hydra's proxies and ranks are in sessions of
+    their own below it, which :func:`~mpiswarm.launch.kill_job` also ends)."""
     cmd = mpiswarm_command(n_ranks, [str(a) for a in args])
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
                             env=subprocess_env(), start_new_session=True)
 
 
 def finish(proc: subprocess.Popen, timeout: float = 120.0) -> subprocess.CompletedProcess:
-    """Wait for a job from :func:`start_mpiswarm`; past ``timeout`` kill its process group and fail."""
+    """Wait for a job from :func:`start_mpiswarm`; past ``timeout`` kill it (every process of the
+    job, :func:`~mpiswarm.launch.kill_job`) and fail."""
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         stacks = dump_stacks(proc.pid, STACKS_DIR)  # every rank's threads and tasks: where it was stuck
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_job(proc.pid)
         out, err = proc.communicate()
         pytest.fail(f"mpiswarm did not finish within {timeout} s\nstdout:\n{out}\nstderr:\n{err}\n"
                     f"the ranks' stacks:\n{stacks}")
@@ -56,7 +57,7 @@ def finish(proc: subprocess.Popen, timeout: float = 120.0) -> subprocess.Complet
 
 def run_mpiswarm(n_ranks: int, args: list, timeout: float = 120.0, cwd=None) -> subprocess.CompletedProcess:
     """``mpiexec -n N python -m mpiswarm ARGS`` with a hard deadline: a hang fails the test and
-    the whole process group we started is killed."""
+    every process of the job is killed."""
     return finish(start_mpiswarm(n_ranks, args, cwd), timeout)
 
 
@@ -96,6 +97,20 @@ def pytest_ignore_collect(collection_path, config):
             "with_mpi", default=False):
         return True
     return None
+
+
+def leftover_segments(since: float) -> set[Path]:
+    """Files in ``/dev/shm`` made since ``since`` (``time.time()``) that no live process maps:
+    what the jobs and servers that ended since then left behind."""
+    live = shared_memory_of(int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit())
+    made = set()
+    for path in Path("/dev/shm").iterdir():
+        try:
+            if path.stat().st_ctime >= since:
+                made.add(path)
+        except FileNotFoundError:  # removed while we looked
+            continue
+    return made - live
 
 
 def process_table() -> dict[int, tuple[list[str], str]]:

@@ -12,12 +12,11 @@ import atexit
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
 
-from ..launch import dump_stacks
+from ..launch import dump_stacks, kill_job
 from ..stacks import DIR_VARIABLE as STACKS_DIR_VARIABLE
 
 #: the checkout this package lives in (docs/ is written there); children import this package from it
@@ -42,7 +41,7 @@ def child_env() -> dict:
 
 
 def run_bounded(cmd: list[str], timeout: float, env: dict | None = None, ok=(0,)) -> tuple[float, str, str]:
-    """Run ``cmd`` in a session of its own with a deadline (killed with its process group past
+    """Run ``cmd`` in a session of its own with a deadline (killed with every process below it past
     it); ``(wall seconds, stdout, stderr)``; RuntimeError for an exit code not in ``ok``."""
     started = time.perf_counter()
     env = dict(env or child_env())
@@ -53,7 +52,7 @@ def run_bounded(cmd: list[str], timeout: float, env: dict | None = None, ok=(0,)
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         stacks = dump_stacks(proc.pid, STACKS_DIR)  # every rank's threads and tasks: where it was stuck
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_job(proc.pid)
         _, err = proc.communicate()
         raise RuntimeError(f"{shlex.join(cmd)}: no end within {timeout:.0f} s (killed); its stderr:\n"
                            f"{err[-3000:]}\nthe ranks' stacks:\n{stacks[-12000:]}") from None

@@ -41,7 +41,6 @@ import os
 import platform
 import resource
 import shlex
-import signal
 import statistics
 import subprocess
 import sys
@@ -711,7 +710,7 @@ def gather_child(argv) -> int:
 def bench_gather(a, work: str) -> dict:
     ranks = 4
     rows, chars, repeat = (25000, 1000, 1) if a.quick else (250000, 1000, 3)
-    from mpiswarm.launch import find_mpiexec
+    from mpiswarm.launch import find_mpiexec, kill_job
 
     cmd = [find_mpiexec(), "-n", str(ranks), sys.executable, "-m", __spec__.name, "_gather", work, str(rows),
            str(chars), str(repeat)]
@@ -721,7 +720,7 @@ def bench_gather(a, work: str) -> dict:
     try:
         out, err = proc.communicate(timeout=a.timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_job(proc.pid)
         proc.communicate()
         raise RuntimeError(f"gather benchmark: no end within {a.timeout} s (killed)")
     if proc.returncode != 0:

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ClassVar, Mapping, Sequence
 
+from ..launch import job_processes, kill_job, shared_memory_of
+
 HOST = "127.0.0.1"
 
 _PR_SET_PDEATHSIG = 1
@@ -201,20 +203,27 @@ class ServerProcess:
             self.signal_group(signal.SIGTERM)
 
     def stop(self, timeout: float | None = None) -> int:
-        """SIGTERM to the process group, SIGKILL after ``timeout`` s (default
-        :attr:`stop_timeout`); reap it and return its status."""
+        """SIGTERM to the process group; once the whole group has exited, or after ``timeout`` s
+        (default :attr:`stop_timeout`), SIGKILL to what is left; reap it and return its status.
+        ``/dev/shm`` files the group had mapped and left behind are removed."""
+        timeout = self.stop_timeout if timeout is None else timeout
+        segments = shared_memory_of(job_processes(self.pid))
+        deadline = time.monotonic() + timeout
         if self.process.poll() is None:
             self.signal_group(signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout=self.stop_timeout if timeout is None else timeout)
-        # A child (vLLM's engine core) may outlive the leader by a moment: end the group we made.
-        self.signal_group(signal.SIGKILL)
+                self.process.wait(timeout=timeout)
+        # A child (vLLM's engine core) finishes its own cleanup (its shared memory) after the
+        # leader: give it the rest of the time before the group is killed.
+        while job_processes(self.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)  # other processes' exits (not our children): nothing to wait on
+        kill_job(self.pid, segments=segments)
         return self.process.wait()
 
     def kill(self) -> int:
-        """Kill the server at once (SIGKILL to its group), e.g. to simulate a crashed endpoint."""
-        if self.process.poll() is None:
-            self.signal_group(signal.SIGKILL)
+        """Kill the server at once (SIGKILL to its group), e.g. to simulate a crashed endpoint;
+        what it left in ``/dev/shm`` is removed."""
+        kill_job(self.pid)
         return self.process.wait()
 
 

@@ -15,7 +15,7 @@ from mpiswarm.checkpoint import decode_records
 from mpiswarm.sim import expected_completion
 from mpiswarm.store import read_results
 
-from ..conftest import finish, run_mpiswarm, sim_counter, start_mpiswarm, write_jsonl
+from ..conftest import finish, kill_job, leftover_segments, run_mpiswarm, sim_counter, start_mpiswarm, write_jsonl
 from .test_run import assert_rows, endpoint_args, make_rows
 
 EXIT_RESUME = 75
@@ -142,15 +142,17 @@ def test_kill_9_at_a_random_moment_then_resume(tmp_path, sim_factory, seed):
     sim = sim_factory("--count", ranks, "--time-scale", 1.0, "--max-num-seqs", 8)
     args = job_args(tmp_path, rows, sim, "--batch-size", batch, "--concurrency", concurrency)
     run_dir = tmp_path / "out.h5.run"
+    started = time.time() - 1  # ctime's granularity
     job = start_mpiswarm(ranks, args)
     deadline = time.monotonic() + 60
     target = rng.randint(20, 300)
     while _shard_rows(run_dir) < target if run_dir.exists() else True:
         assert job.poll() is None and time.monotonic() < deadline, "the job ended before the kill"
         time.sleep(0.05)
-    os.killpg(job.pid, signal.SIGKILL)
+    kill_job(job.pid)  # a crash, mid-run
     job.wait(30)
     job.communicate()
+    assert not leftover_segments(started)  # the harness removed what MPICH left in /dev/shm
     saved = _shard_rows(run_dir)
     sent_before = prompts_received(sim)
     assert not (tmp_path / "out.h5").exists() and 0 < saved < 600

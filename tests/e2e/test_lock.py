@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import time
 
 from mpiswarm.lock import lock_path
 from mpiswarm.store import read_results
 
-from ..conftest import finish, run_mpiswarm, sim_counter, start_mpiswarm, write_jsonl
+from ..conftest import finish, kill_job, run_mpiswarm, sim_counter, start_mpiswarm, write_jsonl
 from .test_run import assert_rows, endpoint_args, make_rows
 
 
@@ -64,7 +63,7 @@ def test_lock_of_a_job_killed_on_this_host_is_taken_over_at_once(tmp_path, sim_f
     monkeypatch.delenv("PBS_JOBID", raising=False)
     first = start_mpiswarm(2, ["run", inp, "-o", out, *endpoint_args(slow), "--max-tokens", 8])
     holder = wait_for_lock(lock_path(out), first)
-    os.killpg(first.pid, signal.SIGKILL)
+    kill_job(first.pid)
     finish(first, timeout=30)
     assert os.path.exists(lock_path(out))  # nobody removed it: its heartbeat simply stopped
     res = run_mpiswarm(2, ["run", inp, "-o", out, *endpoint_args(sim), "--max-tokens", 8])

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from mpiswarm.launch import dump_stacks, find_mpiexec
+from mpiswarm.launch import dump_stacks, find_mpiexec, kill_job
 from mpiswarm.sim import expected_completion, find_free_port_block
 from mpiswarm.store import read_results
 
@@ -94,10 +94,7 @@ class Job:
     def kill(self) -> None:
         """Last resort (a failed test): the script's session, then every server it recorded."""
         for pid in [self.pid, *server_pids(self.tmp_path)]:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            kill_job(pid)
 
 
 def server_pids(tmp_path: Path) -> list[int]:

@@ -10,7 +10,6 @@ import h5py
 import numpy as np
 import pytest
 
-from mpiswarm import dispatch
 from mpiswarm.cli import main
 from mpiswarm.inspect import build_report
 from mpiswarm.errors import ErrorKind

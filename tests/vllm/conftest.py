@@ -98,7 +98,7 @@ class ServerFactory:
 
     def stop_all(self) -> None:
         for server in self.started:
-            server.stop()
+            server.stop()  # the group waited for, and what it left in /dev/shm removed
 
 
 @pytest.fixture(scope="session")
