@@ -134,7 +134,7 @@ def dump_stacks(pid: int, directory: str | os.PathLike, timeout: float = 3.0) ->
     while time.monotonic() < deadline and not all(
             (directory / f"{child}.tasks").exists() or not _alive(child) for child in asked):
         time.sleep(0.01)  # another process's answer: nothing to wait on but its file
-    parts = []
+    parts = [describe_processes(pid)]
     for child in asked:
         parts.append(f"--- pid {child} ---")
         for kind in ("threads", "tasks"):
@@ -152,6 +152,22 @@ def _is_mpiswarm(cmdline: list[bytes]) -> bool:
     if cmdline[1:2] == [b"-m"] and len(cmdline) > 2:
         return cmdline[2] == b"mpiswarm" or cmdline[2].startswith(b"mpiswarm.")
     return len(cmdline) > 1 and os.path.basename(cmdline[1]) == b"mpiswarm"
+
+
+def describe_processes(pid: int) -> str:
+    """One line per process of the job ``pid`` (:func:`job_processes`): pid, parent, state, the
+    kernel function it sleeps in, its command line — what a hang before any rank runs Python
+    (``mpiexec`` or a rank stuck in ``MPI_Init``) still shows."""
+    lines = ["processes of the job (pid, parent, state, waiting in, command):"]
+    for each in job_processes(pid):
+        fields = _stat_fields(each) or ["?", "?"]
+        try:
+            wchan = Path(f"/proc/{each}/wchan").read_text() or "-"
+            command = Path(f"/proc/{each}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        lines.append(f"  {each} {fields[1]} {fields[0]} {wchan} {command[:200].strip()}")
+    return "\n".join(lines)
 
 
 def _alive(pid: int) -> bool:
