@@ -199,7 +199,7 @@ def test_a_job_stuck_on_a_reply_that_never_comes_says_which_call_each_rank_waits
     with pytest.raises(pytest.fail.Exception) as failed:
         finish(job, timeout=0.1)
     text = str(failed.value)
-    assert "processes of the job" in text and "hydra_pmi_proxy" in text and "do_epoll_wait" in text, text
+    assert "processes of the job" in text and "hydra_pmi_proxy" in text, text
     for rank in (0, 1):
         tasks = text[text.index(f"asyncio tasks of mpiswarm rank {rank}"):]
         tasks = tasks[: tasks.index("end of the tasks of pid")]
