@@ -46,9 +46,12 @@ def install(label: str) -> None:
             _threads_file = open(os.path.join(directory, f"{os.getpid()}.threads"), "w")
         except OSError:
             directory = None  # a harness's directory gone: answer on stderr instead
-    signal.signal(SIGNAL, _write_tasks)
-    # chain: after the stacks, the Python-level handler above runs (in the main thread)
-    faulthandler.register(SIGNAL, file=_threads_file or sys.stderr, all_threads=True, chain=True)
+    try:
+        signal.signal(SIGNAL, _write_tasks)
+        # chain: after the stacks, the Python-level handler above runs (in the main thread)
+        faulthandler.register(SIGNAL, file=_threads_file or sys.stderr, all_threads=True, chain=True)
+    except (AttributeError, OSError, RuntimeError, ValueError):
+        pass  # no usable stderr, or not the main thread: a diagnostic, never a reason to fail
 
 
 def await_chain(task: asyncio.Task) -> tuple[list[str], str | None]:
