@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from dataclasses import dataclass
 
@@ -24,6 +25,21 @@ from .metrics import parse_prometheus
 from .records import ResultColumns
 
 HEALTH_POLL_S = 0.5
+#: TCP keepalive on every connection: a peer gone without a word (its node died, the link was
+#: cut: no RST ever comes) is noticed after idle + count x interval seconds (90 s), not once
+#: --request-timeout (600 s) has passed; a server busy with a long call answers the probes from
+#: its kernel, so a slow call is never taken for a dead one
+KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_PROBES = 60, 10, 3
+
+
+def keepalive_options() -> list[tuple[int, int, int]]:
+    """``setsockopt`` triples for :data:`KEEPALIVE_IDLE_S` and co. (those this platform has)."""
+    options = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+    for name, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE_S), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
+                        ("TCP_KEEPCNT", KEEPALIVE_PROBES)):
+        if hasattr(socket, name):
+            options.append((socket.IPPROTO_TCP, getattr(socket, name), value))
+    return options
 
 
 class EndpointUnavailable(RuntimeError):
@@ -325,11 +341,13 @@ class EndpointClient:
 
     async def __aenter__(self) -> "EndpointClient":
         slots = self.options.calls_in_flight() + 4
-        self._http = httpx.AsyncClient(
+        transport = httpx.AsyncHTTPTransport(
             limits=httpx.Limits(max_connections=slots, max_keepalive_connections=slots),
-            timeout=httpx.Timeout(self.options.request_timeout, connect=30.0),
             trust_env=False,  # endpoints are in the job's network: an exported http_proxy must not apply
+            socket_options=keepalive_options(),
         )
+        self._http = httpx.AsyncClient(transport=transport, trust_env=False,
+                                       timeout=httpx.Timeout(self.options.request_timeout, connect=30.0))
         return self
 
     async def __aexit__(self, *exc) -> None:
