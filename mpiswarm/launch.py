@@ -64,7 +64,7 @@ def job_processes(pid: int) -> list[int]:
         fields = _stat_fields(int(stat.parent.name))
         if fields and int(fields[2]) == pid:
             found.add(int(stat.parent.name))
-    return sorted(p for p in found if _alive(p))
+    return sorted(p for p in found if is_running(p))
 
 
 def shared_memory_of(pids) -> set[Path]:
@@ -93,7 +93,7 @@ def kill_job(pid: int, timeout: float = 10.0, segments=()) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(each, signal.SIGKILL)
     deadline = time.monotonic() + timeout
-    while any(_alive(each) for each in processes) and time.monotonic() < deadline:
+    while any(is_running(each) for each in processes) and time.monotonic() < deadline:
         time.sleep(0.01)  # other processes' deaths (not all our children): nothing to wait on
     remove_unmapped(segments)
 
@@ -132,7 +132,7 @@ def dump_stacks(pid: int, directory: str | os.PathLike, timeout: float = 3.0) ->
     # the tasks are written last, by the Python-level handler; a process stuck inside C never
     # writes them, but its threads are written at delivery, long before the deadline
     while time.monotonic() < deadline and not all(
-            (directory / f"{child}.tasks").exists() or not _alive(child) for child in asked):
+            (directory / f"{child}.tasks").exists() or not is_running(child) for child in asked):
         time.sleep(0.01)  # another process's answer: nothing to wait on but its file
     parts = [describe_processes(pid)]
     for child in asked:
@@ -170,7 +170,7 @@ def describe_processes(pid: int) -> str:
     return "\n".join(lines)
 
 
-def _alive(pid: int) -> bool:
+def is_running(pid: int) -> bool:
     """Whether ``pid`` runs: it exists and is not a zombie (one nobody reaped is dead all the same)."""
     fields = _stat_fields(pid)
     return fields is not None and fields[0] != "Z"

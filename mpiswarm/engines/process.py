@@ -119,6 +119,11 @@ def _die_with_parent() -> None:
         _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+#: ``preexec_fn`` for a child that must not outlive the thread that started it (None where
+#: the platform has no ``PR_SET_PDEATHSIG``)
+DIE_WITH_PARENT = _die_with_parent if _PRCTL is not None else None
+
+
 def spawn(argv: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None, *,
           append: bool = False) -> subprocess.Popen[bytes]:
     """Start ``argv`` in a session of its own, stdin from /dev/null, stdout and stderr to
@@ -127,7 +132,7 @@ def spawn(argv: Sequence[str], log_path: Path, env: Mapping[str, str] | None = N
         return subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=log_file,
                                 stderr=subprocess.STDOUT, env=None if env is None else dict(env),
                                 start_new_session=True,
-                                preexec_fn=_die_with_parent if _PRCTL is not None else None)
+                                preexec_fn=DIE_WITH_PARENT)
 
 
 class ServerStartupError(RuntimeError):

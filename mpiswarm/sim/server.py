@@ -34,7 +34,7 @@ from pathlib import Path
 from aiohttp import web
 
 from .faults import CRASHED, STARTING, FaultPolicy, spoil_reply
-from ..engines.process import find_free_port_block
+from ..engines.process import DIE_WITH_PARENT, find_free_port_block
 from ..options import CHAT, COMPLETIONS, OPTIONS
 from .refusals import option_refusal, validation_error
 from .model import (
@@ -1060,7 +1060,8 @@ class _AddressInUse(RuntimeError):
 
 
 def start_process(args: Sequence[str], timeout: float = 30.0, *, attempts: int = 5) -> SimProcess:
-    """Launch ``python -m mpiswarm.sim *args`` and wait for its listening line.
+    """Launch ``python -m mpiswarm.sim *args`` and wait for its listening line. It gets SIGTERM
+    if the thread that launched it ends first: launch it from a long-lived thread.
 
     Without ``--port`` in ``args`` it picks a free block of ``--count`` ports itself,
     and tries a new block if another process took one first (up to ``attempts`` times).
@@ -1091,8 +1092,10 @@ def _launch(args: list[str], timeout: float) -> SimProcess:
     root = str(Path(__file__).resolve().parents[2])  # so the child imports this mpiswarm
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     stderr = tempfile.TemporaryFile(mode="w+")
+    # SIGTERM should the starting thread die first (a test run killed): no simulator left listening
     proc = subprocess.Popen([sys.executable, "-m", "mpiswarm.sim", *args], stdout=subprocess.PIPE,
-                            stderr=stderr, stdin=subprocess.DEVNULL, text=True, env=env)
+                            stderr=stderr, stdin=subprocess.DEVNULL, text=True, env=env,
+                            preexec_fn=DIE_WITH_PARENT)
     lines: queue.Queue = queue.Queue()
     pump = threading.Thread(target=_pump_lines, args=(proc.stdout, lines), daemon=True)
     pump.start()

@@ -618,6 +618,35 @@ def test_process_on_any_free_port_exits_cleanly_on_sigint(http):
         proc.stop()
 
 
+def test_a_simulator_process_ends_with_the_thread_that_started_it(tmp_path):
+    """A test run killed (CI's timeout, Ctrl-C twice) leaves no simulator listening: the child
+    gets SIGTERM from the kernel when the thread that started it dies (PR_SET_PDEATHSIG)."""
+    import subprocess
+    import sys
+
+    from mpiswarm.launch import is_running
+
+    repo = Path(__file__).resolve().parents[2]
+    starter = subprocess.Popen(
+        [sys.executable, "-c", "import time; from mpiswarm.sim import start_process; "
+         "sim = start_process(['--time-scale', '0']); print(sim.pid, flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True, start_new_session=True, env={**os.environ, "PYTHONPATH": str(repo)})
+    sim_pid = None
+    try:
+        sim_pid = int(starter.stdout.readline())
+        starter.kill()  # no cleanup of its own: only the kernel's signal can end the simulator
+        starter.wait(10)
+        deadline = time.monotonic() + 20
+        while is_running(sim_pid):
+            assert time.monotonic() < deadline, "the simulator outlived the process that started it"
+            time.sleep(0.05)  # another process's exit: nothing to wait on
+    finally:
+        starter.kill()
+        starter.communicate()
+        if sim_pid is not None and is_running(sim_pid):  # the test failed: end what it started
+            os.kill(sim_pid, signal.SIGKILL)
+
+
 def test_openai_sdk_talks_to_the_simulator(sim):
     openai = pytest.importorskip("openai")
     client = openai.OpenAI(base_url=sim.urls[0], api_key="EMPTY", max_retries=0, timeout=10)
