@@ -29,23 +29,6 @@ def mpiswarm_command(n_ranks: int, args: list[str]) -> list[str]:
     return [find_mpiexec(), "-n", str(n_ranks), sys.executable, "-m", "mpiswarm", *args]
 
 
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (Linux ``/proc``), children first."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue  # gone meanwhile
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = [], [pid]
-    while todo:
-        kids = children.get(todo.pop(0), [])
-        out += kids
-        todo += kids
-    return out
-
-
 def _stat_fields(pid: int) -> list[str] | None:
     """``/proc/PID/stat`` after the command name (state, ppid, pgrp, …), None once it is gone."""
     try:
@@ -54,17 +37,41 @@ def _stat_fields(pid: int) -> list[str] | None:
         return None
 
 
+def _processes() -> dict[int, list[str]]:
+    """Every process on this host (Linux ``/proc``): pid -> :func:`_stat_fields`."""
+    table = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        fields = _stat_fields(int(entry.name))
+        if fields is not None:  # not gone meanwhile
+            table[int(entry.name)] = fields
+    return table
+
+
+def _below(pid: int, table: dict[int, list[str]]) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for each, fields in table.items():
+        children.setdefault(int(fields[1]), []).append(each)
+    out, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(0), [])
+        out += kids
+        todo += kids
+    return out
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux ``/proc``), children first."""
+    return _below(pid, _processes())
+
+
 def job_processes(pid: int) -> list[int]:
     """The live (not zombie) processes of a job or server we started as ``pid``, in a session of
     its own: its process group, and every process below it — MPICH's Hydra starts each proxy and
     each rank in a session of its own, so the group alone misses the ranks, and a server's
     children leave the tree once their parent has exited."""
-    found = set(descendants(pid)) | {pid}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        fields = _stat_fields(int(stat.parent.name))
-        if fields and int(fields[2]) == pid:
-            found.add(int(stat.parent.name))
-    return sorted(p for p in found if is_running(p))
+    table = _processes()
+    found = set(_below(pid, table)) | {pid} | {each for each, fields in table.items() if int(fields[2]) == pid}
+    return sorted(each for each in found if each in table and table[each][0] != "Z")
 
 
 def shared_memory_of(pids) -> set[Path]:
@@ -98,12 +105,16 @@ def kill_job(pid: int, timeout: float = 10.0, segments=()) -> None:
     remove_unmapped(segments)
 
 
+def mapped_anywhere() -> set[Path]:
+    """The ``/dev/shm`` files that some process on this host maps now."""
+    return shared_memory_of(int(p.name) for p in Path("/proc").glob("[0-9]*"))
+
+
 def remove_unmapped(segments) -> None:
     """Remove those of ``segments`` (``/dev/shm`` files) that no live process maps any more."""
     if not segments:
         return
-    live = shared_memory_of(int(p.name) for p in Path("/proc").glob("[0-9]*"))
-    for path in set(segments) - live:
+    for path in set(segments) - mapped_anywhere():
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
 

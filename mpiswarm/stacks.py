@@ -31,6 +31,7 @@ SIGNAL = signal.SIGUSR2
 DIR_VARIABLE = "MPISWARM_STACKS_DIR"
 
 _threads_file = None  # kept open for faulthandler, which writes to its descriptor
+_directory: str | None = None  # where the answers go (None: stderr), decided by install()
 _label = "this process"
 
 
@@ -38,14 +39,15 @@ def install(label: str) -> None:
     """Answer :data:`SIGNAL` with this process's thread stacks and asyncio tasks (see the module
     docstring); ``label`` names the process in the answer (``mpiswarm rank 3``). Call it in the
     main thread, before any event loop runs."""
-    global _threads_file, _label
+    global _threads_file, _directory, _label
     _label = label
     directory = os.environ.get(DIR_VARIABLE)
     if directory and _threads_file is None:
         try:
             _threads_file = open(os.path.join(directory, f"{os.getpid()}.threads"), "w")
+            _directory = directory
         except OSError:
-            directory = None  # a harness's directory gone: answer on stderr instead
+            pass  # a harness's directory gone: answer on stderr instead
     try:
         signal.signal(SIGNAL, _write_tasks)
         # chain: after the stacks, the Python-level handler above runs (in the main thread)
@@ -100,9 +102,8 @@ def _write_tasks(signum, frame) -> None:
         tasks = asyncio.all_tasks(loop)
         body = f"{len(tasks)} task(s)\n" + describe_tasks(tasks)
     text = f"asyncio tasks of {_label} (pid {os.getpid()}): {body}end of the tasks of pid {os.getpid()}\n"
-    directory = os.environ.get(DIR_VARIABLE)
-    if directory and _threads_file is not None:
-        path = os.path.join(directory, f"{os.getpid()}.tasks")
+    if _directory is not None:
+        path = os.path.join(_directory, f"{os.getpid()}.tasks")
         try:
             with open(f"{path}.tmp", "w") as fh:
                 fh.write(text)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mpiswarm.launch import dump_stacks, kill_job, mpiswarm_command, shared_memory_of
+from mpiswarm.launch import dump_stacks, kill_job, mapped_anywhere, mpiswarm_command
 from mpiswarm.stacks import DIR_VARIABLE as STACKS_DIR_VARIABLE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,7 +102,6 @@ def pytest_ignore_collect(collection_path, config):
 def leftover_segments(since: float) -> set[Path]:
     """Files in ``/dev/shm`` made since ``since`` (``time.time()``) that no live process maps:
     what the jobs and servers that ended since then left behind."""
-    live = shared_memory_of(int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit())
     made = set()
     for path in Path("/dev/shm").iterdir():
         try:
@@ -110,7 +109,7 @@ def leftover_segments(since: float) -> set[Path]:
                 made.add(path)
         except FileNotFoundError:  # removed while we looked
             continue
-    return made - live
+    return made - mapped_anywhere()
 
 
 def process_table() -> dict[int, tuple[list[str], str]]:
