@@ -37,8 +37,17 @@ def _stat_fields(pid: int) -> list[str] | None:
         return None
 
 
-def _processes() -> dict[int, list[str]]:
-    """Every process on this host (Linux ``/proc``): pid -> :func:`_stat_fields`."""
+def cpu_seconds(pid: int) -> float | None:
+    """CPU seconds (user + system) process ``pid`` has used so far; None once it is gone."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def processes() -> dict[int, list[str]]:
+    """Every process on this host (Linux ``/proc``): pid -> its stat fields after the command
+    name (state, ppid, pgrp, session, …)."""
     table = {}
     for entry in Path("/proc").glob("[0-9]*"):
         fields = _stat_fields(int(entry.name))
@@ -61,7 +70,7 @@ def _below(pid: int, table: dict[int, list[str]]) -> list[int]:
 
 def descendants(pid: int) -> list[int]:
     """Every process below ``pid`` (Linux ``/proc``), children first."""
-    return _below(pid, _processes())
+    return _below(pid, processes())
 
 
 def job_processes(pid: int) -> list[int]:
@@ -69,7 +78,7 @@ def job_processes(pid: int) -> list[int]:
     its own: its process group, and every process below it — MPICH's Hydra starts each proxy and
     each rank in a session of its own, so the group alone misses the ranks, and a server's
     children leave the tree once their parent has exited."""
-    table = _processes()
+    table = processes()
     found = set(_below(pid, table)) | {pid} | {each for each, fields in table.items() if int(fields[2]) == pid}
     return sorted(each for each in found if each in table and table[each][0] != "Z")
 
@@ -174,14 +183,34 @@ def describe_processes(pid: int) -> str:
         fields = _stat_fields(each) or ["?", "?"]
         try:
             wchan = Path(f"/proc/{each}/wchan").read_text() or "-"
-            command = Path(f"/proc/{each}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
+        except OSError:  # gone meanwhile
             continue
-        lines.append(f"  {each} {fields[1]} {fields[0]} {wchan} {command[:200].strip()}")
+        lines.append(f"  {each} {fields[1]} {fields[0]} {wchan} {command_line(each)[:200]}")
     return "\n".join(lines)
 
 
+def command_line(pid: int) -> str:
+    """The command line of ``pid``, its arguments joined by spaces ("" once it is gone)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip()
+
+
 def is_running(pid: int) -> bool:
-    """Whether ``pid`` runs: it exists and is not a zombie (one nobody reaped is dead all the same)."""
+    """Whether ``pid`` runs on this host: it exists and is not a zombie (one nobody reaped is
+    dead all the same). Without ``/proc`` (not Linux), whether it answers signal 0."""
+    if not _HAVE_PROC:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # someone else's process: it exists
+            pass
+        return True
     fields = _stat_fields(pid)
     return fields is not None and fields[0] != "Z"
+
+
+_HAVE_PROC = Path("/proc/self/stat").exists()

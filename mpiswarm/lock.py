@@ -22,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from .inputs import InputError
+from .launch import is_running
 
 #: seconds between heartbeats (``MPISWARM_LOCK_HEARTBEAT_S`` overrides it, for tests)
 HEARTBEAT_S = 10.0
@@ -84,21 +85,6 @@ def _read(path: str) -> tuple[Holder | None, float | None]:
         return None, mtime
 
 
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` of this host still runs (a zombie does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):  # no /proc (not Linux): it answered the signal
-        return True
-
-
 class OutputLock:
     """The lock of one output, held from :meth:`acquire` to :meth:`release` (or ``with``)."""
 
@@ -136,7 +122,7 @@ class OutputLock:
                 continue  # released meanwhile
             beat = other.heartbeat_s if other is not None else self.heartbeat_s
             age = self.clock() - mtime
-            gone = other is not None and other.host == self.holder.host and not _alive(other.pid)
+            gone = other is not None and other.host == self.holder.host and not is_running(other.pid)
             if age <= STALE_BEATS * beat and not gone:
                 who = other.describe() if other is not None else "a job that is still writing it"
                 raise OutputLocked(f"{self.output}: in use by {who} (lock {self.path}, heartbeat {age:.0f} s ago); "

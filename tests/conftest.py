@@ -112,16 +112,3 @@ def leftover_segments(since: float) -> set[Path]:
     return made - mapped_anywhere()
 
 
-def process_table() -> dict[int, tuple[list[str], str]]:
-    """Every process on the machine: pid -> (its /proc stat fields after the command name:
-    state, ppid, pgrp, session, …; the raw stat line). Linux only."""
-    table = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:  # ended while we looked
-            continue
-        table[int(entry.name)] = (stat.rsplit(")", 1)[1].split(), stat)
-    return table

@@ -48,6 +48,7 @@ import tempfile
 import time
 import urllib.request
 
+from ..launch import cpu_seconds
 from . import ROOT, child_env, run_bounded
 
 MODEL = "sim-model"
@@ -76,16 +77,6 @@ def write_prompts(path: str, n: int) -> str:
 
     scaling_study.write_prompts(path, n)
     return path
-
-
-def proc_cpu(pid: int) -> float | None:
-    """CPU seconds (user + system) a running process has used so far (Linux /proc)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def cpu_ticks() -> tuple[int, int] | None:
@@ -354,14 +345,14 @@ def bench_batch(a, work: str) -> dict:
     rows = []
     try:
         for mode in ("batch", "single"):
-            before, cpu0 = sim_requests(sim.urls), proc_cpu(sim.pid)
+            before, cpu0 = sim_requests(sim.urls), cpu_seconds(sim.pid)
             cmd = [sys.executable, "-m", __spec__.name, "_client_layer", urls_file, str(per), mode,
                    str(max_tokens)]
             proc = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=a.timeout)
             if proc.returncode != 0:
                 raise RuntimeError(f"client layer {mode}: exit {proc.returncode}\n{proc.stderr[-3000:]}")
             res = json.loads(proc.stdout.strip().splitlines()[-1])
-            cpu1 = proc_cpu(sim.pid)
+            cpu1 = cpu_seconds(sim.pid)
             res.update(mode=mode, http_requests=sim_requests(sim.urls) - before,
                        prompts_per_s=n_ep * per / res["time_s"],
                        sim_cpu_s=None if cpu0 is None or cpu1 is None else cpu1 - cpu0)
@@ -501,10 +492,10 @@ def bench_makespan(a, work: str) -> dict:
         tuned = ["--batch-size", "96", "--concurrency", "8"]  # diagnostic: deeper in flight, fixed call size
         order = [("dynamic", []), ("static", []), ("dynamic", tuned)] + ([] if a.quick else [("dynamic", [])])
         for schedule, extra in order:
-            cpu0 = proc_cpu(sim.pid)
+            cpu0 = cpu_seconds(sim.pid)
             fig = job(4, inp, os.path.join(work, "m.h5"), endpoint_args(sim, 4),
                       ["--max-tokens", max_tokens, "--schedule", schedule, *extra], a.timeout)
-            cpu1 = proc_cpu(sim.pid)
+            cpu1 = cpu_seconds(sim.pid)
             fig["schedule"] = schedule if not extra else f"{schedule} {' '.join(extra)}"
             fig["sim_cpu_s"] = None if cpu0 is None else cpu1 - cpu0
             mk = fig["times"]["requests"]

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from mpiswarm.checkpoint import decode_records
+from mpiswarm.launch import processes
 from mpiswarm.sim import expected_completion
 from mpiswarm.store import read_results
 
@@ -352,13 +353,11 @@ def test_replies_that_do_not_answer_every_row_are_sent_again(tmp_path, sim_facto
 def rank_pids(job) -> dict[int, int]:
     """rank -> pid of the ``mpiswarm run`` processes of ``job`` (descendants of its mpiexec, which
     gives each rank a session of its own; PMI_RANK)."""
-    from ..conftest import process_table
-
-    table = process_table()
+    table = processes()
 
     def under_job(pid: int) -> bool:
         for _ in range(4):  # rank -> hydra_pmi_proxy -> mpiexec
-            pid = int(table[pid][0][1]) if pid in table else 0
+            pid = int(table[pid][1]) if pid in table else 0
             if pid == job.pid:
                 return True
         return False

@@ -83,8 +83,8 @@ from typing import Any
 import pytest
 
 from mpiswarm.engines import llama_server, tiny_gguf
+from mpiswarm.launch import processes
 
-from ..conftest import process_table
 from ..engines_common import MODEL, request
 
 TIMEOUT = 60.0
@@ -423,7 +423,7 @@ def test_factory_starts_servers_on_consecutive_ports_and_stops_them(llama_server
 
 def _children() -> set[int]:
     """PIDs of this process's child processes, zombies included."""
-    return {pid for pid, (fields, _) in process_table().items() if int(fields[1]) == os.getpid()}
+    return {pid for pid, fields in processes().items() if int(fields[1]) == os.getpid()}
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")

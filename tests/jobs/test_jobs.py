@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from mpiswarm.launch import dump_stacks, find_mpiexec, kill_job
+from mpiswarm.launch import command_line, dump_stacks, find_mpiexec, is_running, kill_job, processes
 from mpiswarm.sim import expected_completion, find_free_port_block
 from mpiswarm.store import read_results
 
-from ..conftest import REPO, STACKS_DIR, process_table, subprocess_env
+from ..conftest import REPO, STACKS_DIR, subprocess_env
 from .standins import install_standins, standin_calls, write_model
 
 BATCH = REPO / "jobs" / "aurora_batch.pbs"
@@ -101,18 +101,9 @@ def server_pids(tmp_path: Path) -> list[int]:
     return [int(p.read_text()) for p in sorted((tmp_path / "logs").glob("server-*.pid"))]
 
 
-def alive(pid: int) -> bool:
-    """A process that exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 def session_members(sid: int) -> list[str]:
     """Live processes of session ``sid`` (the script's: mpiexec launchers, Hydra proxies, ranks)."""
-    return [f"{pid}: {stat[:120]}" for pid, (fields, stat) in process_table().items()
+    return [f"{pid}: {' '.join(fields[:4])} {command_line(pid)}" for pid, fields in processes().items()
             if int(fields[3]) == sid and fields[0] != "Z"]
 
 
@@ -126,9 +117,9 @@ def assert_nothing_left(job: Job, ports) -> None:
     pids = server_pids(job.tmp_path)
     assert pids, "the script wrote no server pid file"
     deadline = time.monotonic() + 5  # the last exits may still be being reaped
-    while time.monotonic() < deadline and (any(map(alive, pids)) or session_members(job.pid)):
+    while time.monotonic() < deadline and (any(map(is_running, pids)) or session_members(job.pid)):
         time.sleep(0.1)
-    assert not [p for p in pids if alive(p)], "servers left running"
+    assert not [p for p in pids if is_running(p)], "servers left running"
     assert not session_members(job.pid), "processes of the job left running"
     assert not [p for p in ports if port_open(p)], "ports still open"
 
@@ -145,7 +136,7 @@ def jobs():
 
     yield start
     for job in started:
-        if job.proc.poll() is None or any(map(alive, server_pids(job.tmp_path))):
+        if job.proc.poll() is None or any(map(is_running, server_pids(job.tmp_path))):
             job.kill()
 
 
@@ -348,7 +339,7 @@ def engine_left(tmp_path):
     path = tmp_path / "tile1-engine.pid"
 
     def left():
-        return int(path.read_text()) if path.exists() and alive(int(path.read_text())) else None
+        return int(path.read_text()) if path.exists() and is_running(int(path.read_text())) else None
 
     yield left
     if (pid := left()) is not None:

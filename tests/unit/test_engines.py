@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from mpiswarm.engines import TINY_CORPUS, TINY_HF_SCRIPT, TINY_LORA_SCRIPT, process
+from mpiswarm.launch import is_running
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -98,15 +99,6 @@ def child_pid(server: process.ServerProcess) -> int:
     return int(match.group(1))
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie (ended, not reaped by its parent, which has ended too) counts as ended
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups and /proc")
 def test_a_server_waits_healthy_in_a_session_of_its_own_and_stops_with_its_children(tmp_path: Path):
     server = start_stand_in(tmp_path, delay=0.5)
@@ -114,14 +106,14 @@ def test_a_server_waits_healthy_in_a_session_of_its_own_and_stops_with_its_child
         assert os.getpgid(server.pid) == server.pid != os.getpgid(0)  # its own process group
         assert process.wait_healthy([server], timeout=30) >= 0.4
         child = child_pid(server)
-        assert alive(child) and os.getpgid(child) == server.pid
+        assert is_running(child) and os.getpgid(child) == server.pid
     finally:
         status = server.stop(timeout=5)
     assert status != 0 and not server.is_running()
     deadline = time.monotonic() + 5
-    while alive(child) and time.monotonic() < deadline:  # the group's SIGTERM reaches it too
+    while is_running(child) and time.monotonic() < deadline:  # the group's SIGTERM reaches it too
         time.sleep(0.05)  # polling another process's end: nothing to wait on
-    assert not alive(child)
+    assert not is_running(child)
 
 
 def test_a_server_that_exits_while_starting_is_named_with_its_log(tmp_path: Path):
