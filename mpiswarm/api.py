@@ -26,11 +26,11 @@ import tempfile
 
 from . import _mpi
 from .client import ClientOptions
+from .config import DEFAULT_ENDPOINT, FLAT_OPTIONS, RunConfig
 from .exitcodes import EXIT_ENDPOINT_DOWN, EXIT_USAGE
 from .inputs import SAMPLING_KEYS, InputError, validate_sampling
 from .reduce import ReduceOptions
-from .config import FLAT_OPTIONS
-from .runner import DEFAULT_ENDPOINT, RunConfig, run
+from .runner import run
 from .store import read_records, read_reduction
 from .tree import DEFAULT_JOINER, check_reduce_template
 

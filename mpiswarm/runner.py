@@ -27,7 +27,7 @@ from .balance import Chunk, initial_share
 from .budget import TokenBudget
 from .checkpoint import Manifest, ShardWriter, fingerprint, load_finished, open_run_dir, remove_run_dir, shard_path
 from .client import EndpointClient, EndpointUnavailable, card_max_model_len, model_problem
-from .config import DEFAULT_ENDPOINT, RunConfig, check_output  # noqa: F401 (DEFAULT_ENDPOINT re-exported)
+from .config import RunConfig, check_output
 from .control import Control, RowPool, WorkSource
 from .dispatch import UNANSWERED_STOPPED, Dispatcher, EndpointPool
 from .endpoints import check_template, endpoint_from_hostfile, expand_endpoint, parse_hostfile
