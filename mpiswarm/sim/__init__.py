@@ -77,16 +77,10 @@ from .model import (
     sampling_error,
     split_reasoning,
 )
-from .server import (
-    LISTENING_PREFIX,
-    Endpoint,
-    SimHandle,
-    SimProcess,
-    SimServer,
-    find_free_port_block,
-    run_in_thread,
-    start_process,
-)
+from ..engines.process import find_free_port_block
+from .endpoint import Endpoint
+from .process import LISTENING_PREFIX, SimProcess, start_process
+from .server import SimHandle, SimServer, run_in_thread
 
 __all__ = [
     "BAD_REPLY_KINDS",

@@ -13,7 +13,8 @@ from .. import stacks
 from ..atomic import write_text_atomically
 from .faults import FAULT_KINDS
 from .model import CONTEXT_CHECKS, ERROR_SHAPES, REASONING_FIELDS, REASONING_MODES, SimConfig
-from .server import EXIT_ADDRESS_IN_USE, LISTENING_PREFIX, SimServer
+from .process import EXIT_ADDRESS_IN_USE, LISTENING_PREFIX
+from .server import SimServer
 
 _DEFAULTS = SimConfig()
 

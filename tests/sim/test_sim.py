@@ -578,7 +578,7 @@ def test_process_with_three_endpoints(tmp_path, http):
 
 
 def test_process_port_conflicts(monkeypatch, http):
-    import mpiswarm.sim.server as server
+    import mpiswarm.sim.process as process
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -589,7 +589,7 @@ def test_process_port_conflicts(monkeypatch, http):
             start_process(["--port", str(port), "--time-scale", "0"], timeout=20)
         # ... while a port block chosen by start_process is retried on a new block.
         blocks = iter([port, find_free_port_block(2)])
-        monkeypatch.setattr(server, "find_free_port_block", lambda k: next(blocks))
+        monkeypatch.setattr(process, "find_free_port_block", lambda k: next(blocks))
         with start_process(["--count", "2", "--time-scale", "0"], timeout=20) as proc:
             assert proc.ports[0] != port and len(proc.ports) == 2
             assert http.get(root(proc.urls[1]) + "/health").status_code == 200
