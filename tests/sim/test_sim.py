@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
+from mpiswarm.launch import cpu_seconds
 from mpiswarm.sim import (
     MAX_WORDS,
     SimConfig,
@@ -546,11 +547,6 @@ def test_client_giving_up_aborts_its_sequences(http):
 # ----------------------------------------------------------------------- processes
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def test_process_with_three_endpoints(tmp_path, http):
     ready = tmp_path / "urls.txt"
     with start_process(["--count", "3", "--time-scale", "0", "--model", "m3", "--max-prompts-per-call", "0",
@@ -565,9 +561,9 @@ def test_process_with_three_endpoints(tmp_path, http):
             expected_completion(p, max_tokens=9)[0] for p in PROMPTS]
         if Path(f"/proc/{proc.pid}/stat").exists():  # CPU cost of a 10,000-prompt list
             prompts = [f"Prompt {i}: summarise item {i} of the catalogue." for i in range(10_000)]
-            cpu0 = _cpu_seconds(proc.pid)
+            cpu0 = cpu_seconds(proc.pid)
             r = complete(http, proc.urls[0], prompt=prompts, max_tokens=16)  # --max-prompts-per-call 0
-            cpu = _cpu_seconds(proc.pid) - cpu0
+            cpu = cpu_seconds(proc.pid) - cpu0
             assert r.status_code == 200 and len(r.json()["choices"]) == 10_000
             assert cpu < 1.0, f"{cpu:.2f} s of CPU for 10,000 prompts"
         os.kill(proc.pid, signal.SIGTERM)
