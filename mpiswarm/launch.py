@@ -6,6 +6,7 @@ import contextlib
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -196,6 +197,23 @@ def command_line(pid: int) -> str:
     except OSError:
         return ""
     return raw.replace(b"\0", b" ").decode(errors="replace").strip()
+
+
+def communicate_bounded(proc, timeout: float, stacks_dir: str | os.PathLike,
+                        kill=None) -> tuple[str, str, str | None]:
+    """``proc.communicate()`` with a deadline, for a job started in a session of its own with
+    ``$MPISWARM_STACKS_DIR`` set to ``stacks_dir``: ``(stdout, stderr, None)`` when it ends in
+    time; past ``timeout``, its processes' stacks and tasks (:func:`dump_stacks`) are recorded,
+    it is killed (``kill(pid)``, :func:`kill_job` by default) and its output collected:
+    ``(stdout, stderr, stacks)``."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+        return out, err, None
+    except subprocess.TimeoutExpired:
+        stacks = dump_stacks(proc.pid, stacks_dir)  # every rank's threads and tasks: where it was stuck
+        (kill or kill_job)(proc.pid)
+        out, err = proc.communicate()
+        return out, err, stacks
 
 
 def is_running(pid: int) -> bool:

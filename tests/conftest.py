@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mpiswarm.launch import dump_stacks, kill_job, mapped_anywhere, mpiswarm_command
+from mpiswarm.launch import communicate_bounded, mapped_anywhere, mpiswarm_command
 from mpiswarm.stacks import DIR_VARIABLE as STACKS_DIR_VARIABLE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,12 +44,8 @@ def start_mpiswarm(n_ranks: int, args: list, cwd=None) -> subprocess.Popen:
 def finish(proc: subprocess.Popen, timeout: float = 120.0) -> subprocess.CompletedProcess:
     """Wait for a job from :func:`start_mpiswarm`; past ``timeout`` kill it (every process of the
     job, :func:`~mpiswarm.launch.kill_job`) and fail."""
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        stacks = dump_stacks(proc.pid, STACKS_DIR)  # every rank's threads and tasks: where it was stuck
-        kill_job(proc.pid)
-        out, err = proc.communicate()
+    out, err, stacks = communicate_bounded(proc, timeout, STACKS_DIR)
+    if stacks is not None:
         pytest.fail(f"mpiswarm did not finish within {timeout} s\nstdout:\n{out}\nstderr:\n{err}\n"
                     f"the ranks' stacks:\n{stacks}")
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)

@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 import time
 
-from ..launch import dump_stacks, kill_job
+from ..launch import communicate_bounded
 from ..stacks import DIR_VARIABLE as STACKS_DIR_VARIABLE
 
 #: the checkout this package lives in (docs/ is written there); children import this package from it
@@ -48,12 +48,8 @@ def run_bounded(cmd: list[str], timeout: float, env: dict | None = None, ok=(0,)
     env.setdefault(STACKS_DIR_VARIABLE, STACKS_DIR)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        stacks = dump_stacks(proc.pid, STACKS_DIR)  # every rank's threads and tasks: where it was stuck
-        kill_job(proc.pid)
-        _, err = proc.communicate()
+    out, err, stacks = communicate_bounded(proc, timeout, STACKS_DIR)
+    if stacks is not None:
         raise RuntimeError(f"{shlex.join(cmd)}: no end within {timeout:.0f} s (killed); its stderr:\n"
                            f"{err[-3000:]}\nthe ranks' stacks:\n{stacks[-12000:]}") from None
     if proc.returncode not in ok:

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from mpiswarm.checkpoint import decode_records
-from mpiswarm.launch import processes
+from mpiswarm.launch import kill_job, processes
 from mpiswarm.sim import expected_completion
 from mpiswarm.store import read_results
 
-from ..conftest import finish, kill_job, leftover_segments, run_mpiswarm, sim_counter, start_mpiswarm, write_jsonl
+from ..conftest import finish, leftover_segments, run_mpiswarm, sim_counter, start_mpiswarm, write_jsonl
 from .test_run import assert_rows, endpoint_args, make_rows
 
 EXIT_RESUME = 75

@@ -6,10 +6,11 @@ import json
 import os
 import time
 
+from mpiswarm.launch import kill_job
 from mpiswarm.lock import lock_path
 from mpiswarm.store import read_results
 
-from ..conftest import finish, kill_job, run_mpiswarm, sim_counter, start_mpiswarm, write_jsonl
+from ..conftest import finish, run_mpiswarm, sim_counter, start_mpiswarm, write_jsonl
 from .test_run import assert_rows, endpoint_args, make_rows
 
 

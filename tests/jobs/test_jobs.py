@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from mpiswarm.launch import command_line, dump_stacks, find_mpiexec, is_running, kill_job, processes
+from mpiswarm.launch import command_line, communicate_bounded, find_mpiexec, is_running, kill_job, processes
 from mpiswarm.sim import expected_completion, find_free_port_block
 from mpiswarm.store import read_results
 
@@ -80,12 +80,8 @@ class Job:
         return self.proc.pid
 
     def finish(self, timeout: float = 150.0) -> subprocess.CompletedProcess:
-        try:
-            out, err = self.proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            stacks = dump_stacks(self.pid, STACKS_DIR)  # the ranks' threads and tasks: where they were stuck
-            self.kill()
-            out, err = self.proc.communicate()
+        out, err, stacks = communicate_bounded(self.proc, timeout, STACKS_DIR, kill=lambda pid: self.kill())
+        if stacks is not None:
             pytest.fail(f"the job did not finish within {timeout} s\nstdout:\n{out}\nstderr:\n{err}\n"
                         f"the ranks' stacks:\n{stacks}")
         self.elapsed = time.monotonic() - self.t0

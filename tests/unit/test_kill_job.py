@@ -81,3 +81,23 @@ def test_a_file_another_process_still_maps_is_left_alone():
         job.kill()
         job.communicate()
         path.unlink(missing_ok=True)
+
+
+def test_a_job_past_its_deadline_is_recorded_killed_and_its_output_kept(tmp_path):
+    """communicate_bounded, the harnesses' wait: in time, the output and no stacks; past the
+    deadline, the job's processes listed with what they wait in, then every one of them killed,
+    and what it printed before still returned."""
+    from mpiswarm.launch import communicate_bounded
+
+    quick = subprocess.Popen([sys.executable, "-c", "print('done')"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    assert communicate_bounded(quick, 30, tmp_path) == ("done\n", "", None)
+
+    hung = subprocess.Popen([sys.executable, "-c", "import time; print('started', flush=True); time.sleep(60)"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    t0 = time.monotonic()
+    out, err, stacks = communicate_bounded(hung, 1.0, tmp_path)
+    assert time.monotonic() - t0 < 20
+    assert out == "started\n"
+    assert stacks is not None and f"  {hung.pid} " in stacks and "time.sleep(60)" in stacks
+    assert hung.returncode == -9 and job_processes(hung.pid) == []
