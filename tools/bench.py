@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""mpiswarm's benchmark: six figures, each next to a reference measured in the same run (``mpiswarm.bench.suite``; ``--help`` for its options)."""
+"""mpiswarm's benchmark: seven sections, each figure next to a reference measured in the same run (``mpiswarm.bench.suite``; ``--help`` for its options)."""
 import sys
 
 from mpiswarm.bench.suite import main

@@ -1,6 +1,6 @@
 """mpiswarm's benchmarks, each next to a reference measured in the same run (``tools/`` runs them):
 
-* :mod:`.suite` — the six figures of ``docs/bench.md`` (``python tools/bench.py``);
+* :mod:`.suite` — the seven sections of ``docs/bench.md`` (``python tools/bench.py``);
 * :mod:`.report` — the suite's results as ``docs/bench.md`` (``python tools/bench.py --render``);
 * :mod:`.cpu` — CPU per prompt against a bare pipeline (``tools/bench_cpu.py``);
 * :mod:`.scale_model` — rank 0's share of a job, projected to thousands of ranks (``tools/scale_model.py``);

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""mpiswarm's benchmark: six figures, each next to a reference measured in the same run.
+"""mpiswarm's benchmark: seven sections, each figure next to a reference measured in the same run.
 
 One command, a few minutes on a 2-core machine, simulated vLLM endpoints on 127.0.0.1::
 
@@ -28,6 +28,9 @@ Sections (``--only`` takes their names):
     results on 4 ranks vs rank 0 writing the same arrays with bare h5py.
 ``scaling``
     Weak scaling at 1, 2, 4, 8 ranks with ``tools/scaling_study.py``.
+``model``
+    The scale model (:mod:`mpiswarm.bench.scale_model`): rank 0's time after the requests at
+    Aurora's rank and prompt counts, both layouts, from constants measured here.
 
 Every process it starts is stopped by PID (jobs by their process group) and every
 measurement has a deadline.
