@@ -17,11 +17,10 @@ import uuid
 
 from aiohttp import web
 
+from ..options import CHAT, COMPLETIONS, OPTIONS
 from .engine import Engine, EngineStopped
 from .faults import CRASHED, STARTING, FaultPolicy, spoil_reply
 from .metrics import EndpointStats, Metrics
-from ..options import CHAT, COMPLETIONS, OPTIONS
-from .refusals import option_refusal, validation_error
 from .model import (
     BAD_REPLY_KINDS,
     SAMPLING_EPS,
@@ -37,6 +36,7 @@ from .model import (
     expected_completion,
     split_reasoning,
 )
+from .refusals import option_refusal, validation_error
 
 CLIENT_MAX_SIZE = 1 << 30  # request bodies: 10^5 long prompts must fit, as with vLLM
 
