@@ -68,6 +68,7 @@ class WorkSource:
         self.exhausted = fetch is None
         self.stopped = False
         self._pending: asyncio.Future | None = None
+        self._failed: BaseException | None = None  # what the last fetch raised
 
     def add(self, chunk: Chunk) -> None:
         if self._prepare is not None:
@@ -77,6 +78,12 @@ class WorkSource:
 
     def _arrived(self, future: asyncio.Future) -> None:
         self._pending = None
+        if not future.cancelled() and future.exception() is not None:
+            # Kept for next_call to raise. Raised here, in a done callback, the event loop would
+            # only log it, and the source would fetch again and fail again, for ever: a job
+            # that spins instead of ending.
+            self._failed = future.exception()
+            return
         chunk = None if future.cancelled() else future.result()
         if chunk is None:
             self.exhausted = True
@@ -84,14 +91,19 @@ class WorkSource:
             self.add(chunk)
 
     def _maybe_fetch(self) -> None:
-        if self.exhausted or self.stopped or self._pending is not None or self.queue.queued > self.low_water:
+        if (self.exhausted or self.stopped or self._failed is not None or self._pending is not None
+                or self.queue.queued > self.low_water):
             return
         self._pending = asyncio.ensure_future(self._fetch())
         self._pending.add_done_callback(self._arrived)
 
     async def next_call(self):
-        """``(chunk, plan)`` for the next call, or None when this rank has no more work."""
+        """``(chunk, plan)`` for the next call, or None when this rank has no more work.
+        Raises what ``fetch`` raised: a rank whose work cannot come fails (the abort guard
+        ends the job, naming it) rather than asking again and again."""
         while not self.stopped:
+            if self._failed is not None:
+                raise self._failed
             self._maybe_fetch()
             if self.queue.queued:
                 final = self.exhausted or self.stopped

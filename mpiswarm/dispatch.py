@@ -340,6 +340,11 @@ class Dispatcher:
         stopper = asyncio.ensure_future(stop.wait())
         reviver = asyncio.ensure_future(self._revive(stop)) if self.revive_interval else None
         await asyncio.wait([workers, stopper], return_when=asyncio.FIRST_COMPLETED)
+        # Done by now: every worker ran dry, or one raised. A worker that raised is a bug or a
+        # broken control plane, not a failed call (those are records): it is raised below, once
+        # the rows are accounted for, and reaches the abort guard, which ends the job naming
+        # this rank. (Asked after the workers are cancelled, they would all say CancelledError.)
+        failure = workers.exception() if workers.done() and not workers.cancelled() else None
         if reviver is not None:
             reviver.cancel()
             await asyncio.gather(reviver, return_exceptions=True)
@@ -357,3 +362,5 @@ class Dispatcher:
             reason = UNANSWERED_DEAD if self.all_down else UNANSWERED_STOPPED
             for row in np.flatnonzero(~res.done & (res.error_kind == ErrorKind.NOT_ATTEMPTED)).tolist():
                 res.error[row] = reason  # (still not attempted: only why is known now)
+        if failure is not None:
+            raise failure
