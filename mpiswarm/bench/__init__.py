@@ -10,12 +10,14 @@ They measure the package's internals, so they live in it; nothing here is import
 """
 
 import atexit
+import hashlib
 import os
 import shlex
 import shutil
 import subprocess
 import tempfile
 import time
+from pathlib import Path
 
 from ..launch import communicate_bounded
 from ..stacks import DIR_VARIABLE as STACKS_DIR_VARIABLE
@@ -27,6 +29,28 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 #: where a job past its deadline writes its ranks' stacks (:func:`run_bounded`)
 STACKS_DIR = tempfile.mkdtemp(prefix="mpiswarm-bench-stacks-")
 atexit.register(shutil.rmtree, STACKS_DIR, True)
+
+
+def source_state(root: str = ROOT) -> dict:
+    """What code a benchmark's jobs run: the commit of ``root`` (None outside git), whether
+    ``mpiswarm/`` has uncommitted changes, and a digest of every ``mpiswarm/**/*.py`` as it is
+    now. Each job imports the package from ``root`` when it starts, so two digests that differ
+    mean that jobs of one run ran different code (one that starts between two edits runs half
+    of a change: the 2026-11-23 run's one-rank job that never ended did)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for path in sorted(Path(root, "mpiswarm").rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", root, *args], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    status = git("status", "--porcelain", "--", "mpiswarm")
+    return {"commit": git("rev-parse", "HEAD"), "uncommitted": bool(status) if status is not None else None,
+            "digest": digest.hexdigest()}
 
 
 def child_env() -> dict:

@@ -52,7 +52,7 @@ import time
 import urllib.request
 
 from ..launch import cpu_seconds
-from . import ROOT, child_env, run_bounded
+from . import ROOT, child_env, run_bounded, source_state
 from .report import markdown, notes
 
 MODEL = "sim-model"
@@ -813,7 +813,9 @@ def main(argv=None) -> int:
     funcs = {"cpu": bench_cpu, "batch": bench_batch, "concurrency": bench_concurrency, "makespan": bench_makespan,
              "gather": bench_gather, "scaling": bench_scaling, "model": bench_model}
     t0 = time.perf_counter()
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
     load_before = os.getloadavg()[0]
+    source = source_state()
     res = {"sections": {}, "errors": {}, "section_wall_s": {}}
     with tempfile.TemporaryDirectory(prefix="mpiswarm-bench-") as tmp:
         work = a.work_dir or tmp
@@ -829,7 +831,13 @@ def main(argv=None) -> int:
                 res["errors"][name] = f"{type(exc).__name__}: {exc}"
                 log(f"section {name} FAILED: {exc}")
             res["section_wall_s"][name] = time.perf_counter() - t
+    if source_state()["digest"] != source["digest"]:
+        res["errors"]["source"] = ("mpiswarm's source changed while the benchmark ran: the jobs started "
+                                   "after the change ran other code than those before it; run it again "
+                                   "on a tree nobody edits meanwhile")
+        log(f"FAILED: {res['errors']['source']}")
     res["meta"] = {"command": shlex.join(["python", "tools/bench.py", *argv]), "date": time.strftime("%Y-%m-%d %H:%M"),
+                   "started": started, "commit": source["commit"], "uncommitted": source["uncommitted"],
                    "cpus": os.cpu_count(), "python": platform.python_version(), "quick": a.quick,
                    "load_before": load_before, "load_after": os.getloadavg()[0], "wall_s": time.perf_counter() - t0}
     res["notes"] = notes(res)
