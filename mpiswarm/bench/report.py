@@ -46,7 +46,15 @@ def _heading(meta: dict) -> list[str]:
             f"before and {meta['load_after']:.1f} after, Python {meta['python']}; the whole benchmark took "
             f"{meta['wall_s']:.0f} s. Every figure is a ratio against a reference measured in the same run. "
             "Endpoints are mpiswarm's vLLM simulator on 127.0.0.1 (`python -m mpiswarm.sim`), sharing the cores "
-            "with the ranks.\n"]
+            "with the ranks." + _code(meta) + "\n"]
+
+
+def _code(meta: dict) -> str:
+    """The code the run measured, where the run recorded it (runs before 2026-12-07 did not)."""
+    if not meta.get("commit"):
+        return ""
+    dirty = ", with uncommitted changes in `mpiswarm/`" if meta.get("uncommitted") else ""
+    return f" Code: commit `{meta['commit'][:10]}`{dirty}, started {meta['started']}."
 
 
 _SUMMARY_COLUMNS = ("#", "figure", "mpiswarm", "reference (same run)", "ratio", "goal", "holds")
