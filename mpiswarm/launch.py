@@ -216,6 +216,9 @@ def communicate_bounded(proc, timeout: float, stacks_dir: str | os.PathLike,
         return out, err, stacks
 
 
+_HAVE_PROC = Path("/proc/self/stat").exists()
+
+
 def is_running(pid: int) -> bool:
     """Whether ``pid`` runs on this host: it exists and is not a zombie (one nobody reaped is
     dead all the same). Without ``/proc`` (not Linux), whether it answers signal 0."""
@@ -230,5 +233,3 @@ def is_running(pid: int) -> bool:
     fields = _stat_fields(pid)
     return fields is not None and fields[0] != "Z"
 
-
-_HAVE_PROC = Path("/proc/self/stat").exists()

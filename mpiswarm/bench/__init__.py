@@ -31,15 +31,20 @@ STACKS_DIR = tempfile.mkdtemp(prefix="mpiswarm-bench-stacks-")
 atexit.register(shutil.rmtree, STACKS_DIR, True)
 
 
-def source_state(root: str = ROOT) -> dict:
-    """What code a benchmark's jobs run: the commit of ``root`` (None outside git), whether
-    ``mpiswarm/`` has uncommitted changes, and a digest of every ``mpiswarm/**/*.py`` as it is
-    now. Each job imports the package from ``root`` when it starts, so two digests that differ
-    mean that jobs of one run ran different code (one that starts between two edits runs half
-    of a change: the 2026-11-23 run's one-rank job that never ended did)."""
+def source_digest(root: str = ROOT) -> str:
+    """A digest of every ``mpiswarm/**/*.py`` below ``root`` as it is now. Each job imports the
+    package from ``root`` when it starts, so two digests of one run that differ mean its jobs ran
+    different code (one that starts between two edits runs half of a change: the 2026-11-23
+    run's one-rank job that never ended did)."""
     digest = hashlib.blake2b(digest_size=16)
     for path in sorted(Path(root, "mpiswarm").rglob("*.py")):
         digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def source_state(root: str = ROOT) -> dict:
+    """What code a benchmark's jobs run: the commit of ``root`` (None outside git), whether
+    ``mpiswarm/`` has uncommitted changes, and :func:`source_digest`."""
 
     def git(*args: str) -> str | None:
         try:
@@ -50,7 +55,7 @@ def source_state(root: str = ROOT) -> dict:
 
     status = git("status", "--porcelain", "--", "mpiswarm")
     return {"commit": git("rev-parse", "HEAD"), "uncommitted": bool(status) if status is not None else None,
-            "digest": digest.hexdigest()}
+            "digest": source_digest(root)}
 
 
 def child_env() -> dict:

@@ -52,7 +52,7 @@ import time
 import urllib.request
 
 from ..launch import cpu_seconds
-from . import ROOT, child_env, run_bounded, source_state
+from . import ROOT, child_env, run_bounded, source_digest, source_state
 from .report import markdown, notes
 
 MODEL = "sim-model"
@@ -831,7 +831,7 @@ def main(argv=None) -> int:
                 res["errors"][name] = f"{type(exc).__name__}: {exc}"
                 log(f"section {name} FAILED: {exc}")
             res["section_wall_s"][name] = time.perf_counter() - t
-    if source_state()["digest"] != source["digest"]:
+    if source_digest() != source["digest"]:
         res["errors"]["source"] = ("mpiswarm's source changed while the benchmark ran: the jobs started "
                                    "after the change ran other code than those before it; run it again "
                                    "on a tree nobody edits meanwhile")
